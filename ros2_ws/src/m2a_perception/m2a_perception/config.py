@@ -1,0 +1,192 @@
+"""Model configuration: a frozen dataclass loaded from `config/model/*.yaml`.
+
+Allowed dependencies: standard library and PyYAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Cityscapes R50 GMA defaults (shared/reference/mask2anomaly-reference.md §2).
+PIXEL_MEAN_RGB = (123.675, 116.280, 103.530)
+PIXEL_STD_RGB = (58.395, 57.120, 57.375)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """ResNet in detectron2 layout (`stem`, `res2`..`res5`), frozen BatchNorm throughout."""
+
+    # Bottleneck blocks in res2..res5; (3, 4, 6, 3) is ResNet-50.
+    blocks_per_stage: tuple[int, int, int, int] = (3, 4, 6, 3)
+    stem_channels: int = 64
+    # Output channels of res2; doubles per stage (256, 512, 1024, 2048 for ResNet-50).
+    res2_out_channels: int = 256
+    # Bottleneck width of res2; doubles per stage.
+    bottleneck_channels: int = 64
+    # Stages with frozen parameters: 5 freezes the stem and res2..res5 (FREEZE_AT 5).
+    freeze_at: int = 5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, 'blocks_per_stage', tuple(int(n) for n in self.blocks_per_stage))
+        if len(self.blocks_per_stage) != 4 or min(self.blocks_per_stage) < 1:
+            raise ValueError(f'backbone.blocks_per_stage needs 4 positive counts, got {self.blocks_per_stage}')
+        if not 0 <= self.freeze_at <= 5:
+            raise ValueError(f'backbone.freeze_at must be in [0, 5], got {self.freeze_at}')
+
+
+@dataclass(frozen=True)
+class PixelDecoderConfig:
+    """MSDeformAttn pixel decoder (Mask2Former), deformable encoder on res3..res5."""
+
+    conv_dim: int = 256
+    mask_dim: int = 256
+    num_groups: int = 32
+    encoder_layers: int = 6
+    encoder_heads: int = 8
+    encoder_points: int = 4
+    encoder_ffn_dim: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.conv_dim % self.num_groups:
+            raise ValueError('pixel_decoder.conv_dim must be divisible by num_groups')
+        if self.conv_dim % self.encoder_heads:
+            raise ValueError('pixel_decoder.conv_dim must be divisible by encoder_heads')
+
+
+@dataclass(frozen=True)
+class TransformerDecoderConfig:
+    """Masked-attention transformer decoder with global masked attention (GMA)."""
+
+    hidden_dim: int = 256
+    num_queries: int = 100
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    # Decoder layers; the official config's DEC_LAYERS 10 counts the query-only prediction too.
+    num_layers: int = 9
+    # Feature levels the layers attend to in round-robin (1/32, 1/16, 1/8).
+    num_feature_levels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.hidden_dim % self.num_heads:
+            raise ValueError('transformer_decoder.hidden_dim must be divisible by num_heads')
+        if self.num_feature_levels != 3:
+            raise ValueError('transformer_decoder.num_feature_levels must be 3 (res3..res5)')
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Test-time resize and normalisation (detectron2 DefaultPredictor semantics)."""
+
+    # Short side after resizing; 0 keeps the source size.
+    short_side: int = 1024
+    max_size: int = 2048
+    size_divisibility: int = 32
+    pixel_mean: tuple[float, float, float] = PIXEL_MEAN_RGB
+    pixel_std: tuple[float, float, float] = PIXEL_STD_RGB
+
+    def __post_init__(self) -> None:
+        if self.short_side < 0 or self.max_size <= 0 or self.size_divisibility <= 0:
+            raise ValueError('preprocess sizes must be positive (short_side may be 0)')
+        object.__setattr__(self, 'pixel_mean', tuple(float(v) for v in self.pixel_mean))
+        object.__setattr__(self, 'pixel_std', tuple(float(v) for v in self.pixel_std))
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
+            raise ValueError('preprocess.pixel_mean and pixel_std need 3 values (RGB)')
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that shapes the Mask2Anomaly network.
+
+    Only sizes differ between the full Cityscapes config and the tiny test config.
+    """
+
+    name: str = 'cityscapes_r50_gma'
+    # Known classes (Cityscapes: 19 train ids); the class head has num_classes + 1 logits.
+    num_classes: int = 19
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
+    transformer_decoder: TransformerDecoderConfig = field(default_factory=TransformerDecoderConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_classes <= 0:
+            raise ValueError(f'num_classes must be positive, got {self.num_classes}')
+        if self.pixel_decoder.conv_dim != self.transformer_decoder.hidden_dim:
+            raise ValueError('pixel_decoder.conv_dim must equal transformer_decoder.hidden_dim')
+        if self.pixel_decoder.mask_dim != self.transformer_decoder.hidden_dim:
+            raise ValueError('pixel_decoder.mask_dim must equal transformer_decoder.hidden_dim')
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build from a nested mapping; unknown keys are an error (typos must not pass silently)."""
+        sections = {
+            'backbone': BackboneConfig,
+            'pixel_decoder': PixelDecoderConfig,
+            'transformer_decoder': TransformerDecoderConfig,
+            'preprocess': PreprocessConfig,
+        }
+        data = dict(data)
+        _reject_unknown(cls, data, 'model config')
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in sections:
+                if not isinstance(value, dict):
+                    raise ValueError(f'model config section {key!r} must be a mapping')
+                _reject_unknown(sections[key], value, key)
+                kwargs[key] = sections[key](**value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+
+def _reject_unknown(klass: type, data: dict[str, Any], where: str) -> None:
+    known = {f.name for f in dataclasses.fields(klass)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f'unknown keys in {where}: {unknown}; known keys: {sorted(known)}')
+
+
+def config_search_path() -> list[Path]:
+    """Folders searched for `model/<name>.yaml`, most specific first.
+
+    `M2A_CONFIG_DIR` overrides; then the repository's `config/` (source and editable installs);
+    then the ament share directory of a colcon install.
+    """
+    here = Path(__file__).resolve()
+    candidates = []
+    if os.environ.get('M2A_CONFIG_DIR'):
+        candidates.append(Path(os.environ['M2A_CONFIG_DIR']))
+    candidates.append(here.parents[4] / 'config')  # <repo>/ros2_ws/src/m2a_perception/m2a_perception
+    # <prefix>/lib/pythonX.Y/site-packages/m2a_perception -> <prefix>/share/m2a_perception/config
+    candidates.append(here.parents[4] / 'share' / 'm2a_perception' / 'config')
+    return candidates
+
+
+def load_model_config(name_or_path: str | os.PathLike[str]) -> ModelConfig:
+    """Load a model config from a YAML path, or by name from `config/model/<name>.yaml`."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        for folder in config_search_path():
+            candidate = folder / 'model' / f'{path.name}.yaml'
+            if candidate.is_file():
+                path = candidate
+                break
+        else:
+            searched = ', '.join(str(p / 'model') for p in config_search_path())
+            raise FileNotFoundError(f'model config {str(name_or_path)!r} not found in: {searched}')
+    if not path.is_file():
+        raise FileNotFoundError(f'model config file not found: {path}')
+    with path.open() as handle:
+        data = yaml.safe_load(handle)
+    if not isinstance(data, dict):
+        raise ValueError(f'model config {path} must be a YAML mapping')
+    return ModelConfig.from_dict(data)

@@ -1,0 +1,22 @@
+"""The one place that turns a `ModelConfig` into a network.
+
+Allowed dependencies: torch.
+"""
+
+from __future__ import annotations
+
+from m2a_perception.config import ModelConfig
+from m2a_perception.model.backbone import ResNet
+from m2a_perception.model.mask2anomaly import Mask2Anomaly
+from m2a_perception.model.pixel_decoder import MSDeformAttnPixelDecoder
+from m2a_perception.model.transformer_decoder import MaskedTransformerDecoderGMA
+
+
+def build_model(config: ModelConfig) -> Mask2Anomaly:
+    """Build Mask2Anomaly with freshly initialised weights (load weights with `m2a_perception.weights`)."""
+    backbone = ResNet(config.backbone)
+    pixel_decoder = MSDeformAttnPixelDecoder(config.pixel_decoder, backbone.out_channels)
+    predictor = MaskedTransformerDecoderGMA(
+        config.transformer_decoder, config.num_classes, config.pixel_decoder.mask_dim
+    )
+    return Mask2Anomaly(backbone, pixel_decoder, predictor)

@@ -1,0 +1,10 @@
+"""Weights: our safetensors checkpoint format and converters from official checkpoints."""
+
+from m2a_perception.weights.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+__all__ = ['CheckpointError', 'load_checkpoint', 'read_checkpoint', 'save_checkpoint']

@@ -1,0 +1,49 @@
+"""ament_python package m2a_perception: the Mask2Anomaly model core and (later) the ROS node.
+
+Launch files and YAML live once, at the repository root (`launch/`, `config/`); they are installed
+from there into this package's share directory so `ros2 launch m2a_perception ...` finds them.
+"""
+
+import os
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+PACKAGE = 'm2a_perception'
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[2]
+
+
+def _share_files(subdir: str, pattern: str) -> list[str]:
+    # Paths relative to this setup.py, as setuptools' data_files require.
+    return sorted(os.path.relpath(path, HERE) for path in (REPO_ROOT / subdir).glob(pattern))
+
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    packages=find_packages(include=[PACKAGE, f'{PACKAGE}.*']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
+        (f'share/{PACKAGE}', ['package.xml']),
+        (f'share/{PACKAGE}/launch', _share_files('launch', '*.launch.py')),
+        (f'share/{PACKAGE}/config', _share_files('config', '*.yaml') + _share_files('config', '*.rviz')),
+        (f'share/{PACKAGE}/config/model', _share_files('config/model', '*.yaml')),
+    ],
+    install_requires=['setuptools'],
+    extras_require={'test': ['pytest']},
+    zip_safe=False,
+    maintainer='m2a developers',
+    maintainer_email='dev@m2a.invalid',
+    description='Mask2Anomaly open-set perception: model core and ROS 2 node.',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    entry_points={
+        'console_scripts': [
+            'm2a-convert-checkpoint = m2a_perception.cli.convert_checkpoint:main',
+            'm2a-export = m2a_perception.cli.export:main',
+            'm2a-bench = m2a_perception.cli.bench:main',
+            'm2a-demo = m2a_perception.cli.demo:main',
+        ],
+    },
+)

@@ -1,0 +1,66 @@
+"""Shared pytest set-up: per-worker ROS domains, loud GPU skips, tiny model fixtures."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+# Each xdist worker gets its own ROS domain so parallel ROS tests never cross-talk
+# (shared/reference/environment.md §3). Set before any test imports rclpy.
+_WORKER = os.environ.get('PYTEST_XDIST_WORKER', 'gw0')
+os.environ['ROS_DOMAIN_ID'] = str(int(os.environ.get('M2A_TEST_DOMAIN_BASE', '40')) + int(_WORKER[2:]))
+os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _cuda_available():
+        return
+    gpu_items = [item for item in items if 'gpu' in item.keywords]
+    for item in gpu_items:
+        item.add_marker(pytest.mark.skip(reason='GPU TEST SKIPPED: no CUDA device on this machine'))
+    if gpu_items:
+        warnings.warn(
+            f'{len(gpu_items)} GPU test(s) will be SKIPPED: no CUDA device on this machine',
+            stacklevel=1,
+        )
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
+    skipped = terminalreporter.stats.get('skipped', [])
+    gpu_skips = [r for r in skipped if 'GPU TEST SKIPPED' in str(r.longrepr)]
+    if gpu_skips:
+        terminalreporter.write_sep('!', f'{len(gpu_skips)} GPU TESTS WERE SKIPPED (no CUDA)', red=True)
+
+
+@pytest.fixture(scope='session')
+def tiny_config():
+    from m2a_perception.config import load_model_config
+
+    return load_model_config('tiny')
+
+
+@pytest.fixture(scope='session')
+def full_config():
+    from m2a_perception.config import load_model_config
+
+    return load_model_config('cityscapes_r50_gma')
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    import torch
+
+    from m2a_perception.model import build_model
+
+    torch.manual_seed(0)
+    return build_model(tiny_config).eval()
