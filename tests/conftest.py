@@ -10,7 +10,9 @@ import pytest
 # Each xdist worker gets its own ROS domain so parallel ROS tests never cross-talk
 # (shared/reference/environment.md §3). Set before any test imports rclpy.
 _WORKER = os.environ.get('PYTEST_XDIST_WORKER', 'gw0')
-os.environ['ROS_DOMAIN_ID'] = str(int(os.environ.get('M2A_TEST_DOMAIN_BASE', '40')) + int(_WORKER[2:]))
+os.environ['ROS_DOMAIN_ID'] = str(
+    int(os.environ.get('M2A_TEST_DOMAIN_BASE', '40')) + int(_WORKER[2:])
+)
 os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
 
 
@@ -27,7 +29,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     gpu_items = [item for item in items if 'gpu' in item.keywords]
     for item in gpu_items:
-        item.add_marker(pytest.mark.skip(reason='GPU TEST SKIPPED: no CUDA device on this machine'))
+        item.add_marker(
+            pytest.mark.skip(reason='GPU TEST SKIPPED: no CUDA device on this machine')
+        )
     if gpu_items:
         warnings.warn(
             f'{len(gpu_items)} GPU test(s) will be SKIPPED: no CUDA device on this machine',
@@ -39,7 +43,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # ty
     skipped = terminalreporter.stats.get('skipped', [])
     gpu_skips = [r for r in skipped if 'GPU TEST SKIPPED' in str(r.longrepr)]
     if gpu_skips:
-        terminalreporter.write_sep('!', f'{len(gpu_skips)} GPU TESTS WERE SKIPPED (no CUDA)', red=True)
+        terminalreporter.write_sep(
+            '!', f'{len(gpu_skips)} GPU TESTS WERE SKIPPED (no CUDA)', red=True
+        )
 
 
 @pytest.fixture(scope='session')

@@ -27,7 +27,10 @@ setup(
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml']),
         (f'share/{PACKAGE}/launch', _share_files('launch', '*.launch.py')),
-        (f'share/{PACKAGE}/config', _share_files('config', '*.yaml') + _share_files('config', '*.rviz')),
+        (
+            f'share/{PACKAGE}/config',
+            _share_files('config', '*.yaml') + _share_files('config', '*.rviz'),
+        ),
         (f'share/{PACKAGE}/config/model', _share_files('config/model', '*.yaml')),
     ],
     install_requires=['setuptools'],
@@ -44,6 +47,7 @@ setup(
             'm2a-export = m2a_perception.cli.export:main',
             'm2a-bench = m2a_perception.cli.bench:main',
             'm2a-demo = m2a_perception.cli.demo:main',
+            'm2a-infer = m2a_perception.cli.infer:main',
         ],
     },
 )

@@ -35,7 +35,9 @@ class BackboneConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, 'blocks_per_stage', tuple(int(n) for n in self.blocks_per_stage))
         if len(self.blocks_per_stage) != 4 or min(self.blocks_per_stage) < 1:
-            raise ValueError(f'backbone.blocks_per_stage needs 4 positive counts, got {self.blocks_per_stage}')
+            raise ValueError(
+                f'backbone.blocks_per_stage needs 4 positive counts, got {self.blocks_per_stage}'
+            )
         if not 0 <= self.freeze_at <= 5:
             raise ValueError(f'backbone.freeze_at must be in [0, 5], got {self.freeze_at}')
 
@@ -127,7 +129,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build from a nested mapping; unknown keys are an error (typos must not pass silently)."""
+        """Build from a nested mapping; unknown keys are an error (typos must not pass)."""
         sections = {
             'backbone': BackboneConfig,
             'pixel_decoder': PixelDecoderConfig,
@@ -165,7 +167,9 @@ def config_search_path() -> list[Path]:
     candidates = []
     if os.environ.get('M2A_CONFIG_DIR'):
         candidates.append(Path(os.environ['M2A_CONFIG_DIR']))
-    candidates.append(here.parents[4] / 'config')  # <repo>/ros2_ws/src/m2a_perception/m2a_perception
+    candidates.append(
+        here.parents[4] / 'config'
+    )  # <repo>/ros2_ws/src/m2a_perception/m2a_perception
     # <prefix>/lib/pythonX.Y/site-packages/m2a_perception -> <prefix>/share/m2a_perception/config
     candidates.append(here.parents[4] / 'share' / 'm2a_perception' / 'config')
     return candidates

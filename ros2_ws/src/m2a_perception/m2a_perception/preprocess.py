@@ -54,11 +54,11 @@ def padded_size(height: int, width: int, divisibility: int) -> tuple[int, int]:
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an (H, W, 3) uint8 image with PIL (detectron2's choice); no-op if equal."""
+    """Bilinear resize of an (H, W, 3) uint8 image with PIL, as detectron2 does; no-op if equal."""
     if image.shape[:2] == tuple(size):
         return image
     resized = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return np.asarray(resized)
+    return np.array(resized)
 
 
 def normalize_and_pad(
@@ -106,8 +106,11 @@ class Preprocessor:
                 f'expected an (H, W, 3) uint8 RGB image, got shape {image.shape} {image.dtype}'
             )
         record = self.record_for(image.shape[0], image.shape[1])
-        resized = resize_image(image, record.resized_size)
-        tensor = torch.from_numpy(np.ascontiguousarray(resized)).to(device)
+        resized = np.ascontiguousarray(resize_image(image, record.resized_size))
+        if not resized.flags.writeable:
+            # e.g. a view of a ROS message buffer; torch wants memory it may write to.
+            resized = resized.copy()
+        tensor = torch.from_numpy(resized).to(device)
         tensor = tensor.permute(2, 0, 1)[None]
         images = normalize_and_pad(
             tensor, self.config.pixel_mean, self.config.pixel_std, self.config.size_divisibility

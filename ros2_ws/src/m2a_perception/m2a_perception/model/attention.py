@@ -41,7 +41,9 @@ class MultiheadAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int) -> None:
         super().__init__()
         if embed_dim % num_heads:
-            raise ValueError(f'embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})')
+            raise ValueError(
+                f'embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})'
+            )
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))

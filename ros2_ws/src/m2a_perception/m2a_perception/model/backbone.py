@@ -87,7 +87,9 @@ class BottleneckBlock(nn.Module):
         if in_channels != out_channels or stride != 1:
             self.shortcut = ConvNorm(in_channels, out_channels, kernel_size=1, stride=stride)
         self.conv1 = ConvNorm(in_channels, bottleneck_channels, kernel_size=1)
-        self.conv2 = ConvNorm(bottleneck_channels, bottleneck_channels, kernel_size=3, stride=stride)
+        self.conv2 = ConvNorm(
+            bottleneck_channels, bottleneck_channels, kernel_size=3, stride=stride
+        )
         self.conv3 = ConvNorm(bottleneck_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +116,9 @@ class ResNet(nn.Module):
         out_channels = config.res2_out_channels
         bottleneck = config.bottleneck_channels
         self.out_channels: dict[str, int] = {}
-        for index, (name, num_blocks) in enumerate(zip(self.stage_names, config.blocks_per_stage)):
+        for index, (name, num_blocks) in enumerate(
+            zip(self.stage_names, config.blocks_per_stage, strict=True)
+        ):
             first_stride = 1 if index == 0 else 2
             blocks = []
             for block_index in range(num_blocks):

@@ -13,7 +13,10 @@ from m2a_perception.model.transformer_decoder import MaskedTransformerDecoderGMA
 
 
 def build_model(config: ModelConfig) -> Mask2Anomaly:
-    """Build Mask2Anomaly with freshly initialised weights (load weights with `m2a_perception.weights`)."""
+    """Build Mask2Anomaly with freshly initialised weights.
+
+    Load trained weights with `m2a_perception.weights.load_checkpoint`.
+    """
     backbone = ResNet(config.backbone)
     pixel_decoder = MSDeformAttnPixelDecoder(config.pixel_decoder, backbone.out_channels)
     predictor = MaskedTransformerDecoderGMA(

@@ -158,7 +158,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             multi_scale_features: [(B, conv_dim, H/32, W/32), (.., H/16, ..), (.., H/8, ..)].
         """
         srcs, pos_embeds = [], []
-        for projection, name in zip(self.input_proj, self.transformer_in_features):
+        for projection, name in zip(self.input_proj, self.transformer_in_features, strict=True):
             src = projection(features[name].float())
             srcs.append(src)
             pos_embeds.append(

@@ -84,7 +84,7 @@ class MLP(nn.Module):
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (num_layers - 1)
         self.layers = nn.ModuleList(
-            nn.Linear(n, k) for n, k in zip(dims, [*dims[1:], out_dim])
+            nn.Linear(n, k) for n, k in zip(dims, [*dims[1:], out_dim], strict=True)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,7 +138,7 @@ class MaskedTransformerDecoderGMA(nn.Module):
     def prediction_heads(
         self, output: torch.Tensor, mask_features: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """output: (B, Q, C); mask_features: (B, C, h, w) -> class (B, Q, K+1), masks (B, Q, h, w)."""
+        """(B, Q, C) queries, (B, C, h, w) features -> (B, Q, K+1) classes, (B, Q, h, w) masks."""
         decoded = self.decoder_norm(output)
         class_logits = self.class_embed(decoded)
         mask_embed = self.mask_embed(decoded)

@@ -117,7 +117,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointContents:
         with safe_open(str(path), framework='pt') as handle:
             metadata = dict(handle.metadata() or {})
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f'{path}: corrupt or truncated safetensors file ({error})') from error
+        raise CheckpointError(
+            f'{path}: corrupt or truncated safetensors file ({error})'
+        ) from error
     if metadata.get('format') != FORMAT_NAME:
         raise CheckpointError(
             f'{path}: safetensors file is not an m2a checkpoint (metadata format='
@@ -158,7 +160,9 @@ def check_state_dict(
     if mismatched:
         problems.append(f'{len(mismatched)} shape mismatches (first: {mismatched[:3]})')
     if problems:
-        raise CheckpointError(f'{path}: weights do not fit the model config: ' + '; '.join(problems))
+        raise CheckpointError(
+            f'{path}: weights do not fit the model config: ' + '; '.join(problems)
+        )
 
 
 def load_checkpoint(

@@ -37,7 +37,9 @@ UNUSED_MODEL_KEY = re.compile(r'\.fusion_layer\.(weight|bias)$')
 # Bookkeeping tensors that carry no weights.
 IGNORED_KEY = re.compile(r'(^|\.)num_batches_tracked$|^pixel_(mean|std)$')
 
-_CROSS_ATTN_M2F = re.compile(r'^(.*transformer_cross_attention_layers\.\d+\.)multihead_attn\.(.*)$')
+_CROSS_ATTN_M2F = re.compile(
+    r'^(.*transformer_cross_attention_layers\.\d+\.)multihead_attn\.(.*)$'
+)
 
 
 class ConversionError(CheckpointError):
@@ -83,15 +85,19 @@ def _abbreviate(keys: list[str], limit: int = 4) -> str:
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickler that only reconstructs numpy arrays and plain containers."""
 
-    _allowed = {
-        ('collections', 'OrderedDict'),
-        ('numpy', 'ndarray'),
-        ('numpy', 'dtype'),
-        ('numpy.core.multiarray', '_reconstruct'),
-        ('numpy._core.multiarray', '_reconstruct'),
-        ('numpy.core.multiarray', 'scalar'),
-        ('numpy._core.multiarray', 'scalar'),
-    }
+    _allowed: frozenset[tuple[str, str]] = frozenset(
+        {
+            # Protocol-2 pickles written by Python 3 encode raw bytes through _codecs.encode.
+            ('_codecs', 'encode'),
+            ('collections', 'OrderedDict'),
+            ('numpy', 'ndarray'),
+            ('numpy', 'dtype'),
+            ('numpy.core.multiarray', '_reconstruct'),
+            ('numpy._core.multiarray', '_reconstruct'),
+            ('numpy.core.multiarray', 'scalar'),
+            ('numpy._core.multiarray', 'scalar'),
+        }
+    )
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._allowed:
@@ -101,7 +107,13 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 def _numpy_safe_globals() -> list[Any]:
     core = getattr(np, '_core', None) or np.core
-    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype, OrderedDict]
+    return [
+        core.multiarray._reconstruct,
+        core.multiarray.scalar,
+        np.ndarray,
+        np.dtype,
+        OrderedDict,
+    ]
 
 
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -136,7 +148,9 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         if isinstance(value, np.ndarray):
             value = torch.from_numpy(np.ascontiguousarray(value))
         if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f'{path}: entry {key!r} is a {type(value).__name__}, not a tensor')
+            raise CheckpointError(
+                f'{path}: entry {key!r} is a {type(value).__name__}, not a tensor'
+            )
         tensors[str(key)] = value
     return tensors
 
@@ -260,7 +274,9 @@ def convert_state_dict(
     if mismatched:
         problems.append(f'{len(mismatched)} shape mismatches: {_abbreviate(mismatched, 5)}')
     if problems:
-        raise ConversionError(f'{source_format} weights do not fit the model: ' + '; '.join(problems))
+        raise ConversionError(
+            f'{source_format} weights do not fit the model: ' + '; '.join(problems)
+        )
 
     converted: dict[str, torch.Tensor] = {}
     for key, reference in model_state.items():
