@@ -15,7 +15,7 @@ REPO_ROOT = HERE.parents[2]
 
 
 def _share_files(subdir: str, pattern: str) -> list[str]:
-    # Paths relative to this setup.py, as setuptools' data_files require.
+    # Relative to this file: colcon insists on relative data_files and resolves them from here.
     return sorted(os.path.relpath(path, HERE) for path in (REPO_ROOT / subdir).glob(pattern))
 
 
