@@ -61,7 +61,8 @@ $(STAMP): $(SETUP_INPUTS)
 		|| (tail -50 $(MSGS_BUILD).log; exit 1)
 	cmake --install $(MSGS_BUILD) >> $(MSGS_BUILD).log 2>&1 || (tail -50 $(MSGS_BUILD).log; exit 1)
 	@echo "== m2a setup: editable install of m2a_perception and m2a_training"
-	$(PIP) install -q --no-deps --no-build-isolation -e ros2_ws/src/m2a_perception -e training
+	$(PIP) install -q --no-deps --no-build-isolation -e ros2_ws/src/m2a_perception
+	$(PIP) install -q --no-deps --no-build-isolation -e training
 	$(PY) -c "import m2a_perception, m2a_training, m2a_perception_msgs.msg, rclpy; print('setup ok')"
 	touch $(STAMP)
 

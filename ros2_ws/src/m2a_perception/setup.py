@@ -46,8 +46,8 @@ setup(
             'm2a-convert-checkpoint = m2a_perception.cli.convert_checkpoint:main',
             'm2a-export = m2a_perception.cli.export:main',
             'm2a-bench = m2a_perception.cli.bench:main',
-            'm2a-demo = m2a_perception.cli.demo:main',
             'm2a-infer = m2a_perception.cli.infer:main',
+            'm2a-metrics-bench = m2a_perception.metrics.bench:main',
         ],
     },
 )

@@ -1,0 +1,131 @@
+"""`Segmenter`: pre-processing -> backend -> post-processing, the one object every consumer calls.
+
+The ROS node, the rosbag replay, evaluation and `m2a-infer` all go through it, so they produce the
+same outputs for the same frame. The three stages are also public methods so that callers can
+time them separately (the node's `InferenceStats`).
+
+Allowed dependencies: numpy, torch, and the core modules (`inference`, `preprocess`,
+`postprocess`, `weights`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from m2a_perception.config import ModelConfig, PreprocessConfig
+from m2a_perception.inference import TorchBackend
+from m2a_perception.model import Mask2Anomaly
+from m2a_perception.postprocess import PostprocessConfig, postprocess, predict_with_flip
+from m2a_perception.preprocess import Preprocessor, PreprocessRecord
+from m2a_perception.types import SegmentationOutput
+from m2a_perception.weights import load_checkpoint
+
+Logits = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Network output for one pre-processed batch, on the backend's device.
+
+    Attributes:
+        class_logits: (B, Q, K+1) float32.
+        mask_logits: (B, Q, H/4, W/4) float32.
+        flipped: the horizontally flipped pass with masks flipped back (same shapes), or None.
+    """
+
+    class_logits: torch.Tensor
+    mask_logits: torch.Tensor
+    flipped: Logits | None = None
+
+
+class Segmenter:
+    """Open-set segmentation of RGB frames.
+
+    Args:
+        backend: callable (B, 3, H, W) normalised padded images -> (class_logits, mask_logits),
+            e.g. `TorchBackend`; if it has a `device` attribute, pre-processing runs there.
+        preprocess_config: resize/normalise settings of the model (`ModelConfig.preprocess`).
+        postprocess_config: post-processing settings; `flip` doubles the backend calls.
+        device: where to pre-process when the backend has no `device` attribute.
+    """
+
+    def __init__(
+        self,
+        backend: Callable[[torch.Tensor], Logits],
+        preprocess_config: PreprocessConfig,
+        postprocess_config: PostprocessConfig | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.preprocessor = Preprocessor(preprocess_config)
+        self.postprocess_config = postprocess_config or PostprocessConfig()
+        backend_device = getattr(backend, 'device', None)
+        self.device = torch.device(device or backend_device or 'cpu')
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        device: torch.device | str = 'cpu',
+        postprocess_config: PostprocessConfig | None = None,
+        precision: str = 'fp32',
+    ) -> Segmenter:
+        """Load an m2a checkpoint into a `TorchBackend` and wrap it.
+
+        Raises:
+            CheckpointError: for missing, corrupt or untrained checkpoints.
+        """
+        model, config = load_checkpoint(path, device)
+        return cls.from_model(model, config, device, postprocess_config, precision)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Mask2Anomaly,
+        config: ModelConfig,
+        device: torch.device | str = 'cpu',
+        postprocess_config: PostprocessConfig | None = None,
+        precision: str = 'fp32',
+    ) -> Segmenter:
+        """Wrap an in-memory model (tests, training-time evaluation) in a `TorchBackend`."""
+        backend = TorchBackend(model, device, precision)
+        return cls(backend, config.preprocess, postprocess_config)
+
+    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, PreprocessRecord]:
+        """(H, W, 3) uint8 RGB -> (1, 3, H', W') network input on `self.device`, and its record."""
+        return self.preprocessor(image, self.device)
+
+    def infer(self, images: torch.Tensor) -> Prediction:
+        """Run the backend, twice with horizontal flip when `postprocess_config.flip` is set."""
+        with torch.inference_mode():
+            if self.postprocess_config.flip:
+                (class_logits, mask_logits), flipped = predict_with_flip(self.backend, images)
+                return Prediction(class_logits, mask_logits, flipped)
+            class_logits, mask_logits = self.backend(images)
+            return Prediction(class_logits, mask_logits)
+
+    def postprocess(
+        self, prediction: Prediction, record: PreprocessRecord, index: int = 0
+    ) -> SegmentationOutput:
+        """Outputs of image `index` of the batch, on the backend's device."""
+        flipped = None
+        if prediction.flipped is not None:
+            flipped = (prediction.flipped[0][index], prediction.flipped[1][index])
+        with torch.inference_mode():
+            return postprocess(
+                prediction.class_logits[index],
+                prediction.mask_logits[index],
+                record,
+                self.postprocess_config,
+                flipped,
+            )
+
+    def __call__(self, image: np.ndarray) -> SegmentationOutput:
+        """Segment one (H, W, 3) uint8 RGB frame; maps stay on the backend's device."""
+        images, record = self.preprocess(image)
+        return self.postprocess(self.infer(images), record)
