@@ -332,12 +332,21 @@ class Augmenter:
         return augment_sample(sample, self.config, rng)
 
 
-def compose_transforms(*transforms: Transform) -> Transform:
-    """Chain `(sample, rng) -> sample` transforms left to right, sharing one generator."""
+class ComposedTransform:
+    """Chain of `(sample, rng) -> sample` transforms applied left to right with one generator.
 
-    def apply(sample: AnnotatedImage, rng: np.random.Generator) -> AnnotatedImage:
-        for transform in transforms:
+    A class rather than a closure so that data-loader workers can pickle it.
+    """
+
+    def __init__(self, *transforms: Transform) -> None:
+        self.transforms = transforms
+
+    def __call__(self, sample: AnnotatedImage, rng: np.random.Generator) -> AnnotatedImage:
+        for transform in self.transforms:
             sample = transform(sample, rng)
         return sample
 
-    return apply
+
+def compose_transforms(*transforms: Transform) -> ComposedTransform:
+    """Chain transforms left to right, sharing one generator (e.g. AnomalyMix, then Augmenter)."""
+    return ComposedTransform(*transforms)

@@ -186,7 +186,7 @@ def _smooth_noise(rng: np.random.Generator, size: tuple[int, int], cell: int) ->
     """Zero-mean, unit-ish low-frequency noise: a coarse grid upsampled bilinearly."""
     height, width = size
     grid = rng.normal(0.0, 1.0, (max(2, height // cell + 2), max(2, width // cell + 2)))
-    image = Image.fromarray(grid.astype(np.float32), mode='F')
+    image = Image.fromarray(grid.astype(np.float32))
     return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
@@ -1232,6 +1232,37 @@ def generate_synthetic_world(
     (root / 'manifest.json').write_text(json.dumps(manifest, indent=1, sort_keys=True))
     logger.info('synthetic world written to %s', root)
     return world
+
+
+def load_synthetic_world(root: str | Path) -> SyntheticWorld:
+    """Describe an already generated world from its `manifest.json`.
+
+    Raises:
+        FileNotFoundError: `root` holds no manifest (the world was never generated there).
+    """
+    root = Path(root)
+    manifest_path = root / 'manifest.json'
+    if not manifest_path.is_file():
+        raise FileNotFoundError(
+            f'no synthetic world at {root} (missing {manifest_path.name}); '
+            'generate one with generate_synthetic_world()'
+        )
+    manifest = json.loads(manifest_path.read_text())
+    return SyntheticWorld(
+        root=root,
+        cityscapes_root=root / 'cityscapes',
+        coco_image_dir=root / 'coco' / 'train2017',
+        coco_annotation_file=root / 'coco' / 'annotations' / 'instances_train2017.json',
+        anomaly_root=root / 'anomaly_val',
+        num_train=int(manifest['num_train']),
+        num_val=int(manifest['num_val']),
+        num_anomaly_val=int(manifest['num_anomaly_val']),
+        num_outlier_images=int(manifest['num_outlier_images']),
+        size=(int(manifest['size'][0]), int(manifest['size'][1])),
+        seed=int(manifest['seed']),
+        outlier_kinds=tuple(manifest['outlier_kinds']),
+        anomaly_kinds=tuple(manifest['anomaly_kinds']),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

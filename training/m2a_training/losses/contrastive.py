@@ -87,9 +87,11 @@ def compute_negative_likelihood(
             'expected class_logits (B, Q, K+1) and mask_logits (B, Q, h, w), got '
             f'{tuple(class_logits.shape)} and {tuple(mask_logits.shape)}'
         )
-    class_probs = class_logits.float().softmax(-1)[..., :-1]
-    mask_probs = mask_logits.float().sigmoid()
-    per_class = torch.einsum('bqk,bqhw->bkhw', class_probs, mask_probs)
+    # float32 even under AMP: the sum over queries of products of probabilities.
+    with torch.autocast(device_type=mask_logits.device.type, enabled=False):
+        class_probs = class_logits.float().softmax(-1)[..., :-1]
+        mask_probs = mask_logits.float().sigmoid()
+        per_class = torch.einsum('bqk,bqhw->bkhw', class_probs, mask_probs)
     return -per_class.max(dim=1).values
 
 

@@ -103,7 +103,19 @@ def compute_matching_cost(
     num_queries = class_logits.shape[0]
     if targets.num_targets == 0:
         return class_logits.new_zeros((num_queries, 0), dtype=torch.float32)
-    # Costs in float32 even under AMP: small probabilities and sums of 12544 terms.
+    # Costs in float32 even under AMP (as the official matcher): small probabilities and sums
+    # of 12544 terms; autocast would otherwise run the matmuls below in half precision.
+    with torch.autocast(device_type=mask_logits.device.type, enabled=False):
+        return _compute_matching_cost_fp32(class_logits, mask_logits, targets, config, generator)
+
+
+def _compute_matching_cost_fp32(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    targets: MaskTargets,
+    config: MatcherConfig,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
     probs = class_logits.float().softmax(-1)
     cost_class = -probs[:, targets.labels.to(class_logits.device)]
     points = torch.rand(1, config.num_points, 2, generator=generator, device=mask_logits.device)
