@@ -1,8 +1,10 @@
-"""m2a-bench: latency of Mask2Anomaly backends, measured in one interleaved run.
+"""m2a-bench: latency of Mask2Anomaly backends and of post-processing, in one interleaved run.
 
 Backends are timed round-robin (one call of each per iteration), so that machine noise hits all of
-them alike and the printed ratios are comparable. Without --checkpoint the model has random weights
-of the given config: fine for timing, meaningless for outputs.
+them alike and the printed ratios are comparable. The `postprocess` row times the open-set
+post-processing (all outputs on, flip off) of the first backend's logits on the same device, in
+the same loop, and its ratio is against that backend's model time. Without --checkpoint the model
+has random weights of the given config: fine for timing, meaningless for outputs.
 
 Example:
     m2a-bench --backend torch,onnxruntime --size 512x1024
@@ -27,6 +29,8 @@ from m2a_perception.config import load_model_config
 from m2a_perception.export import example_input, export_onnx
 from m2a_perception.inference import Backend, TorchBackend
 from m2a_perception.model import Mask2Anomaly, build_model
+from m2a_perception.postprocess import PostprocessConfig, postprocess
+from m2a_perception.preprocess import PreprocessRecord
 from m2a_perception.weights.checkpoint import CheckpointError, load_checkpoint
 
 BACKENDS = ('torch', 'torch-fp16', 'onnxruntime')
@@ -54,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
         '--config', default='cityscapes_r50_gma', help='model config when no checkpoint is given'
     )
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument(
+        '--no-postprocess', action='store_true', help='do not time the post-processing stage'
+    )
+    parser.add_argument(
+        '--anomaly-threshold',
+        type=float,
+        default=0.5,
+        help='threshold for the open-set outputs of the post-processing stage',
+    )
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--iters', type=int, default=10)
     parser.add_argument('--json', type=Path, help='also write the results as JSON here')
@@ -113,6 +126,21 @@ def time_round_robin(
     return samples
 
 
+def postprocess_call(
+    backend: Backend, images: torch.Tensor, size: tuple[int, int], args: argparse.Namespace
+) -> Callable[[], object]:
+    """Post-processing of one frame's logits with every output on (flip off), on their device."""
+    class_logits, mask_logits = backend(images)
+    record = PreprocessRecord(source_size=size, resized_size=size, padded_size=size)
+    config = PostprocessConfig(anomaly_threshold=args.anomaly_threshold)
+
+    def call() -> object:
+        with torch.inference_mode():
+            return postprocess(class_logits[0], mask_logits[0], record, config)
+
+    return call
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
     if args.checkpoint:
         model, config = load_checkpoint(args.checkpoint, args.device)
@@ -144,14 +172,16 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 name: (lambda b=backend, x=images: b(x)) for name, backend in backends.items()
             }
             devices = {name: backend.device for name, backend in backends.items()}
-            samples = time_round_robin(calls, devices, args.warmup, args.iters)
             reference = args.backend[0]
+            if not args.no_postprocess:
+                calls['postprocess'] = postprocess_call(backends[reference], images, size, args)
+                devices['postprocess'] = backends[reference].device
+            samples = time_round_robin(calls, devices, args.warmup, args.iters)
+            reference_p50 = percentiles(samples[reference])['p50_ms']
             entry = {}
-            for name in args.backend:
+            for name in calls:
                 stats = percentiles(samples[name])
-                stats['p50_ratio_vs_' + reference] = (
-                    stats['p50_ms'] / percentiles(samples[reference])['p50_ms']
-                )
+                stats['p50_ratio_vs_' + reference] = stats['p50_ms'] / reference_p50
                 entry[name] = stats
             results['sizes'][size_text] = entry
     return results

@@ -77,7 +77,9 @@ class MultiheadAttention(nn.Module):
         k = F.linear(key, w_k, b_k).view(batch, num_keys, self.num_heads, head_dim)
         v = F.linear(value, w_v, b_v).view(batch, num_keys, self.num_heads, head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, ., D)
-        logits = torch.matmul(q * (1.0 / math.sqrt(head_dim)), k.transpose(-2, -1)).float()
+        logits = torch.matmul(q * (1.0 / math.sqrt(head_dim)), k.transpose(-2, -1))
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()  # softmax is an FP32 island (float64 stays float64)
         if blocked is not None:
             logits = logits.masked_fill(blocked, MASKED_LOGIT)
         weights = logits.softmax(dim=-1).to(v.dtype)

@@ -157,13 +157,19 @@ class MSDeformAttnPixelDecoder(nn.Module):
             mask_features: (B, mask_dim, H/4, W/4).
             multi_scale_features: [(B, conv_dim, H/32, W/32), (.., H/16, ..), (.., H/8, ..)].
         """
+        # The official pixel decoder runs in float32 even under AMP: feed it its own dtype.
+        dtype = self.mask_features.weight.dtype
         srcs, pos_embeds = [], []
         for projection, name in zip(self.input_proj, self.transformer_in_features, strict=True):
-            src = projection(features[name].float())
+            src = projection(features[name].to(dtype))
             srcs.append(src)
             pos_embeds.append(
                 sine_position_encoding(
-                    src.shape[-2], src.shape[-1], self.num_pos_feats, device=src.device
+                    src.shape[-2],
+                    src.shape[-1],
+                    self.num_pos_feats,
+                    device=src.device,
+                    dtype=dtype,
                 )
             )
         memory = self.transformer(srcs, pos_embeds)
@@ -175,7 +181,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             level = memory[:, start : start + height * width]
             outputs.append(level.transpose(1, 2).reshape(batch, -1, height, width))
             start += height * width
-        lateral = self.adapter_1(features['res2'].float())
+        lateral = self.adapter_1(features['res2'].to(dtype))
         fine = lateral + F.interpolate(
             outputs[-1], size=lateral.shape[-2:], mode='bilinear', align_corners=False
         )

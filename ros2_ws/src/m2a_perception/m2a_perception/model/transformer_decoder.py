@@ -176,7 +176,9 @@ class MaskedTransformerDecoderGMA(nn.Module):
         for level, feature in enumerate(multi_scale_features):
             height, width = int(feature.shape[-2]), int(feature.shape[-1])
             sizes.append((height, width))
-            pos = sine_position_encoding(height, width, self.num_pos_feats, device=feature.device)
+            pos = sine_position_encoding(
+                height, width, self.num_pos_feats, device=feature.device, dtype=feature.dtype
+            )
             positions.append(pos.flatten(1).transpose(0, 1)[None].expand(batch, -1, -1))
             memories.append(
                 feature.flatten(2).transpose(1, 2) + self.level_embed.weight[level][None, None]
