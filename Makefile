@@ -25,7 +25,7 @@ SETUP_INPUTS := requirements.txt Makefile tools/fix_ros_wheel_cmake.sh \
 
 # pytest runs under an external timeout because Fast DDS can hang in teardown while holding the GIL.
 TEST_TIMEOUT ?= 1200
-PYTEST_ARGS ?= -m "not slow and not gpu"
+PYTEST_ARGS ?= -m "not slow"
 # ROS environment for every process of the test run (environment.md gotchas 4 and 5).
 export FASTDDS_BUILTIN_TRANSPORTS := LARGE_DATA
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
@@ -73,7 +73,7 @@ test: setup
 	timeout -k 30 $(TEST_TIMEOUT) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: setup
-	timeout -k 30 $(TEST_TIMEOUT) $(PY) -m pytest -m "slow and not gpu"
+	timeout -k 30 $(TEST_TIMEOUT) $(PY) -m pytest -m slow
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,52 @@
+"""Entry point of the `perception_node` executable and the `m2a-perception-node` console script.
+
+Usage (any ROS arguments work, e.g. a parameter file and remappings):
+    m2a-perception-node --ros-args --params-file config/m2a_perception.yaml \
+        -p model.checkpoint:=/path/to/model.safetensors
+
+Allowed dependencies: rclpy, `m2a_perception.ros.node`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+from m2a_perception.ros.node import NODE_NAME, PerceptionNode
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the node until Ctrl-C or a ROS shutdown.
+
+    A single-threaded executor receives frames; inference runs in the node's own worker thread
+    (multi-threaded executors cannot keep up with large images on small CPUs).
+
+    Returns:
+        Process exit status: 0 after a normal shutdown, 1 if the node could not be created.
+    """
+    rclpy.init(args=args)
+    try:
+        node = PerceptionNode()
+    except Exception as error:  # e.g. a parameter file value outside its declared range
+        rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {type(error).__name__}: {error}')
+        rclpy.try_shutdown()
+        return 1
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        node.run_autostart()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.stop()
+        executor.remove_node(node)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

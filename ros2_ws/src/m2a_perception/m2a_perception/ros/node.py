@@ -1,0 +1,492 @@
+"""The `m2a_perception` lifecycle node: N cameras, one model, anomaly and open-set outputs.
+
+Lifecycle:
+    configure  validates parameters, loads the checkpoint, warms up, creates publishers; a bad
+               checkpoint keeps the node unconfigured with one error (never random weights);
+    activate   subscribes to the cameras and starts the inference worker;
+    deactivate unsubscribes and stops the worker (the model stays loaded);
+    cleanup    destroys publishers and frees the model and GPU memory.
+
+Threads: the executor thread runs subscriptions (which only drop the message into the camera's
+latest-frame slot), parameter changes and the diagnostics timer; one worker thread converts,
+infers, post-processes and publishes, so a slow model never blocks reception and frames never
+queue up.
+
+Allowed dependencies: rclpy and message packages, the core, the other `m2a_perception.ros`
+modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import Subscription
+from sensor_msgs.msg import CompressedImage, Image
+
+from m2a_perception.pipeline import Segmenter
+from m2a_perception.ros import engine as engine_module
+from m2a_perception.ros.conversions import (
+    ImageConversionError,
+    compressed_msg_to_rgb,
+    image_msg_to_rgb,
+)
+from m2a_perception.ros.diagnostics import (
+    BackendSnapshot,
+    BackendState,
+    CameraMonitor,
+    ProcessingMonitor,
+    StageTimes,
+    backend_status,
+    camera_status,
+    diagnostic_array,
+    processing_status,
+)
+from m2a_perception.ros.outputs import CameraOutputs, postprocess_for
+from m2a_perception.ros.params import CameraSettings, NodeSettings, ParameterManager
+from m2a_perception.ros.slots import Frame, FrameScheduler
+from m2a_perception.ros.throttle import KeyedThrottle
+from m2a_perception_msgs.msg import InferenceStats
+
+try:  # Jazzy and newer
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # Humble
+    from rclpy.qos_event import SubscriptionEventCallbacks
+
+NODE_NAME = 'm2a_perception'
+ERROR_THROTTLE_S = 5.0
+WORKER_POLL_S = 0.25
+# Reliable depth 1: both reliable and best-effort subscribers (RViz, rosbag) connect, and a slow
+# subscriber cannot make outputs pile up.
+OUTPUT_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+
+
+@dataclass
+class CameraRuntime:
+    """Everything the node holds per camera while configured."""
+
+    settings: CameraSettings
+    monitor: CameraMonitor
+    outputs: CameraOutputs
+    subscription: Subscription | None = None
+
+
+class PerceptionNode(LifecycleNode):
+    """Lifecycle node serving N cameras with one Mask2Anomaly model.
+
+    Args:
+        **kwargs: passed to `LifecycleNode` (e.g. `context`, `parameter_overrides`).
+    """
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self._configured = False
+        self._active = False
+        self._lifecycle_label = 'unconfigured'
+        self._throttle = KeyedThrottle(ERROR_THROTTLE_S)
+        self._processing = ProcessingMonitor()
+        self._segmenter: Segmenter | None = None
+        self._cameras: dict[str, CameraRuntime] = {}
+        self._scheduler: FrameScheduler[Image | CompressedImage] | None = None
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._params = ParameterManager(self, lambda: self._configured, self._on_settings)
+        self._settings: NodeSettings | None = None
+        self._backend = self._backend_snapshot(BackendState.UNCONFIGURED)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        period = float(self.get_parameter('diagnostics.period_s').value)
+        self._diagnostics_timer = self.create_timer(period, self.publish_diagnostics)
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    def run_autostart(self) -> None:
+        """Configure and activate if the `autostart` parameter is set."""
+        if not self.get_parameter('autostart').value:
+            self.get_logger().info('autostart is off: waiting for lifecycle transitions')
+            return
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._guarded('configure', self._configure)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._guarded('activate', self._activate)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._guarded('deactivate', self._deactivate)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._guarded('cleanup', self._cleanup)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._guarded('shutdown', self._shutdown)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # Back to unconfigured with everything released, so configure can be retried.
+        self._shutdown()
+        self._lifecycle_label = 'unconfigured'
+        return TransitionCallbackReturn.SUCCESS
+
+    def _guarded(
+        self, name: str, step: Callable[[], TransitionCallbackReturn]
+    ) -> TransitionCallbackReturn:
+        # rclpy turns an exception in a transition into ERROR without logging it.
+        try:
+            return step()
+        except Exception as error:
+            self.get_logger().error(f'{name} failed: {type(error).__name__}: {error}')
+            return TransitionCallbackReturn.ERROR
+
+    def _configure(self) -> TransitionCallbackReturn:
+        self._params.declare_cameras()
+        try:
+            settings = self._params.settings()
+        except ValueError as error:
+            return self._configure_failed(f'invalid parameters: {error}')
+        self._settings = settings
+        self._backend = self._backend_snapshot(BackendState.LOADING)
+        # Loading blocks the executor; report the state first so it is never a silent wait.
+        self.publish_diagnostics()
+        self.get_logger().info(
+            f'loading {settings.engine.checkpoint} ({settings.engine.backend}, '
+            f'{settings.engine.device}, {settings.engine.precision})'
+        )
+        start = time.monotonic()
+        try:
+            segmenter, model_config = engine_module.build_segmenter(
+                settings.engine, settings.postprocess
+            )
+            engine_module.warm_up(segmenter, model_config, settings.engine.warmup_iterations)
+        except engine_module.EngineError as error:
+            return self._configure_failed(str(error))
+        except (RuntimeError, ValueError) as error:
+            return self._configure_failed(f'warm-up failed: {error}')
+        self._segmenter = segmenter
+        self._backend = self._backend_snapshot(
+            BackendState.READY, model=model_config.name, load_time_s=time.monotonic() - start
+        )
+        self._scheduler = FrameScheduler(
+            [camera.name for camera in settings.cameras], settings.input.max_input_age_s
+        )
+        for camera in settings.cameras:
+            self._cameras[camera.name] = CameraRuntime(
+                settings=camera,
+                monitor=CameraMonitor(camera.name, camera.topic, camera.transport),
+                outputs=CameraOutputs(self, camera.name, OUTPUT_QOS),
+            )
+        self._configured = True
+        self._lifecycle_label = 'inactive'
+        self.get_logger().info(
+            f'configured: model {model_config.name}, cameras '
+            f'{", ".join(c.name for c in settings.cameras)} '
+            f'({self._backend.load_time_s:.1f} s)'
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
+        self._backend = self._backend_snapshot(BackendState.FAILED, error=reason)
+        self.get_logger().error(f'configure failed, node stays unconfigured: {reason}')
+        self.publish_diagnostics()
+        return TransitionCallbackReturn.FAILURE
+
+    def _activate(self) -> TransitionCallbackReturn:
+        assert self._settings is not None and self._scheduler is not None
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=self._settings.input.depth,
+            reliability=(
+                ReliabilityPolicy.RELIABLE
+                if self._settings.input.reliability == 'reliable'
+                else ReliabilityPolicy.BEST_EFFORT
+            ),
+            durability=DurabilityPolicy.VOLATILE,
+        )
+        # Fresh slots and monitors: counters and QoS events are per activation.
+        self._scheduler = FrameScheduler(list(self._cameras), self._settings.input.max_input_age_s)
+        for runtime in self._cameras.values():
+            camera = runtime.settings
+            runtime.monitor = CameraMonitor(camera.name, camera.topic, camera.transport)
+            runtime.subscription = self._subscribe(runtime, qos)
+            runtime.monitor.topic = runtime.subscription.topic_name
+        self._processing.reset()
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._work, name='m2a-inference', daemon=True)
+        self._worker.start()
+        self._active = True
+        self._lifecycle_label = 'active'
+        self.get_logger().info(
+            'active: subscribed to ' + ', '.join(r.monitor.topic for r in self._cameras.values())
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def _subscribe(self, runtime: CameraRuntime, qos: QoSProfile) -> Subscription:
+        name = runtime.settings.name
+        msg_type = Image if runtime.settings.transport == 'raw' else CompressedImage
+        events = SubscriptionEventCallbacks(
+            incompatible_qos=lambda info, cam=name: self._on_incompatible_qos(cam, info)
+        )
+        return self.create_subscription(
+            msg_type,
+            runtime.settings.topic,
+            lambda msg, cam=name: self._on_frame(cam, msg),
+            qos,
+            event_callbacks=events,
+        )
+
+    def _deactivate(self) -> TransitionCallbackReturn:
+        self._active = False
+        for runtime in self._cameras.values():
+            if runtime.subscription is not None:
+                self.destroy_subscription(runtime.subscription)
+                runtime.subscription = None
+        self._stop_worker()
+        self._lifecycle_label = 'inactive'
+        return TransitionCallbackReturn.SUCCESS
+
+    def _cleanup(self) -> TransitionCallbackReturn:
+        self._stop_worker()
+        for runtime in self._cameras.values():
+            runtime.outputs.destroy(self)
+        self._cameras.clear()
+        self._scheduler = None
+        device = self._segmenter.device if self._segmenter is not None else None
+        self._segmenter = None
+        engine_module.release(device)
+        self._configured = False
+        self._lifecycle_label = 'unconfigured'
+        self._backend = self._backend_snapshot(BackendState.UNCONFIGURED)
+        return TransitionCallbackReturn.SUCCESS
+
+    def _shutdown(self) -> TransitionCallbackReturn:
+        if self._active:
+            self._deactivate()
+        self._cleanup()
+        self._lifecycle_label = 'finalized'
+        return TransitionCallbackReturn.SUCCESS
+
+    def stop(self) -> None:
+        """Stop the worker thread before the node is destroyed (process exit)."""
+        self._stop_worker()
+
+    def _stop_worker(self) -> None:
+        self._stop.set()
+        if self._scheduler is not None:
+            self._scheduler.close()
+            self._scheduler.clear()
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+
+    # ------------------------------------------------------------------------ executor side
+
+    def _on_frame(self, camera: str, msg: Image | CompressedImage) -> None:
+        runtime = self._cameras.get(camera)
+        scheduler = self._scheduler
+        if runtime is None or scheduler is None:
+            return
+        stamp = msg.header.stamp
+        runtime.monitor.on_frame(stamp.sec * 1_000_000_000 + stamp.nanosec)
+        scheduler.put(camera, msg)
+
+    def _on_incompatible_qos(self, camera: str, info: object) -> None:
+        policy = _policy_name(getattr(info, 'last_policy_kind', None))
+        total = int(getattr(info, 'total_count', 1))
+        runtime = self._cameras.get(camera)
+        if runtime is not None:
+            runtime.monitor.on_incompatible_qos(total, policy)
+        self.get_logger().error(
+            f'camera {camera}: a publisher with incompatible QoS ({policy}) was found on '
+            f'{runtime.monitor.topic if runtime else camera}; no frames will arrive from it '
+            f'(input.reliability is {self._settings.input.reliability if self._settings else "?"})'
+        )
+
+    def _on_settings(self, settings: NodeSettings) -> None:
+        self._settings = settings
+        if self._scheduler is not None:
+            self._scheduler.max_age_s = settings.input.max_input_age_s
+
+    def publish_diagnostics(self) -> None:
+        """Publish one DiagnosticArray (timer callback; also called on state changes)."""
+        # Namespaced, so two perception nodes in one system report distinct statuses.
+        name = f'{self.get_namespace().rstrip("/")}/{self.get_name()}'.lstrip('/')
+        backend = dataclasses.replace(self._backend, lifecycle=self._lifecycle_label)
+        statuses = [backend_status(name, backend)]
+        settings = self._settings
+        scheduler = self._scheduler
+        if self._configured and settings is not None and scheduler is not None:
+            statuses.append(
+                processing_status(name, self._processing.snapshot(), settings.diagnostics)
+            )
+            clock_ns = self.get_clock().now().nanoseconds or None
+            for camera, runtime in self._cameras.items():
+                subscription = runtime.subscription
+                publishers = (
+                    self.count_publishers(subscription.topic_name) if subscription else None
+                )
+                snapshot = runtime.monitor.snapshot(
+                    time.monotonic(),
+                    clock_ns,
+                    self._active,
+                    publishers,
+                    scheduler.counters(camera),
+                )
+                statuses.append(camera_status(name, snapshot, settings.diagnostics))
+        self._diagnostics_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), statuses))
+
+    # -------------------------------------------------------------------------- worker side
+
+    def _work(self) -> None:
+        scheduler = self._scheduler
+        assert scheduler is not None
+        while not self._stop.is_set():
+            frame = scheduler.next_frame(WORKER_POLL_S)
+            if frame is None or self._stop.is_set():
+                continue
+            try:
+                self._process(frame)
+            except Exception as error:  # the worker must outlive any single frame
+                runtime = self._cameras.get(frame.camera)
+                if runtime is not None:
+                    self._processing_failed(runtime, error)
+
+    def _process(self, frame: Frame[Image | CompressedImage]) -> None:
+        runtime = self._cameras.get(frame.camera)
+        settings = self._settings
+        segmenter = self._segmenter
+        if runtime is None or settings is None or segmenter is None:
+            return
+        demand = runtime.outputs.demand(time.monotonic(), settings.viz.overlay_rate_hz)
+        if not demand.any:
+            runtime.monitor.on_skipped()
+            return
+        msg = frame.item
+        start = time.perf_counter()
+        try:
+            if isinstance(msg, CompressedImage):
+                rgb = compressed_msg_to_rgb(msg, settings.input.limits)
+            else:
+                rgb = image_msg_to_rgb(msg, settings.input.limits)
+        except ImageConversionError as error:
+            self._reject(runtime, error)
+            return
+        try:
+            segmenter.postprocess_config = postprocess_for(settings.postprocess, demand)
+            images, record = segmenter.preprocess(rgb)
+            preprocessed = time.perf_counter()
+            prediction = segmenter.infer(images)
+            if segmenter.device.type == 'cuda':
+                torch.cuda.synchronize(segmenter.device)
+            inferred = time.perf_counter()
+            result = segmenter.postprocess(prediction, record).cpu()
+            postprocessed = time.perf_counter()
+            runtime.outputs.publish(
+                msg.header,
+                result,
+                rgb,
+                demand,
+                settings.viz,
+                settings.anomaly_threshold,
+                settings.postprocess,
+                time.monotonic(),
+            )
+            published = time.perf_counter()
+        except (RuntimeError, ValueError) as error:
+            self._processing_failed(runtime, error)
+            return
+        times = StageTimes(
+            preprocess_ms=(preprocessed - start) * 1e3,
+            model_ms=(inferred - preprocessed) * 1e3,
+            postprocess_ms=(postprocessed - inferred) * 1e3,
+            publish_ms=(published - postprocessed) * 1e3,
+        )
+        self._processing.record(times, settings.diagnostics.max_processing_time_ms)
+        runtime.monitor.on_processed()
+        if demand.stats:
+            runtime.outputs.publish_stats(self._stats_msg(frame, runtime, times))
+
+    def _reject(self, runtime: CameraRuntime, error: ImageConversionError) -> None:
+        camera = runtime.settings.name
+        count = runtime.monitor.on_invalid(error.reason, str(error))
+        allowed, suppressed = self._throttle.allow((camera, error.reason))
+        if allowed:
+            more = f' ({suppressed} more since the last report)' if suppressed else ''
+            self.get_logger().error(
+                f'camera {camera}: dropped invalid frame [{error.reason}, {count} so far]: '
+                f'{error}{more}'
+            )
+
+    def _processing_failed(self, runtime: CameraRuntime, error: Exception) -> None:
+        camera = runtime.settings.name
+        runtime.monitor.on_error(f'{type(error).__name__}: {error}')
+        allowed, suppressed = self._throttle.allow((camera, 'processing'))
+        if allowed:
+            more = f' ({suppressed} more since the last report)' if suppressed else ''
+            self.get_logger().error(
+                f'camera {camera}: processing failed: {type(error).__name__}: {error}{more}'
+            )
+
+    def _stats_msg(
+        self, frame: Frame[Image | CompressedImage], runtime: CameraRuntime, times: StageTimes
+    ) -> InferenceStats:
+        assert self._scheduler is not None
+        counters = self._scheduler.counters(frame.camera)
+        header = frame.item.header
+        stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        msg = InferenceStats()
+        msg.header = header
+        msg.camera = frame.camera
+        msg.preprocess_ms = times.preprocess_ms
+        msg.model_ms = times.model_ms
+        msg.postprocess_ms = times.postprocess_ms
+        msg.publish_ms = times.publish_ms
+        msg.queue_wait_ms = frame.queue_wait_s * 1e3
+        msg.end_to_end_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
+        msg.frames_processed = runtime.monitor.processed
+        msg.frames_dropped_overwritten = counters.overwritten
+        msg.frames_dropped_stale = counters.stale
+        msg.frames_dropped_invalid = runtime.monitor.invalid_total
+        return msg
+
+    def _backend_snapshot(
+        self,
+        state: BackendState,
+        model: str = '',
+        load_time_s: float | None = None,
+        error: str = '',
+    ) -> BackendSnapshot:
+        values = self._params.values()
+        return BackendSnapshot(
+            state=state,
+            lifecycle=self._lifecycle_label,
+            backend=str(values['model.backend']),
+            device=str(values['model.device']),
+            precision=str(values['model.precision']),
+            checkpoint=str(values['model.checkpoint']),
+            model=model,
+            load_time_s=load_time_s,
+            error=error,
+        )
+
+
+def _policy_name(kind: object) -> str:
+    if kind is None:
+        return 'unknown policy'
+    try:
+        from rclpy.qos import qos_policy_name_from_kind
+
+        return qos_policy_name_from_kind(kind)  # type: ignore[arg-type]
+    except (ImportError, ValueError):
+        return str(kind)

@@ -1,0 +1,286 @@
+"""Per-camera output topics: which outputs are wanted, and filling and publishing them.
+
+Each output is computed and published only when it has subscribers (the overlay also only when
+its rate limit allows). Image messages and their buffers are allocated once and rewritten per
+frame (`ImageMessageBuffer`); every message carries the input header object unchanged.
+
+Allowed dependencies: numpy, OpenCV, rclpy, sensor_msgs, m2a_perception_msgs, the core
+(`types`, `classes`, `visualize`), `m2a_perception.ros.conversions`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from rclpy.node import Node
+from rclpy.publisher import Publisher
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import Image, RegionOfInterest
+from std_msgs.msg import Header
+
+from m2a_perception.classes import class_names, semantic_palette
+from m2a_perception.postprocess.config import PostprocessConfig
+from m2a_perception.ros.conversions import ImageMessageBuffer
+from m2a_perception.ros.params import VizSettings
+from m2a_perception.types import Segment, SegmentationOutput, SegmentKind
+from m2a_perception.visualize import blend, colormap_lut, draw_unknown_boxes, resize_to
+from m2a_perception_msgs.msg import InferenceStats, OpenSetPanoptic, OpenSetSegment
+
+# Output key -> topic under the camera name.
+OUTPUT_TOPICS: dict[str, str] = {
+    'score': 'anomaly/score',
+    'heatmap': 'anomaly/heatmap',
+    'mask': 'anomaly/mask',
+    'semantic': 'panoptic/semantic',
+    'confidence': 'panoptic/confidence',
+    'segments': 'panoptic/segments',
+    'overlay': 'overlay',
+    'stats': 'stats',
+}
+OUTPUT_ENCODINGS: dict[str, str] = {
+    'score': '32FC1',
+    'heatmap': 'bgr8',
+    'mask': 'mono8',
+    'semantic': 'mono8',
+    'confidence': 'mono8',
+    'overlay': 'rgb8',
+}
+COLORMAP_IDS: dict[str, int] = {
+    'inferno': cv2.COLORMAP_INFERNO,
+    'turbo': cv2.COLORMAP_TURBO,
+    'jet': cv2.COLORMAP_JET,
+    'viridis': cv2.COLORMAP_VIRIDIS,
+    'magma': cv2.COLORMAP_MAGMA,
+    'plasma': cv2.COLORMAP_PLASMA,
+    'hot': cv2.COLORMAP_HOT,
+}
+_SEGMENT_KINDS = {
+    SegmentKind.STUFF: OpenSetSegment.KIND_STUFF,
+    SegmentKind.THING: OpenSetSegment.KIND_THING,
+    SegmentKind.UNKNOWN_THING: OpenSetSegment.KIND_UNKNOWN_THING,
+}
+# OpenSetSegment.class_id of unknown things (the message's convention).
+UNKNOWN_SEGMENT_CLASS_ID = -1
+
+
+@dataclass(frozen=True)
+class OutputDemand:
+    """Which outputs this frame must produce (subscribed, and for the overlay also due)."""
+
+    score: bool = False
+    heatmap: bool = False
+    mask: bool = False
+    semantic: bool = False
+    confidence: bool = False
+    segments: bool = False
+    overlay: bool = False
+    stats: bool = False
+
+    @property
+    def any(self) -> bool:
+        return any(vars(self).values())
+
+    @property
+    def needs_semantic(self) -> bool:
+        return self.semantic or self.confidence or self.overlay
+
+    @property
+    def needs_panoptic(self) -> bool:
+        return self.segments or self.overlay
+
+
+def postprocess_for(base: PostprocessConfig, demand: OutputDemand) -> PostprocessConfig:
+    """`base` with the semantic and panoptic stages switched off when nobody needs them."""
+    return _variant(base, demand.needs_semantic, demand.needs_panoptic)
+
+
+@functools.lru_cache(maxsize=16)
+def _variant(base: PostprocessConfig, semantic: bool, panoptic: bool) -> PostprocessConfig:
+    if base.semantic == semantic and base.panoptic == panoptic:
+        return base
+    return dataclasses.replace(base, semantic=semantic, panoptic=panoptic)
+
+
+@functools.lru_cache(maxsize=len(COLORMAP_IDS))
+def heatmap_lut_bgr(colormap: str) -> np.ndarray:
+    """(256, 3) uint8 BGR lookup table of a named colour map."""
+    return np.ascontiguousarray(colormap_lut(COLORMAP_IDS[colormap])[:, ::-1])
+
+
+@functools.lru_cache(maxsize=1)
+def _palette() -> np.ndarray:
+    return semantic_palette()
+
+
+@functools.lru_cache(maxsize=1)
+def _names() -> tuple[str, ...]:
+    return class_names()
+
+
+def quantize_unit(values: np.ndarray, low: float, high: float, out: np.ndarray) -> np.ndarray:
+    """Map [low, high] linearly to 0..255 (rounded, clipped) into the uint8 array `out`."""
+    scaled = (values - np.float32(low)) * np.float32(255.0 / (high - low)) + np.float32(0.5)
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    np.copyto(out, scaled, casting='unsafe')
+    return out
+
+
+def segment_msg(segment: Segment, unknown_id: int) -> OpenSetSegment:
+    """One core `Segment` as an `OpenSetSegment` (box converted to a RegionOfInterest)."""
+    msg = OpenSetSegment()
+    msg.id = int(segment.id)
+    msg.kind = _SEGMENT_KINDS[segment.kind]
+    unknown = segment.kind is SegmentKind.UNKNOWN_THING or segment.class_id == unknown_id
+    names = _names()
+    if unknown:
+        msg.class_id, msg.class_name = UNKNOWN_SEGMENT_CLASS_ID, 'unknown'
+    else:
+        msg.class_id = int(segment.class_id)
+        msg.class_name = names[segment.class_id] if segment.class_id < len(names) else ''
+    msg.class_score = float(segment.class_score)
+    msg.anomaly_mean = float(segment.anomaly_score_mean)
+    msg.anomaly_max = float(segment.anomaly_score_max)
+    msg.area = int(segment.area)
+    x_min, y_min, x_max, y_max = (int(v) for v in segment.bbox)
+    msg.roi = RegionOfInterest(
+        x_offset=x_min, y_offset=y_min, width=x_max - x_min, height=y_max - y_min
+    )
+    return msg
+
+
+class CameraOutputs:
+    """Publishers and reusable messages of one camera.
+
+    Args:
+        node: the node that owns the publishers.
+        camera: camera name; topics are `<camera>/<output>`.
+        qos: QoS of every output publisher.
+    """
+
+    def __init__(self, node: Node, camera: str, qos: QoSProfile) -> None:
+        self.camera = camera
+        self.publishers: dict[str, Publisher] = {}
+        for key, topic in OUTPUT_TOPICS.items():
+            msg_type = {'segments': OpenSetPanoptic, 'stats': InferenceStats}.get(key, Image)
+            self.publishers[key] = node.create_publisher(msg_type, f'{camera}/{topic}', qos)
+        self._buffers = {key: ImageMessageBuffer(enc) for key, enc in OUTPUT_ENCODINGS.items()}
+        self._segment_ids = ImageMessageBuffer('mono16')
+        self._last_overlay_s = -math.inf
+
+    def demand(self, now_s: float, overlay_rate_hz: float) -> OutputDemand:
+        """Outputs with subscribers; the overlay only if its rate limit allows one now."""
+        wanted = {key: pub.get_subscription_count() > 0 for key, pub in self.publishers.items()}
+        if wanted['overlay'] and overlay_rate_hz > 0.0:
+            wanted['overlay'] = now_s - self._last_overlay_s >= 1.0 / overlay_rate_hz
+        return OutputDemand(**wanted)
+
+    def publish(
+        self,
+        header: Header,
+        result: SegmentationOutput,
+        rgb: np.ndarray,
+        demand: OutputDemand,
+        viz: VizSettings,
+        anomaly_threshold: float,
+        postprocess: PostprocessConfig,
+        now_s: float,
+    ) -> None:
+        """Fill and publish the demanded outputs of one frame.
+
+        Args:
+            header: the input header, passed on unchanged.
+            result: post-processed output with host (CPU) maps.
+            rgb: the source frame, (H, W, 3) uint8 RGB (for the overlay).
+            demand: outputs to produce.
+            viz: heatmap and overlay settings.
+            anomaly_threshold: threshold of anomaly/mask.
+            postprocess: thresholds reported in panoptic/segments.
+            now_s: monotonic time, for the overlay rate limit.
+        """
+        score = result.anomaly_map.numpy()
+        height, width = result.output_size
+        if demand.score:
+            self._publish_buffer('score', header, score)
+        if demand.heatmap:
+            msg, view = self._buffers['heatmap'].prepare(header, height, width)
+            indices = quantize_unit(
+                score, viz.score_min, viz.score_max, np.empty(score.shape, np.uint8)
+            )
+            # OpenCV's colour map writes BGR straight into the message buffer (twice as fast
+            # as a numpy lookup); `heatmap_lut_bgr` is the same table for legends and tests.
+            cv2.applyColorMap(indices, COLORMAP_IDS[viz.colormap], dst=view)
+            self.publishers['heatmap'].publish(msg)
+        if demand.mask:
+            msg, view = self._buffers['mask'].prepare(header, height, width)
+            np.greater_equal(score, np.float32(anomaly_threshold), out=view.view(np.bool_))
+            np.multiply(view, np.uint8(255), out=view)
+            self.publishers['mask'].publish(msg)
+        semantic = None if result.semantic is None else result.semantic.numpy()
+        if demand.semantic and semantic is not None:
+            self._publish_buffer('semantic', header, semantic)
+        if demand.confidence and result.confidence is not None:
+            msg, view = self._buffers['confidence'].prepare(header, height, width)
+            quantize_unit(result.confidence.numpy(), 0.0, 1.0, view)
+            self.publishers['confidence'].publish(msg)
+        if demand.segments and result.panoptic is not None:
+            self.publishers['segments'].publish(
+                self._panoptic_msg(header, result, anomaly_threshold, postprocess)
+            )
+        if demand.overlay and semantic is not None:
+            self._publish_overlay(header, result, rgb, semantic, viz)
+            self._last_overlay_s = now_s
+
+    def publish_stats(self, stats: InferenceStats) -> None:
+        self.publishers['stats'].publish(stats)
+
+    def destroy(self, node: Node) -> None:
+        for publisher in self.publishers.values():
+            node.destroy_publisher(publisher)
+        self.publishers.clear()
+
+    def _publish_buffer(self, key: str, header: Header, pixels: np.ndarray) -> None:
+        self.publishers[key].publish(self._buffers[key].fill(header, pixels))
+
+    def _panoptic_msg(
+        self,
+        header: Header,
+        result: SegmentationOutput,
+        anomaly_threshold: float,
+        postprocess: PostprocessConfig,
+    ) -> OpenSetPanoptic:
+        assert result.panoptic is not None
+        ids = result.panoptic.numpy()
+        if ids.size and int(ids.max()) > np.iinfo(np.uint16).max:
+            raise ValueError(f'segment id {int(ids.max())} does not fit the mono16 id image')
+        height, width = ids.shape
+        id_image, view = self._segment_ids.prepare(header, height, width)
+        np.copyto(view, ids, casting='unsafe')
+        msg = OpenSetPanoptic()
+        msg.header = header
+        msg.source_height, msg.source_width = (int(v) for v in result.source_size)
+        msg.segment_ids = id_image
+        msg.segments = [segment_msg(s, result.unknown_id) for s in result.segments]
+        msg.anomaly_threshold = float(anomaly_threshold)
+        msg.object_mask_threshold = float(postprocess.object_mask_threshold)
+        msg.overlap_threshold = float(postprocess.overlap_threshold)
+        return msg
+
+    def _publish_overlay(
+        self,
+        header: Header,
+        result: SegmentationOutput,
+        rgb: np.ndarray,
+        semantic: np.ndarray,
+        viz: VizSettings,
+    ) -> None:
+        # OpenCV needs positive strides and real channels (inputs may be bgr or mono views).
+        image = resize_to(np.ascontiguousarray(rgb), result.output_size)
+        overlay = blend(image, _palette()[semantic], viz.alpha)
+        if result.panoptic is not None:
+            overlay = draw_unknown_boxes(overlay, result.segments, result.source_size)
+        self._publish_buffer('overlay', header, overlay)

@@ -1,0 +1,264 @@
+"""Helpers for the multi-process ROS tests: subprocesses that always die, and a probe node.
+
+Subprocesses inherit the test environment (ROS_DOMAIN_ID from tests/conftest.py, Fast DDS
+LARGE_DATA transport, and LD_LIBRARY_PATH together with the wheel bootstrapper's marker) and run
+in their own process group, so teardown can SIGINT and then SIGKILL the whole group.
+
+The probe node is spun from the test thread only (`RosProbe.wait_for`), never from a background
+thread, so entity creation and spinning never race.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.srv import GetParameters, ListParameters, SetParameters
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PARAMS_FILE = REPO_ROOT / 'config' / 'm2a_perception.yaml'
+FAKE_CAMERA = Path(__file__).with_name('fake_camera.py')
+# Generous: a loaded 2-core machine imports torch and loads the model in several seconds.
+STARTUP_TIMEOUT_S = 120.0
+WAIT_TIMEOUT_S = 60.0
+
+T = TypeVar('T')
+
+
+def ros_env() -> dict[str, str]:
+    """Environment for ROS subprocesses (see shared/reference/environment.md §0 and §3)."""
+    env = dict(os.environ)
+    env['FASTDDS_BUILTIN_TRANSPORTS'] = 'LARGE_DATA'
+    env.setdefault('ROS_DOMAIN_ID', '40')
+    env['PYTHONUNBUFFERED'] = '1'
+    env['RCUTILS_COLORIZED_OUTPUT'] = '0'
+    # The bootstrapper marker without its LD_LIBRARY_PATH breaks `import rclpy`: keep both or none.
+    if 'LD_LIBRARY_PATH' not in env:
+        env.pop('_ROS_WHEELS_BOOTSTRAP_COMPLETE', None)
+    return env
+
+
+class ManagedProcess:
+    """A subprocess in its own process group, logging to a file.
+
+    Args:
+        name: for messages and the log file name.
+        args: command line.
+        log_dir: folder of `<name>.log`.
+    """
+
+    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f'{name}.log'
+        self._log = self.log_path.open('w')
+        self.process = subprocess.Popen(
+            args,
+            cwd=REPO_ROOT,
+            env=ros_env(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_text(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors='replace')
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGINT the group, then SIGKILL it if it has not exited within `timeout_s`."""
+        if self.alive():
+            self._signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                self.process.wait(10.0)
+        # Children (none expected) must not outlive the test either.
+        self._signal(signal.SIGKILL)
+        self._log.close()
+        return self.process.returncode
+
+    def _signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)
+
+
+def node_command(checkpoint: Path, namespace: str, *overrides: str) -> list[str]:
+    """Command line of the node with the shipped YAML plus `-p` overrides."""
+    args = [
+        sys.executable,
+        '-m',
+        'm2a_perception.ros.main',
+        '--ros-args',
+        '-r',
+        f'__ns:={namespace}',
+        '--params-file',
+        str(PARAMS_FILE),
+        '-p',
+        f'model.checkpoint:={checkpoint}',
+    ]
+    for override in overrides:
+        args += ['-p', override]
+    return args
+
+
+def camera_command(*args: str) -> list[str]:
+    """Command line of the fake camera publisher (see tests/ros/fake_camera.py for `args`)."""
+    return [sys.executable, str(FAKE_CAMERA), *args]
+
+
+class Recorder:
+    """Messages received on one topic, in arrival order, with their receive time."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.times: list[float] = []
+
+    def __call__(self, msg: Any) -> None:
+        self.messages.append(msg)
+        self.times.append(time.time())
+
+    def clear(self) -> None:
+        self.messages.clear()
+        self.times.clear()
+
+
+class RosProbe:
+    """A node in its own context, for subscribing to node outputs and calling its services."""
+
+    def __init__(self, name: str = 'm2a_test_probe') -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=int(os.environ.get('ROS_DOMAIN_ID', '40')))
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+    def record(
+        self, msg_type: type, topic: str, reliable: bool = True, depth: int = 50
+    ) -> Recorder:
+        recorder = Recorder()
+        qos = QoSProfile(
+            depth=depth,
+            reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+        )
+        self.node.create_subscription(msg_type, topic, recorder, qos)
+        return recorder
+
+    def spin_for(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def wait_for(
+        self, predicate: Callable[[], T], timeout_s: float = WAIT_TIMEOUT_S, what: str = ''
+    ) -> T:
+        """Spin until `predicate()` is truthy and return its value; fail after the timeout."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            value = predicate()
+            if value:
+                return value
+            self.executor.spin_once(timeout_sec=0.05)
+        value = predicate()
+        if value:
+            return value
+        raise TimeoutError(f'timed out after {timeout_s:.0f} s waiting for {what or predicate}')
+
+    def call(self, srv_type: type, name: str, request: Any, timeout_s: float = 30.0) -> Any:
+        client = self.node.create_client(srv_type, name)
+        try:
+            self.wait_for(client.service_is_ready, timeout_s, f'service {name}')
+            future = client.call_async(request)
+            self.wait_for(future.done, timeout_s, f'response of {name}')
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    # Lifecycle and parameter services of the node under test.
+
+    def lifecycle_state(self, node: str, timeout_s: float = 30.0) -> str:
+        request = GetState.Request()
+        return self.call(GetState, f'{node}/get_state', request, timeout_s).current_state.label
+
+    def transition(self, node: str, transition_id: int, timeout_s: float = 90.0) -> bool:
+        request = ChangeState.Request()
+        request.transition = Transition(id=transition_id)
+        return bool(self.call(ChangeState, f'{node}/change_state', request, timeout_s).success)
+
+    def set_parameter(self, node: str, name: str, value: Any) -> tuple[bool, str]:
+        request = SetParameters.Request()
+        request.parameters = [Parameter(name, value=value).to_parameter_msg()]
+        result = self.call(SetParameters, f'{node}/set_parameters', request).results[0]
+        return bool(result.successful), str(result.reason)
+
+    def parameter_names(self, node: str) -> list[str]:
+        request = ListParameters.Request()
+        return list(self.call(ListParameters, f'{node}/list_parameters', request).result.names)
+
+    def parameter_values(self, node: str, names: list[str]) -> dict[str, Any]:
+        request = GetParameters.Request()
+        request.names = names
+        values = self.call(GetParameters, f'{node}/get_parameters', request).values
+        return {
+            name: Parameter.from_parameter_msg(_named(name, value)).value
+            for name, value in zip(names, values, strict=True)
+        }
+
+
+def _named(name: str, value: Any) -> Any:
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+
+    return ParameterMsg(name=name, value=value)
+
+
+def latest_status(recorder: Recorder, name: str) -> DiagnosticStatus | None:
+    """The newest status called `name` in a /diagnostics recording."""
+    for array in reversed(recorder.messages):
+        assert isinstance(array, DiagnosticArray)
+        for status in array.status:
+            if status.name == name:
+                return status
+    return None
+
+
+def status_values(status: DiagnosticStatus) -> dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
+
+
+def flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+    """Nested YAML mapping -> dotted ROS parameter names."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, dict):
+            flat.update(flatten(value, f'{name}.'))
+        else:
+            flat[name] = value
+    return flat
+
+
+def stamp_key(header: Any) -> tuple[int, int]:
+    return int(header.stamp.sec), int(header.stamp.nanosec)

@@ -1,0 +1,303 @@
+"""Launch files and the RViz layout, checked without a `launch` install.
+
+The launch files run against small stand-ins for `launch` and `launch_ros` that record what
+they are given; `FindPackageShare('m2a_perception')` resolves to the repository root, whose
+`launch/` and `config/` are exactly what setup.py installs into the share directory. So every
+file a launch file names must exist here, and every executable must be a console script.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import yaml
+
+from m2a_perception.ros.rviz_config import (
+    camera_names_from_params,
+    render_rviz_config,
+    topic_for,
+)
+
+from .helpers import PARAMS_FILE, REPO_ROOT
+
+pytestmark = pytest.mark.ros
+
+LAUNCH_DIR = REPO_ROOT / 'launch'
+SETUP_PY = REPO_ROOT / 'ros2_ws' / 'src' / 'm2a_perception' / 'setup.py'
+RVIZ_FILE = REPO_ROOT / 'config' / 'm2a_perception.rviz'
+REQUIRED_ARGUMENTS = {
+    'params_file',
+    'cameras',
+    'namespace',
+    'backend',
+    'precision',
+    'use_sim_time',
+    'autostart',
+    'rviz',
+}
+# Executables of other packages that a ROS install provides.
+EXTERNAL_EXECUTABLES = {('rviz2', 'rviz2')}
+
+
+class Recorded:
+    """Base of the stand-ins: keeps positional and keyword arguments."""
+
+    instances: ClassVar[list[Recorded]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
+        Recorded.instances.append(self)
+
+
+class FakeContext:
+    def __init__(self, configurations: dict[str, str]) -> None:
+        self.launch_configurations = configurations
+
+
+def perform(value: Any, context: FakeContext) -> str:
+    return value if isinstance(value, str) else value.perform(context)
+
+
+class LaunchConfiguration(Recorded):
+    def perform(self, context: FakeContext) -> str:
+        return context.launch_configurations[self.args[0]]
+
+
+class FindPackageShare(Recorded):
+    def perform(self, context: FakeContext) -> str:
+        if self.args[0] != 'm2a_perception':
+            raise AssertionError(f'unexpected package share {self.args[0]}')
+        return str(REPO_ROOT)
+
+
+class PathJoinSubstitution(Recorded):
+    def perform(self, context: FakeContext) -> str:
+        return os.path.join(*(perform(part, context) for part in self.args[0]))
+
+
+class DeclareLaunchArgument(Recorded):
+    @property
+    def name(self) -> str:
+        return self.args[0]
+
+
+def stub_modules() -> dict[str, types.ModuleType]:
+    """Stand-ins for the parts of launch / launch_ros the launch files import."""
+    contents = {
+        'launch': {},
+        'launch.actions': {
+            'DeclareLaunchArgument': DeclareLaunchArgument,
+            'IncludeLaunchDescription': type('IncludeLaunchDescription', (Recorded,), {}),
+            'OpaqueFunction': type('OpaqueFunction', (Recorded,), {}),
+        },
+        'launch.conditions': {'IfCondition': type('IfCondition', (Recorded,), {})},
+        'launch.launch_context': {'LaunchContext': FakeContext},
+        'launch.launch_description': {
+            'LaunchDescription': type('LaunchDescription', (Recorded,), {})
+        },
+        'launch.launch_description_sources': {
+            'PythonLaunchDescriptionSource': type('PythonLaunchDescriptionSource', (Recorded,), {})
+        },
+        'launch.substitutions': {
+            'LaunchConfiguration': LaunchConfiguration,
+            'PathJoinSubstitution': PathJoinSubstitution,
+        },
+        'launch_ros': {},
+        'launch_ros.actions': {
+            'Node': type('Node', (Recorded,), {}),
+            'LifecycleNode': type('LifecycleNode', (Recorded,), {}),
+        },
+        'launch_ros.substitutions': {'FindPackageShare': FindPackageShare},
+    }
+    modules = {}
+    for name, attributes in contents.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attributes)
+        modules[name] = module
+    return modules
+
+
+@pytest.fixture
+def load_launch(monkeypatch):
+    for name, module in stub_modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    Recorded.instances = []
+
+    def load(file_name: str) -> Any:
+        path = LAUNCH_DIR / file_name
+        spec = importlib.util.spec_from_file_location(f'launch_under_test_{path.stem}', path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+def of_type(name: str) -> list[Recorded]:
+    return [r for r in Recorded.instances if type(r).__name__ == name]
+
+
+def launch_context(description: Recorded, **overrides: str) -> FakeContext:
+    """Launch configurations from the declared defaults plus overrides."""
+    context = FakeContext({})
+    for entity in description.args[0]:
+        if isinstance(entity, DeclareLaunchArgument):
+            default = entity.kwargs.get('default_value', '')
+            context.launch_configurations[entity.name] = perform(default, context)
+    context.launch_configurations.update(overrides)
+    return context
+
+
+def console_scripts() -> dict[str, str]:
+    """`name -> module:function` of setup.py's console_scripts, read without running it."""
+    tree = ast.parse(SETUP_PY.read_text())
+    scripts: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and key.value == 'console_scripts':
+                    for item in ast.literal_eval(value):
+                        name, target = (part.strip() for part in item.split('='))
+                        scripts[name] = target
+    return scripts
+
+
+def installed_share_file(path: str) -> Path:
+    """Map a path under the package share to the repository file setup.py installs there."""
+    relative = Path(path).relative_to(REPO_ROOT)
+    assert relative.parts[0] in {'launch', 'config'}, path
+    patterns = {'launch': ('*.launch.py',), 'config': ('*.yaml', '*.rviz')}[relative.parts[0]]
+    assert any(relative.match(p) for p in patterns), f'{relative} is not installed by setup.py'
+    return REPO_ROOT / relative
+
+
+@pytest.mark.parametrize('file_name', ['m2a_perception.launch.py', 'rviz.launch.py'])
+def test_launch_files_are_valid_python(file_name):
+    source = (LAUNCH_DIR / file_name).read_text()
+    tree = ast.parse(source)
+    compile(tree, file_name, 'exec')
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert 'generate_launch_description' in functions
+
+
+def test_node_launch_arguments_files_and_executable(load_launch):
+    module = load_launch('m2a_perception.launch.py')
+    description = module.generate_launch_description()
+    declared = {a.name for a in of_type('DeclareLaunchArgument')}
+    assert declared >= REQUIRED_ARGUMENTS
+
+    context = launch_context(
+        description,
+        cameras='front, left',
+        checkpoint='/models/m2a.safetensors',
+        precision='fp16',
+        namespace='perception',
+    )
+    nodes = module._node(context)
+    assert len(nodes) == 1
+    node = nodes[0].kwargs
+    assert type(nodes[0]).__name__ == 'LifecycleNode'
+    assert (node['package'], node['executable'], node['name']) == (
+        'm2a_perception',
+        'perception_node',
+        'm2a_perception',
+    )
+    params_file, overrides = node['parameters']
+    assert installed_share_file(perform(params_file, context)) == PARAMS_FILE
+    assert overrides == {
+        'use_sim_time': False,
+        'autostart': True,
+        'cameras.names': ['front', 'left'],
+        'model.checkpoint': '/models/m2a.safetensors',
+        'model.precision': 'fp16',
+    }
+    # Empty arguments leave the YAML in force.
+    defaults = module._node(launch_context(description))[0].kwargs['parameters'][1]
+    assert set(defaults) == {'use_sim_time', 'autostart'}
+
+    for include in of_type('IncludeLaunchDescription'):
+        source = include.args[0]
+        included = installed_share_file(perform(source.args[0], context))
+        assert included.is_file()
+        assert set(dict(include.kwargs['launch_arguments'])) <= {
+            a.name for a in of_type('DeclareLaunchArgument')
+        } | {'params_file'}
+
+
+def test_rviz_launch_renders_a_layout_per_camera(load_launch, tmp_path, monkeypatch):
+    monkeypatch.setattr('tempfile.tempdir', str(tmp_path))
+    module = load_launch('rviz.launch.py')
+    description = module.generate_launch_description()
+    context = launch_context(description)
+    (node,) = module._rviz(context)
+    assert (node.kwargs['package'], node.kwargs['executable']) == ('rviz2', 'rviz2')
+    assert Path(node.kwargs['arguments'][1]) == RVIZ_FILE, 'default cameras use the shipped file'
+
+    context = launch_context(description, cameras='front,rear', namespace='/perception')
+    (node,) = module._rviz(context)
+    rendered = yaml.safe_load(Path(node.kwargs['arguments'][1]).read_text())
+    topics = [d['Topic']['Value'] for d in rendered['Visualization Manager']['Displays']]
+    assert '/perception/rear/anomaly/heatmap' in topics
+    assert '/perception/front/overlay' in topics
+
+
+def test_every_named_executable_exists():
+    scripts = console_scripts()
+    missing = [n for n in ('perception_node', 'm2a-perception-node') if n not in scripts]
+    if missing:
+        pytest.fail(
+            f'setup.py console_scripts lacks {missing}; add '
+            "'perception_node = m2a_perception.ros.main:main' and "
+            "'m2a-perception-node = m2a_perception.ros.main:main'"
+        )
+    for name in ('perception_node', 'm2a-perception-node'):
+        module_name, function = scripts[name].split(':')
+        assert callable(getattr(importlib.import_module(module_name), function))
+    # Other executables the launch files start come from a ROS install.
+    for path in LAUNCH_DIR.glob('*.launch.py'):
+        for call in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(call, ast.Call):
+                continue
+            keywords = {k.arg: k.value for k in call.keywords if isinstance(k.value, ast.Constant)}
+            if 'executable' in keywords and 'package' in keywords:
+                package, executable = keywords['package'].value, keywords['executable'].value
+                assert (package, executable) in EXTERNAL_EXECUTABLES, (path.name, executable)
+
+
+def test_rviz_config_has_the_three_displays_per_camera():
+    data = yaml.safe_load(RVIZ_FILE.read_text())
+    topics = {d['Topic']['Value'] for d in data['Visualization Manager']['Displays']}
+    assert topics == {'/front/anomaly/heatmap', '/front/overlay', '/front/panoptic/semantic'}
+
+
+def test_render_rviz_config():
+    text = render_rviz_config(RVIZ_FILE.read_text(), ['left', 'right'], 'car')
+    displays = yaml.safe_load(text)['Visualization Manager']['Displays']
+    assert [d['Name'] for d in displays] == [
+        'left anomaly heatmap',
+        'left overlay',
+        'left semantic ids',
+        'right anomaly heatmap',
+        'right overlay',
+        'right semantic ids',
+    ]
+    assert displays[4]['Topic']['Value'] == '/car/right/overlay'
+    assert topic_for('', 'front', 'overlay') == '/front/overlay'
+    with pytest.raises(ValueError, match='at least one camera'):
+        render_rviz_config(RVIZ_FILE.read_text(), [])
+
+
+def test_camera_names_from_params(tmp_path):
+    assert camera_names_from_params(PARAMS_FILE) == ['front']
+    path = tmp_path / 'p.yaml'
+    path.write_text('/**/m2a_perception:\n  ros__parameters:\n    cameras:\n      names: [a, b]\n')
+    assert camera_names_from_params(path) == ['a', 'b']
