@@ -1,0 +1,163 @@
+"""Building blocks of m2a-eval: backend dispatch and static-shape padding, protocol parsing,
+Cityscapes panoptic targets, sharding, per-frame errors and table formatting."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from m2a_perception.metrics import PanopticSegment
+from m2a_perception.postprocess import PostprocessConfig
+from m2a_training.evaluate import parse_protocols
+from m2a_training.evaluation import backends
+from m2a_training.evaluation.backends import (
+    BackendUnavailableError,
+    StaticShapeBackend,
+    engine_kind,
+    load_backend,
+)
+from m2a_training.evaluation.datasets import cityscapes_panoptic_target, parse_dataset_spec
+from m2a_training.evaluation.distributed import DistributedContext, shard_indices
+from m2a_training.evaluation.report import Table, percent
+from m2a_training.evaluation.runner import (
+    FrameStats,
+    check_class_ids,
+    frame_anomaly_fpr,
+    open_set_binary_label,
+)
+from m2a_training.evaluation.runner import _frame_error as frame_error
+
+
+class _FixedShapeEngine:
+    """Records its input; mask logits hold the input's first channel, subsampled by 4."""
+
+    name = 'fake'
+    device = torch.device('cpu')
+    input_shape = (1, 3, 64, 96)
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, ...]] = []
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if tuple(images.shape) != self.input_shape:
+            raise ValueError('wrong shape')
+        self.seen.append(tuple(images.shape))
+        return torch.zeros(1, 5, 20), images[:, :1, ::4, ::4].repeat(1, 5, 1, 1)
+
+
+def test_static_shape_backend_pads_and_crops() -> None:
+    engine = _FixedShapeEngine()
+    backend = StaticShapeBackend(engine, engine.input_shape)
+    images = torch.arange(32 * 64, dtype=torch.float32).reshape(1, 1, 32, 64).repeat(1, 3, 1, 1)
+    class_logits, mask_logits = backend(images)
+    assert engine.seen == [(1, 3, 64, 96)]
+    assert class_logits.shape == (1, 5, 20)
+    assert mask_logits.shape == (1, 5, 8, 16)  # cropped back to the input's 1/4
+    torch.testing.assert_close(mask_logits[0, 0], images[0, 0, ::4, ::4])
+    full = torch.zeros(1, 3, 64, 96)
+    assert backend(full)[1].shape == (1, 5, 16, 24)
+    with pytest.raises(ValueError, match=r'frame is 96x96 but the engine was built for 64x96'):
+        backend(torch.zeros(1, 3, 96, 96))
+    with pytest.raises(ValueError, match='batches of 1'):
+        backend(torch.zeros(2, 3, 32, 32))
+
+
+def test_engine_dispatch_and_clear_errors(tmp_path: Path, monkeypatch) -> None:
+    assert engine_kind(Path('m.onnx')) == 'onnxruntime'
+    assert engine_kind(Path('m.PLAN')) == 'tensorrt'
+    with pytest.raises(ValueError, match=r'cannot tell the backend of .m\.pt'):
+        engine_kind(Path('m.pt'))
+    cpu = torch.device('cpu')
+    with pytest.raises(ValueError, match='pass --checkpoint CKPT or --engine ENGINE'):
+        load_backend(checkpoint=None, engine=None, model_config=None, device=cpu)
+    with pytest.raises(FileNotFoundError, match='engine file not found'):
+        load_backend(checkpoint=None, engine=tmp_path / 'x.onnx', model_config='tiny', device=cpu)
+    engine = tmp_path / 'model.engine'
+    engine.write_bytes(b'not an engine')
+    with pytest.raises(ValueError, match=r'--model-config NAME\|YAML or the --checkpoint'):
+        load_backend(checkpoint=None, engine=engine, model_config=None, device=cpu)
+    with pytest.raises(BackendUnavailableError, match='needs --device cuda'):
+        load_backend(checkpoint=None, engine=engine, model_config='tiny', device=cpu)
+    monkeypatch.setattr(backends, 'TENSORRT_MODULE', 'm2a_perception.inference.no_such_module')
+    with pytest.raises(BackendUnavailableError, match='TensorRT backend is not available'):
+        load_backend(
+            checkpoint=None, engine=engine, model_config='tiny', device=torch.device('cuda')
+        )
+
+
+def test_parse_protocols_global_then_per_dataset() -> None:
+    names = ['smiyc_ra21', 'fs_static']
+    assert {k: p.name for k, p in parse_protocols([], names).items()} == {
+        'smiyc_ra21': 'smiyc',
+        'fs_static': 'smiyc',
+    }
+    chosen = parse_protocols(['mask2anomaly', 'fs_static=fishyscapes'], names)
+    assert chosen['smiyc_ra21'].name == 'mask2anomaly'
+    assert chosen['fs_static'].name == 'fishyscapes'
+    with pytest.raises(ValueError, match='not evaluated'):
+        parse_protocols(['road_anomaly=smiyc'], names)
+
+
+def test_parse_dataset_spec() -> None:
+    assert parse_dataset_spec('cityscapes=/data/cs=1') == ('cityscapes', Path('/data/cs=1'))
+    with pytest.raises(ValueError, match='NAME=PATH'):
+        parse_dataset_spec('cityscapes')
+    with pytest.raises(ValueError, match="unknown dataset 'cs'"):
+        parse_dataset_spec('cs=/x')
+
+
+def test_cityscapes_panoptic_target_known_answer() -> None:
+    # trainIds: road 0 (stuff), car 13 (thing), 255 void. Instance ids: road label id 7,
+    # car instances 26000 and 26001, a car group without instance id (label id 26 = crowd).
+    semantic = np.array([[0, 0, 13, 13], [13, 13, 13, 255], [0, 13, 13, 255]], np.uint8)
+    instance = np.array([[7, 7, 26000, 26000], [26001, 26001, 26, 0], [7, 26, 26, 4]], np.int32)
+    ids, segments = cityscapes_panoptic_target(semantic, instance, frozenset(range(11, 19)))
+    expected_ids = np.array([[7, 7, 26000, 26000], [26001, 26001, 26, 0], [7, 26, 26, 0]])
+    np.testing.assert_array_equal(ids, expected_ids)
+    assert segments == (
+        PanopticSegment(7, 0, is_crowd=False),
+        PanopticSegment(26, 13, is_crowd=True),
+        PanopticSegment(26000, 13, is_crowd=False),
+        PanopticSegment(26001, 13, is_crowd=False),
+    )
+
+
+def test_shards_are_strided_and_cover_everything() -> None:
+    shards = [shard_indices(7, DistributedContext(rank=r, world_size=3)) for r in range(3)]
+    assert shards == [[0, 3, 6], [1, 4], [2, 5]]
+
+
+def test_frame_helpers_known_answers() -> None:
+    score = np.array([[0.9, 0.2, 0.5], [0.7, 0.1, 0.5]], np.float32)
+    label = np.array([[1, 0, 0], [255, 0, 0]], np.uint8)
+    # Inliers 0.2, 0.5, 0.1, 0.5: two of four are >= 0.5.
+    assert frame_anomaly_fpr(score, label, 0.5, 'float16') == 0.5
+    assert frame_anomaly_fpr(score, np.full_like(label, 1), 0.5, 'float16') is None
+    assert frame_anomaly_fpr(score, label, math.nan, 'float16') is None
+    open_label = np.array([[0, 12, 255], [3, 12, 11]], np.uint8)
+    np.testing.assert_array_equal(open_set_binary_label(open_label, 12), [[0, 1, 255], [0, 1, 0]])
+    assert frame_error(FrameStats(0, 'a', anomaly_pixels=5, ap=0.25)) == 0.75
+    assert frame_error(FrameStats(0, 'a', anomaly_pixels=0, fpr_at_tpr95_threshold=0.1)) == 0.1
+    assert frame_error(FrameStats(0, 'a', miou=0.6)) == pytest.approx(0.4)
+    assert frame_error(FrameStats(0, 'a', pq=0.3)) == pytest.approx(0.7)
+
+
+def test_table_formatting() -> None:
+    assert percent(0.123456) == '12.35'
+    assert percent(float('nan')) == '-'
+    assert percent(None) == '-'
+    table = Table('t', 'Title', ('A', 'B'), (('x', '1.00'),))
+    assert table.markdown() == '### Title\n\n| A | B |\n|---|---|\n| x | 1.00 |'
+
+
+def test_class_ids_are_checked_before_the_first_frame() -> None:
+    check_class_ids(PostprocessConfig(), 19, 'cityscapes')
+    with pytest.raises(ValueError, match='use --refinement off'):
+        check_class_ids(PostprocessConfig(), 5, 'synthetic')
+    check_class_ids(PostprocessConfig(refinement='off', panoptic=False), 5, 'synthetic')
+    with pytest.raises(ValueError, match='use --no-panoptic'):
+        check_class_ids(PostprocessConfig(refinement='off'), 5, 'cityscapes')

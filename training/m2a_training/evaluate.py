@@ -1,0 +1,342 @@
+"""m2a-eval: evaluate a checkpoint or an exported engine on the benchmark datasets.
+
+Writes into --out:
+    results.md, results.json      Tables 1-4 of the paper (pixel AuPRC / FPR95; component sIoU /
+                                  PPV / F1*; closed-set mIoU and open-IoU; open-set PQ / SQ / RQ)
+                                  as far as the datasets and the model allow, plus every metric,
+                                  the protocols, thresholds, notes and throughput
+    plots/pr_curves.png, plots/roc_curves.png
+    gallery/<dataset>/NN_<frame>.png   the worst frames: input, ground truth, heatmap, prediction
+    per_frame/<dataset>.csv       per-frame AP / FPR / mIoU / PQ and the gallery ranking error
+
+Datasets (`--dataset NAME=PATH`, repeatable): smiyc_ra21, smiyc_ro21, fs_lost_and_found,
+fs_static, road_anomaly, lost_and_found, synthetic (a synthetic world root or its anomaly_val/),
+street_hazards, cityscapes (val split; a synthetic world root works too), coco, coco_k5,
+coco_k10, coco_k20. The expected folder layouts are documented in
+`m2a_training.data.benchmarks`, `m2a_training.data.cityscapes` and
+`m2a_training.evaluation.datasets`.
+
+Pixel protocols (`--protocol NAME` for all datasets, `--protocol DATASET=NAME` for one):
+smiyc (default: SegmentMeIfYouCan conventions, exact float16 curve), smiyc_binned (the
+leaderboard's 768 percentile bins), fishyscapes (exact float32), mask2anomaly (the official
+script: interpolated FPR95, anomaly-free frames skipped). Component metrics binarise at the
+best-pixel-F1 threshold of the same curve, as SMIYC does.
+
+Open-set threshold: `--calibrate-on NAME` picks it at 95 % TPR on NAME (DenseHybrid's rule on
+half-resolution maps) and applies it to every dataset: open-IoU where there are semantic labels,
+TPR / FPR elsewhere. StreetHazards always also reports its t5 <-> t6 cross-calibrated open-IoU.
+
+Two passes keep memory flat: pass 1 runs the model and writes each frame's score map to a disk
+cache (float16, or float32 where float32 thresholds follow; about 6-10 MB per 1024x2048 frame);
+pass 2 computes the threshold-dependent metrics from it (see `m2a_training.evaluation.runner`).
+
+Split a large evaluation over processes with the training launcher:
+    torchrun --standalone --nproc_per_node 4 -m m2a_training.evaluate --checkpoint ... --out ...
+
+Examples:
+    m2a-eval --checkpoint model.safetensors --dataset smiyc_ra21=data/RoadAnomaly21 \
+        --dataset fs_lost_and_found=data/fs_laf --out eval/
+    m2a-eval --engine model_1024x2048.onnx --checkpoint model.safetensors \
+        --dataset cityscapes=data/cityscapes --dataset fs_static=data/fs_static \
+        --calibrate-on fs_static --out eval_onnx/
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from m2a_perception.cli.common import setup_logging
+from m2a_perception.cli.infer import UNIT_RANGE_SCORERS
+from m2a_perception.metrics.pixel import PixelProtocol, get_pixel_protocol
+from m2a_perception.postprocess import SCORERS, PostprocessConfig
+from m2a_perception.postprocess.config import LABEL_UPSAMPLING, REFINEMENT_MODES
+from m2a_perception.weights import CheckpointError
+from m2a_training.evaluation.backends import BackendUnavailableError, LoadedBackend, load_backend
+from m2a_training.evaluation.datasets import (
+    DATASET_ERRORS,
+    DATASET_NAMES,
+    EvalDataset,
+    open_eval_dataset,
+    parse_dataset_spec,
+)
+from m2a_training.evaluation.distributed import DistributedContext, init_distributed, shutdown
+from m2a_training.evaluation.plots import render_gallery_panel, save_curve_plots, write_gallery
+from m2a_training.evaluation.report import (
+    build_tables,
+    report_json,
+    report_markdown,
+    write_json,
+    write_per_frame_csv,
+)
+from m2a_training.evaluation.runner import (
+    EvalOptions,
+    EvaluationError,
+    EvaluationResult,
+    build_plans,
+    run_evaluation,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+PROTOCOL_NAMES = ('smiyc', 'smiyc_binned', 'fishyscapes', 'mask2anomaly')
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='m2a-eval', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    model = parser.add_argument_group('model')
+    model.add_argument('--checkpoint', type=Path, help='m2a .safetensors checkpoint')
+    model.add_argument(
+        '--engine',
+        type=Path,
+        help='exported model: .onnx (onnxruntime) or .engine/.plan/.trt (TensorRT); needs '
+        '--model-config or the --checkpoint it came from',
+    )
+    model.add_argument('--model-config', help='model config name or YAML (for --engine)')
+    model.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    model.add_argument('--precision', choices=('fp32', 'fp16'), default='fp32')
+    model.add_argument('--method-name', help='row label in the tables (default: file stem)')
+
+    data = parser.add_argument_group('data')
+    data.add_argument(
+        '--dataset',
+        action='append',
+        required=True,
+        metavar='NAME=PATH',
+        help=f'dataset to evaluate (repeatable); NAME in {", ".join(DATASET_NAMES)}',
+    )
+    data.add_argument('--limit', type=int, help='evaluate only the first N frames of each dataset')
+    data.add_argument(
+        '--streethazards-convention',
+        choices=('mask2anomaly', 'densehybrid', 'caos'),
+        default='mask2anomaly',
+        help='void labels of StreetHazards pixel metrics (default: the Mask2Anomaly script)',
+    )
+    data.add_argument('--workers', type=int, default=2, help='frame-decoding workers')
+
+    metrics = parser.add_argument_group('metrics')
+    metrics.add_argument(
+        '--protocol',
+        action='append',
+        default=[],
+        metavar='[DATASET=]NAME',
+        help=f'pixel protocol, one of {", ".join(PROTOCOL_NAMES)} (default smiyc)',
+    )
+    metrics.add_argument(
+        '--calibrate-on',
+        metavar='NAME',
+        help='choose the open-set threshold at 95%% TPR on this dataset, apply it to all',
+    )
+    metrics.add_argument('--calibration-scale', type=float, default=0.5)
+    metrics.add_argument(
+        '--calibration-mantissa-bits',
+        type=int,
+        default=16,
+        help='precision of the float32 calibration curve (23 = exact, more memory)',
+    )
+    metrics.add_argument('--no-panoptic', action='store_true', help='skip PQ (faster)')
+
+    post = parser.add_argument_group('post-processing')
+    post.add_argument('--scorer', choices=SCORERS, default='mask2anomaly')
+    post.add_argument('--refinement', choices=REFINEMENT_MODES, default='code')
+    post.add_argument('--flip', action='store_true', help='average with a flipped pass')
+    post.add_argument('--scf', action='store_true', help='CSL structure-constrained fusion')
+    post.add_argument('--no-mining', action='store_true', help='no unknown-instance mining')
+    post.add_argument(
+        '--label-upsampling',
+        choices=LABEL_UPSAMPLING,
+        default='bilinear',
+        help='bilinear = the official semantic inference (default), nearest = faster',
+    )
+
+    output = parser.add_argument_group('output')
+    output.add_argument('--out', type=Path, required=True, help='output folder (created)')
+    output.add_argument('--gallery', type=int, default=8, help='worst frames per dataset')
+    output.add_argument('--cache-dir', type=Path, help='score-map cache (default OUT/cache)')
+    output.add_argument('--keep-cache', action='store_true')
+    output.add_argument('--no-progress', action='store_true')
+    output.add_argument('--threads', type=int, help='torch CPU threads')
+    output.add_argument('-v', '--verbose', action='store_true')
+    return parser
+
+
+def parse_protocols(specs: list[str], names: list[str]) -> dict[str, PixelProtocol]:
+    """`--protocol` values -> protocol per dataset name (later values win).
+
+    Raises:
+        ValueError: unknown protocol or a dataset that is not evaluated.
+    """
+    default = get_pixel_protocol('smiyc')
+    per_dataset: dict[str, PixelProtocol] = {}
+    for spec in specs:
+        dataset, separator, protocol = spec.rpartition('=')
+        if protocol not in PROTOCOL_NAMES:
+            raise ValueError(f'unknown protocol {protocol!r}; choose from {PROTOCOL_NAMES}')
+        if not separator:
+            default = get_pixel_protocol(protocol)
+            per_dataset = {}
+            continue
+        if dataset not in names:
+            raise ValueError(f'--protocol names dataset {dataset!r}, which is not evaluated')
+        per_dataset[dataset] = get_pixel_protocol(protocol)
+    return {name: per_dataset.get(name, default) for name in names}
+
+
+def open_datasets(specs: list[str], convention: str) -> list[EvalDataset]:
+    """Open every `NAME=PATH`; all problems of one dataset are reported together."""
+    datasets = []
+    seen = set()
+    for spec in specs:
+        name, path = parse_dataset_spec(spec)
+        if name in seen:
+            raise ValueError(f'dataset {name!r} given twice')
+        seen.add(name)
+        datasets.append(
+            open_eval_dataset(name, path, streethazards_convention=convention)  # type: ignore[arg-type]
+        )
+    return datasets
+
+
+def postprocess_from_args(args: argparse.Namespace) -> PostprocessConfig:
+    return PostprocessConfig(
+        scorer=args.scorer,
+        refinement=args.refinement,
+        flip=args.flip,
+        scf=args.scf,
+        mining=not args.no_mining,
+        label_upsampling=args.label_upsampling,
+    )
+
+
+def write_report(
+    result: EvaluationResult, out: Path, run: dict[str, Any], gallery_size: int
+) -> dict[str, list[Path]]:
+    """Tables, plots, gallery and per-frame CSVs under `out` (rank 0)."""
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, list[Path]] = {
+        'plots': save_curve_plots(list(result.datasets.values()), out / 'plots'),
+        'gallery': [],
+        'per-frame': [],
+    }
+    for name, dataset_result in result.datasets.items():
+        files['gallery'] += write_gallery(dataset_result, out / 'gallery' / name, gallery_size)
+        files['per-frame'].append(
+            write_per_frame_csv(dataset_result, out / 'per_frame' / f'{name}.csv')
+        )
+    tables = build_tables(result, run['method'])
+    relative = {kind: [str(p.relative_to(out)) for p in paths] for kind, paths in files.items()}
+    markdown = report_markdown(result, tables, run, relative)
+    (out / 'results.md').write_text(markdown)
+    write_json(report_json(result, tables, {**run, 'files': relative}), out / 'results.json')
+    files['report'] = [out / 'results.md', out / 'results.json']
+    return files
+
+
+def _run(args: argparse.Namespace, context: DistributedContext, device: torch.device) -> int:
+    datasets = open_datasets(args.dataset, args.streethazards_convention)
+    names = [dataset.name for dataset in datasets]
+    if args.calibrate_on is not None:
+        if args.calibrate_on not in names:
+            raise ValueError(f'--calibrate-on {args.calibrate_on!r} is not among the datasets')
+        if not next(d for d in datasets if d.name == args.calibrate_on).has_anomaly:
+            raise ValueError(f'--calibrate-on {args.calibrate_on!r} has no anomaly labels')
+    if args.limit is not None and args.limit < 1:
+        raise ValueError('--limit must be at least 1')
+    protocols = parse_protocols(args.protocol, names)
+    base_postprocess = postprocess_from_args(args)
+    loaded: LoadedBackend = load_backend(
+        checkpoint=args.checkpoint,
+        engine=args.engine,
+        model_config=args.model_config,
+        device=device,
+        precision=args.precision,
+    )
+    options = EvalOptions(
+        protocols=protocols,
+        cache_dir=args.cache_dir or args.out / 'cache',
+        calibrate_on=args.calibrate_on,
+        calibration_scale=args.calibration_scale,
+        calibration_mantissa_bits=args.calibration_mantissa_bits,
+        gallery_size=max(0, args.gallery),
+        limit=args.limit,
+        num_workers=max(0, args.workers),
+        keep_cache=args.keep_cache,
+        progress=not args.no_progress,
+        heatmap_range=(0.0, 1.0) if args.scorer in UNIT_RANGE_SCORERS else None,
+    )
+    num_classes = loaded.config.num_classes
+    plans = build_plans(
+        datasets,
+        loaded.backend,
+        loaded.config.preprocess,
+        num_classes,
+        base_postprocess,
+        options,
+        context,
+        panoptic=not args.no_panoptic,
+    )
+    render = functools.partial(render_gallery_panel, heatmap_range=options.heatmap_range)
+    result = run_evaluation(plans, options, context, num_classes, render)
+    if result is None:
+        return 0
+    run = {
+        'method': args.method_name or loaded.method_name,
+        'backend': loaded.describe(),
+        'device': str(device),
+        'postprocess': base_postprocess.to_dict(),
+        'protocols': {name: protocol.name for name, protocol in protocols.items()},
+        'options': {
+            'limit': args.limit,
+            'calibrate_on': args.calibrate_on,
+            'label_upsampling': args.label_upsampling,
+            'panoptic': not args.no_panoptic,
+        },
+        'environment': {'python': platform.python_version(), 'torch': torch.__version__},
+    }
+    files = write_report(result, args.out, run, options.gallery_size)
+    for path in files['report']:
+        print(f'wrote {path}')
+    return 0
+
+
+EXPECTED_ERRORS = (
+    *DATASET_ERRORS,
+    CheckpointError,
+    BackendUnavailableError,
+    EvaluationError,
+    FileNotFoundError,
+    ValueError,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (also under torchrun: every rank runs it)."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    context, device = init_distributed(torch.device(args.device))
+    try:
+        return _run(args, context, device)
+    except EXPECTED_ERRORS as error:
+        # EvaluationError messages already name the failing rank.
+        named = context.is_distributed and not isinstance(error, EvaluationError)
+        prefix = f'rank {context.rank}: ' if named else ''
+        print(f'error: {prefix}{error}', file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        shutdown(context)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
