@@ -68,7 +68,8 @@ def test_static_shape_backend_pads_and_crops() -> None:
 
 def test_engine_dispatch_and_clear_errors(tmp_path: Path, monkeypatch) -> None:
     assert engine_kind(Path('m.onnx')) == 'onnxruntime'
-    assert engine_kind(Path('m.PLAN')) == 'tensorrt'
+    assert engine_kind(Path('m.PLAN')) == 'tensorrt-onnx'
+    assert engine_kind(Path('m.ep')) == 'tensorrt'
     with pytest.raises(ValueError, match=r'cannot tell the backend of .m\.pt'):
         engine_kind(Path('m.pt'))
     cpu = torch.device('cpu')

@@ -2,7 +2,7 @@
 
 - `--checkpoint model.safetensors`: `TorchBackend` (fp32, or fp16 autocast on CUDA);
 - `--engine model.onnx`: `OnnxRuntimeBackend` (CUDA provider when `--device cuda` and installed);
-- `--engine model.engine|.plan|.trt`: `m2a_perception.inference.tensorrt_backend.TensorRTBackend`,
+- `--engine model.ep|.engine|.plan|.trt`: `m2a_perception.deploy.tensorrt_backend` backends,
   imported on demand; a clear `BackendUnavailableError` if TensorRT or that module is missing.
 
 An engine holds no pre-processing settings and no class count, so `--engine` needs the model
@@ -33,12 +33,13 @@ from m2a_perception.weights import load_checkpoint, read_checkpoint
 
 LOGGER = logging.getLogger(__name__)
 
-TENSORRT_MODULE = 'm2a_perception.inference.tensorrt_backend'
+TENSORRT_MODULE = 'm2a_perception.deploy.tensorrt_backend'
 ENGINE_KINDS = {
     '.onnx': 'onnxruntime',
-    '.engine': 'tensorrt',
-    '.plan': 'tensorrt',
-    '.trt': 'tensorrt',
+    '.ep': 'tensorrt',  # torch-tensorrt program from `m2a-build-engine --backend tensorrt`
+    '.engine': 'tensorrt-onnx',  # serialized TensorRT plans (the ONNX-parser route)
+    '.plan': 'tensorrt-onnx',
+    '.trt': 'tensorrt-onnx',
 }
 # Output stride of the mask logits relative to the network input.
 MASK_STRIDE = 4
@@ -168,7 +169,7 @@ def _onnx_backend(path: Path, device: torch.device) -> object:
     return OnnxRuntimeBackend(path, providers)
 
 
-def _tensorrt_backend(path: Path, device: torch.device) -> object:
+def _tensorrt_backend(path: Path, device: torch.device, kind: str) -> object:
     if device.type != 'cuda':
         raise BackendUnavailableError(
             f'{path.name} is a TensorRT engine, which needs --device cuda (got {device})'
@@ -181,7 +182,10 @@ def _tensorrt_backend(path: Path, device: torch.device) -> object:
             'the ONNX file with onnxruntime (--engine model.onnx) or the checkpoint instead'
         ) from error
     try:
-        return module.TensorRTBackend(path, device=device)
+        backend_class = (
+            module.TensorRTBackend if kind == 'tensorrt' else module.OnnxTensorRTBackend
+        )
+        return backend_class(path, device=device)
     except Exception as error:  # TensorRT reports a bad engine in many exception types
         raise BackendUnavailableError(f'cannot load TensorRT engine {path}: {error}') from error
 
@@ -238,7 +242,7 @@ def load_backend(
     backend = (
         _onnx_backend(engine, device)
         if kind == 'onnxruntime'
-        else _tensorrt_backend(engine, device)
+        else _tensorrt_backend(engine, device, kind)
     )
     shape = _static_shape(backend)
     if shape is not None:

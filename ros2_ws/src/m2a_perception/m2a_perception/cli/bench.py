@@ -1,39 +1,75 @@
-"""m2a-bench: latency of Mask2Anomaly backends and of post-processing, in one interleaved run.
+"""m2a-bench: per-stage latency, throughput and memory of Mask2Anomaly backends, in one run.
 
-Backends are timed round-robin (one call of each per iteration), so that machine noise hits all of
-them alike and the printed ratios are comparable. The `postprocess` row times the open-set
-post-processing (all outputs on, flip off) of the first backend's logits on the same device, in
-the same loop, and its ratio is against that backend's model time. Without --checkpoint the model
-has random weights of the given config: fine for timing, meaningless for outputs.
+For every input size and camera count, each backend processes rounds of N frames (N cameras
+sharing one model: N frames per round, one after the other at batch 1). A frame goes through four
+timed stages:
+
+    h2d_pre  host uint8 frame (pinned on CUDA) -> device, plus pre-processing: normalisation and
+             padding for float backends, none for engines whose graph normalises uint8 itself
+             (frames are generated at the model size, so no resize is timed);
+    model    the backend call;
+    post     open-set post-processing (all outputs on, flip off) on the device;
+    d2h      copy of the published maps (anomaly, semantic, panoptic) to the host.
+
+Backends are timed round-robin (one round of each per iteration), so machine noise hits all of
+them alike and ratios from the same run are comparable. Stage times use CUDA events on GPUs and
+`perf_counter` on the CPU. Reported per backend: p50/p99 per stage and end to end, throughput
+(frames/s over the timed rounds), peak GPU memory (torch allocator peak, and device memory in use;
+TensorRT's own activation memory only shows in the latter) and speedups against eager FP32
+(`torch`) from the same run. The `postprocess` row repeats the first backend's post stage, with
+its ratio against that backend's model time.
+
+Backends: torch (eager FP32), torch-fp16 (CUDA autocast), onnxruntime (CPU), tensorrt (torch-
+tensorrt FP16 engine), tensorrt-fp32, tensorrt-onnx (TensorRT ONNX-parser FP16 engine),
+tensorrt-onnx-fp32. Engines come from the engine cache (built and gated on first use). Backends
+that cannot run here (no CUDA, no TensorRT) are listed with the reason and skipped. Without
+--checkpoint the model has random weights: fine for timing, meaningless for outputs (engines are
+then kept even if they fail the accuracy gate).
 
 Example:
-    m2a-bench --backend torch,onnxruntime --size 512x1024
+    m2a-bench --backend torch,torch-fp16,tensorrt --size 512x1024,1024x2048 --cameras 1,4 \\
+        --json docs/benchmarks/h100.json
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import logging
+import platform
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from m2a_perception.cli.common import parse_list, parse_size, setup_logging
-from m2a_perception.config import load_model_config
-from m2a_perception.export import example_input, export_onnx
+from m2a_perception.config import ModelConfig, load_model_config
+from m2a_perception.export import export_onnx
 from m2a_perception.inference import Backend, TorchBackend
 from m2a_perception.model import Mask2Anomaly, build_model
 from m2a_perception.postprocess import PostprocessConfig, postprocess
-from m2a_perception.preprocess import PreprocessRecord
+from m2a_perception.preprocess import PreprocessRecord, normalize_and_pad
 from m2a_perception.weights.checkpoint import CheckpointError, load_checkpoint
 
-BACKENDS = ('torch', 'torch-fp16', 'onnxruntime')
+LOGGER = logging.getLogger(__name__)
+
+REFERENCE = 'torch'
+# Engine backends: bench name -> (engine kind, precision).
+ENGINE_BACKENDS = {
+    'tensorrt': ('tensorrt', 'fp16'),
+    'tensorrt-fp32': ('tensorrt', 'fp32'),
+    'tensorrt-onnx': ('tensorrt-onnx', 'fp16'),
+    'tensorrt-onnx-fp32': ('tensorrt-onnx', 'fp32'),
+}
+BACKENDS = ('torch', 'torch-fp16', 'onnxruntime', *ENGINE_BACKENDS)
+STAGES = ('h2d_pre', 'model', 'post', 'd2h')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         '--backend',
         type=parse_list,
         default=['torch'],
-        help=f'comma-separated backends from {", ".join(BACKENDS)}; the first is '
-        'the reference for ratios',
+        help=f'comma-separated backends from {", ".join(BACKENDS)}; speedups are against '
+        f'{REFERENCE} (added if missing), legacy ratios against the first',
     )
     parser.add_argument(
         '--size',
@@ -53,13 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=['512x1024'],
         help='comma-separated input sizes HxW (multiples of 32)',
     )
+    parser.add_argument(
+        '--cameras',
+        type=parse_list,
+        default=['1'],
+        help='comma-separated camera counts; N cameras share one model (N frames per round)',
+    )
     parser.add_argument('--checkpoint', type=Path, help='m2a checkpoint (default: random weights)')
     parser.add_argument(
         '--config', default='cityscapes_r50_gma', help='model config when no checkpoint is given'
     )
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument(
-        '--no-postprocess', action='store_true', help='do not time the post-processing stage'
+        '--no-postprocess', action='store_true', help='do not run the post-processing stage'
     )
     parser.add_argument(
         '--anomaly-threshold',
@@ -67,8 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help='threshold for the open-set outputs of the post-processing stage',
     )
-    parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--iters', type=int, default=10)
+    parser.add_argument(
+        '--engine-cache',
+        type=Path,
+        help='engine cache folder for the tensorrt backends (default: m2a-build-engine default)',
+    )
+    parser.add_argument('--warmup', type=int, default=2, help='untimed rounds per backend')
+    parser.add_argument('--iters', type=int, default=10, help='timed rounds per backend')
     parser.add_argument('--json', type=Path, help='also write the results as JSON here')
     parser.add_argument('-v', '--verbose', action='store_true')
     return parser
@@ -86,20 +133,81 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
     }
 
 
-def make_backend(
-    name: str, model: Mask2Anomaly, size: tuple[int, int], device: str, workdir: Path
-) -> Backend:
+class BackendSkippedError(Exception):
+    """A requested backend cannot run on this machine; the message says why."""
+
+
+@dataclass
+class BenchContext:
+    model: Mask2Anomaly
+    config: ModelConfig
+    weights_sha256: str | None
+    device: torch.device
+    workdir: Path
+    engine_cache: Path | None
+    random_weights: bool
+
+
+def make_backend(name: str, size: tuple[int, int], context: BenchContext) -> Backend:
+    """Create a backend, or raise BackendSkippedError with a clear reason."""
+    device = context.device
     if name == 'torch':
-        return TorchBackend(model, device, 'fp32')
+        return TorchBackend(context.model, device, 'fp32')
     if name == 'torch-fp16':
-        return TorchBackend(model, device, 'fp16')
+        if device.type != 'cuda':
+            raise BackendSkippedError('torch-fp16 (autocast) needs a CUDA device')
+        return TorchBackend(context.model, device, 'fp16')
     if name == 'onnxruntime':
         from m2a_perception.inference.onnxruntime_backend import OnnxRuntimeBackend
 
-        path = export_onnx(model.cpu(), workdir / f'model_{size[0]}x{size[1]}.onnx', size)
+        model = context.model
+        path = export_onnx(model.cpu(), context.workdir / f'model_{size[0]}x{size[1]}.onnx', size)
         model.to(device)
         return OnnxRuntimeBackend(path)
+    if name in ENGINE_BACKENDS:
+        return _engine_backend(name, size, context)
     raise ValueError(f'unknown backend {name!r}; choose from {BACKENDS}')
+
+
+def _engine_backend(name: str, size: tuple[int, int], context: BenchContext) -> Backend:
+    from m2a_perception.deploy.build import get_engine_kind, provision_engine
+    from m2a_perception.deploy.cache import EngineCacheError, sha256_state_dict
+    from m2a_perception.deploy.gate import GateFailedError
+    from m2a_perception.deploy.tensorrt_backend import BackendUnavailableError, EngineBuildError
+
+    kind, precision = ENGINE_BACKENDS[name]
+    try:
+        get_engine_kind(kind).check_available(context.device)
+    except BackendUnavailableError as error:
+        raise BackendSkippedError(str(error)) from error
+    weights = context.weights_sha256 or sha256_state_dict(context.model.state_dict())
+    try:
+        provisioned = provision_engine(
+            context.model,
+            context.config,
+            weights_sha256=weights,
+            backend=kind,
+            precision=precision,
+            size=size,
+            device=context.device,
+            cache_dir=context.engine_cache,
+            allow_gate_failure=context.random_weights,
+            on_state=lambda state, detail: LOGGER.info('%s engine %s: %s', name, state, detail),
+        )
+    except (GateFailedError, EngineCacheError, EngineBuildError) as error:
+        raise BackendSkippedError(f'no usable engine: {error}') from error
+    gate = provisioned.gate
+    LOGGER.info('%s: %s', name, gate.summary())
+    backend = provisioned.backend
+    backend.name = name
+    backend.engine_info = {
+        'engine': str(provisioned.paths.engine),
+        'built': provisioned.built,
+        'provision_seconds': provisioned.seconds,
+        'build_seconds': provisioned.sidecar.get('build_seconds'),
+        'gate': gate.as_dict(),
+    }
+    return backend
 
 
 def _synchronize(device: torch.device) -> None:
@@ -107,105 +215,311 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_round_robin(
-    calls: dict[str, Callable[[], object]],
-    devices: dict[str, torch.device],
-    warmup: int,
-    iters: int,
-) -> dict[str, list[float]]:
-    """Call every function once per iteration, in turn; return per-name latencies in ms."""
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    for iteration in range(warmup + iters):
-        for name, call in calls.items():
-            _synchronize(devices[name])
-            start = time.perf_counter()
-            call()
-            _synchronize(devices[name])
-            if iteration >= warmup:
-                samples[name].append((time.perf_counter() - start) * 1e3)
-    return samples
+class _Clock:
+    """Stage marks: CUDA events on the current stream, or host time on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == 'cuda'
+
+    def mark(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def elapsed_ms(self, start: Any, end: Any) -> float:
+        if self.cuda:
+            return float(start.elapsed_time(end))
+        return (end - start) * 1e3
 
 
-def postprocess_call(
-    backend: Backend, images: torch.Tensor, size: tuple[int, int], args: argparse.Namespace
-) -> Callable[[], object]:
-    """Post-processing of one frame's logits with every output on (flip off), on their device."""
-    class_logits, mask_logits = backend(images)
-    record = PreprocessRecord(source_size=size, resized_size=size, padded_size=size)
-    config = PostprocessConfig(anomaly_threshold=args.anomaly_threshold)
+@dataclass
+class BackendRun:
+    """One backend at one size and camera count: samples and the callables that make a frame."""
 
-    def call() -> object:
-        with torch.inference_mode():
-            return postprocess(class_logits[0], mask_logits[0], record, config)
+    name: str
+    backend: Backend
+    device: torch.device
+    frames: list[torch.Tensor]
+    postprocess_config: PostprocessConfig | None
+    record: PreprocessRecord
+    pixel_mean: tuple[float, float, float]
+    pixel_std: tuple[float, float, float]
+    stage_ms: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    total_ms: list[float] = field(default_factory=list)
+    round_s: list[float] = field(default_factory=list)
 
-    return call
+    def frame(self, host_frame: torch.Tensor, clock: _Clock) -> list[Any]:
+        """Run one frame through the four stages; return the five stage marks."""
+        marks = [clock.mark()]
+        image = host_frame.to(self.device, non_blocking=True).permute(2, 0, 1)[None]
+        if getattr(self.backend, 'input_dtype', torch.float32) == torch.uint8:
+            images = image.contiguous()
+        else:
+            images = normalize_and_pad(image, self.pixel_mean, self.pixel_std, 32)
+        marks.append(clock.mark())
+        class_logits, mask_logits = self.backend(images)
+        marks.append(clock.mark())
+        output = None
+        if self.postprocess_config is not None:
+            with torch.inference_mode():
+                output = postprocess(
+                    class_logits[0], mask_logits[0], self.record, self.postprocess_config
+                )
+        marks.append(clock.mark())
+        if output is not None:
+            for tensor in (output.anomaly_map, output.semantic, output.panoptic):
+                if tensor is not None:
+                    tensor.to('cpu')
+        marks.append(clock.mark())
+        return marks
+
+    def round(self, clock: _Clock, timed: bool) -> None:
+        """N frames (one per camera) then a device synchronisation."""
+        _synchronize(self.device)
+        start = time.perf_counter()
+        all_marks = [self.frame(frame, clock) for frame in self.frames]
+        _synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        if not timed:
+            return
+        self.round_s.append(elapsed)
+        for marks in all_marks:
+            for stage, (begin, end) in zip(STAGES, itertools.pairwise(marks), strict=True):
+                self.stage_ms[stage].append(clock.elapsed_ms(begin, end))
+            self.total_ms.append(clock.elapsed_ms(marks[0], marks[-1]))
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
+def measure_memory(run: BackendRun, clock: _Clock) -> dict[str, float] | None:
+    """Peak torch-allocator memory of one round of this backend alone, and device memory in use."""
+    if run.device.type != 'cuda':
+        return None
+    _synchronize(run.device)
+    torch.cuda.reset_peak_memory_stats(run.device)
+    before = torch.cuda.memory_allocated(run.device)
+    run.round(clock, timed=False)
+    peak = torch.cuda.max_memory_allocated(run.device)
+    free, total = torch.cuda.mem_get_info(run.device)
+    return {
+        # Absolute peak: includes the weights of every backend loaded in this run.
+        'peak_allocated_mb': peak / 2**20,
+        # What this backend's round added on top (activations, outputs, workspaces via torch).
+        'round_increase_mb': (peak - before) / 2**20,
+        'device_used_mb': (total - free) / 2**20,
+    }
+
+
+def host_frames(size: tuple[int, int], count: int, device: torch.device) -> list[torch.Tensor]:
+    """`count` different (H, W, 3) uint8 RGB frames on the host (pinned when timing CUDA)."""
+    from m2a_perception.deploy.gate import synthetic_gate_images
+
+    images = synthetic_gate_images(size, count, seed=1)
+    frames = [image.permute(1, 2, 0).contiguous() for image in images]
+    if device.type == 'cuda':
+        frames = [frame.pin_memory() for frame in frames]
+    return frames
+
+
+def _stage_stats(run: BackendRun) -> dict[str, Any]:
+    stages = {stage: percentiles(run.stage_ms[stage]) for stage in STAGES}
+    stages['total'] = percentiles(run.total_ms)
+    frames = len(run.frames) * len(run.round_s)
+    return {
+        'stages': stages,
+        'throughput_fps': frames / sum(run.round_s),
+        'round_p50_ms': float(np.percentile(np.asarray(run.round_s) * 1e3, 50)),
+    }
+
+
+def _load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, ...]:
     if args.checkpoint:
-        model, config = load_checkpoint(args.checkpoint, args.device)
-        weights = str(args.checkpoint)
-    else:
-        config = load_model_config(args.config)
-        torch.manual_seed(0)
-        model = build_model(config).to(args.device).eval()
-        weights = 'random (timing only)'
-    results: dict[str, object] = {
-        'device': torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu',
-        'torch': torch.__version__,
+        from m2a_perception.deploy.cache import sha256_file
+
+        model, config = load_checkpoint(args.checkpoint, device)
+        return model, config, str(args.checkpoint), sha256_file(args.checkpoint), False
+    config = load_model_config(args.config)
+    torch.manual_seed(0)
+    model = build_model(config).to(device).eval()
+    return model, config, 'random (timing only)', None, True
+
+
+def _versions(device: torch.device) -> dict[str, str]:
+    """Tool versions, GPU name and compute capability for the record."""
+    from m2a_perception.deploy.cache import probe_toolchain, tool_versions
+
+    versions = dict(tool_versions())
+    try:
+        versions.update(probe_toolchain(device).as_dict())
+    except Exception as error:  # version probes must never break a benchmark
+        versions['probe_error'] = str(error)
+    return versions
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'--device {args.device} but CUDA is not available on this machine')
+    sizes = [(text, parse_size(text)) for text in args.size]
+    if args.iters < 1 or args.warmup < 0:
+        raise ValueError('--iters must be at least 1 and --warmup at least 0')
+    cameras = [int(n) for n in args.cameras]
+    if not cameras or min(cameras) < 1:
+        raise ValueError(f'--cameras needs positive counts, got {args.cameras}')
+    requested = list(dict.fromkeys(args.backend))
+    names = requested if REFERENCE in requested else [*requested, REFERENCE]
+    model, config, weights, weights_sha256, random_weights = _load_model(args, device)
+    clock = _Clock(device)
+    results: dict[str, Any] = {
+        'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
+        'host': platform.node(),
+        'versions': _versions(device),
         'threads': torch.get_num_threads(),
         'config': config.name,
         'weights': weights,
         'warmup': args.warmup,
         'iters': args.iters,
+        'cameras': cameras,
+        'postprocess': not args.no_postprocess,
+        'command': ' '.join(['m2a-bench', *getattr(args, 'argv', [])]),
+        'reference': REFERENCE,
+        'reference_added': REFERENCE not in requested,
+        'unavailable': {},
+        'engines': {},
+        'runs': [],
         'sizes': {},
     }
+    post_config = (
+        None
+        if args.no_postprocess
+        else PostprocessConfig(anomaly_threshold=args.anomaly_threshold)
+    )
     with tempfile.TemporaryDirectory(prefix='m2a-bench-') as tmp:
-        for size_text in args.size:
-            size = parse_size(size_text)
-            backends = {
-                name: make_backend(name, model, size, args.device, Path(tmp))
-                for name in args.backend
-            }
-            images = example_input(size)
-            calls = {
-                name: (lambda b=backend, x=images: b(x)) for name, backend in backends.items()
-            }
-            devices = {name: backend.device for name, backend in backends.items()}
-            reference = args.backend[0]
-            if not args.no_postprocess:
-                calls['postprocess'] = postprocess_call(backends[reference], images, size, args)
-                devices['postprocess'] = backends[reference].device
-            samples = time_round_robin(calls, devices, args.warmup, args.iters)
-            reference_p50 = percentiles(samples[reference])['p50_ms']
-            entry = {}
-            for name in calls:
-                stats = percentiles(samples[name])
-                stats['p50_ratio_vs_' + reference] = stats['p50_ms'] / reference_p50
-                entry[name] = stats
-            results['sizes'][size_text] = entry
+        context = BenchContext(
+            model, config, weights_sha256, device, Path(tmp), args.engine_cache, random_weights
+        )
+        for size_text, size in sizes:
+            backends: dict[str, Backend] = {}
+            for name in names:
+                try:
+                    backends[name] = make_backend(name, size, context)
+                except BackendSkippedError as error:
+                    results['unavailable'][name] = str(error)
+                    continue
+                if hasattr(backends[name], 'engine_info'):
+                    results['engines'][f'{name}@{size_text}'] = backends[name].engine_info
+            record = PreprocessRecord(source_size=size, resized_size=size, padded_size=size)
+            legacy: dict[str, Any] = {}
+            for num_cameras in cameras:
+                frames = host_frames(size, num_cameras, device)
+                runs = [
+                    BackendRun(
+                        name,
+                        backend,
+                        backend.device,
+                        frames,
+                        post_config,
+                        record,
+                        config.preprocess.pixel_mean,
+                        config.preprocess.pixel_std,
+                    )
+                    for name, backend in backends.items()
+                ]
+                memory = {run_.name: measure_memory(run_, clock) for run_ in runs}
+                for iteration in range(args.warmup + args.iters):
+                    for run_ in runs:
+                        run_.round(clock, timed=iteration >= args.warmup)
+                stats = {run_.name: _stage_stats(run_) for run_ in runs}
+                _add_speedups(stats)
+                for run_ in runs:
+                    results['runs'].append(
+                        {
+                            'size': size_text,
+                            'cameras': num_cameras,
+                            'backend': run_.name,
+                            **stats[run_.name],
+                            'memory': memory[run_.name],
+                        }
+                    )
+                if num_cameras == cameras[0]:
+                    legacy = _legacy_rows(requested, stats, post_config is not None)
+            results['sizes'][size_text] = legacy
     return results
 
 
-def format_table(results: dict[str, object]) -> str:
+def _add_speedups(stats: dict[str, dict[str, Any]]) -> None:
+    """Speedups against eager FP32 of the same run: p50 model / p50 total / throughput."""
+    reference = stats.get(REFERENCE)
+    for entry in stats.values():
+        if reference is None:
+            entry['speedup_vs_' + REFERENCE] = None
+            continue
+        entry['speedup_vs_' + REFERENCE] = {
+            'model_p50': reference['stages']['model']['p50_ms']
+            / entry['stages']['model']['p50_ms'],
+            'total_p50': reference['stages']['total']['p50_ms']
+            / entry['stages']['total']['p50_ms'],
+            'throughput': entry['throughput_fps'] / reference['throughput_fps'],
+        }
+
+
+def _legacy_rows(
+    requested: list[str], stats: dict[str, dict[str, Any]], with_post: bool
+) -> dict[str, Any]:
+    """The pre-stage format: model-stage latency per backend, ratio to the first backend."""
+    present = [name for name in requested if name in stats]
+    if not present:
+        return {}
+    first = present[0]
+    reference_p50 = stats[first]['stages']['model']['p50_ms']
+    rows: dict[str, Any] = {}
+    for name in present:
+        row = dict(stats[name]['stages']['model'])
+        row['p50_ratio_vs_' + first] = row['p50_ms'] / reference_p50
+        rows[name] = row
+    if with_post:
+        row = dict(stats[first]['stages']['post'])
+        row['p50_ratio_vs_' + first] = row['p50_ms'] / reference_p50
+        rows['postprocess'] = row
+    return rows
+
+
+def format_table(results: dict[str, Any]) -> str:
     lines = [
-        f'device {results["device"]}, torch {results["torch"]}, {results["threads"]} threads, '
-        f'config {results["config"]}, weights {results["weights"]}, '
-        f'{results["iters"]} timed iterations after {results["warmup"]} warm-up (round-robin)',
-        f'{"size":>10} {"backend":>12} {"p50 ms":>10} {"p90 ms":>10} {"ratio p50":>10}',
+        f'device {results["device"]}, torch {results["versions"].get("torch")}, '
+        f'{results["threads"]} threads, config {results["config"]}, weights {results["weights"]}, '
+        f'{results["iters"]} timed rounds after {results["warmup"]} warm-up (round-robin)',
+        f'{"size":>10} {"cams":>4} {"backend":>18} {"pre":>7} {"model":>7} {"m p99":>7} '
+        f'{"post":>7} {"d2h":>7} {"total":>7} {"t p99":>7} {"fps":>7} {"peakMB":>7} '
+        f'{"x model":>7} {"x fps":>7}',
     ]
-    for size, entry in results['sizes'].items():  # type: ignore[union-attr]
-        for name, stats in entry.items():
-            ratio = next(v for k, v in stats.items() if k.startswith('p50_ratio_vs_'))
-            lines.append(
-                f'{size:>10} {name:>12} {stats["p50_ms"]:>10.1f} '
-                f'{stats["p90_ms"]:>10.1f} {ratio:>10.3f}'
-            )
+    for entry in results['runs']:
+        stages = entry['stages']
+        speedup = entry.get('speedup_vs_' + REFERENCE) or {}
+        memory = entry.get('memory') or {}
+        lines.append(
+            f'{entry["size"]:>10} {entry["cameras"]:>4} {entry["backend"]:>18} '
+            f'{stages["h2d_pre"]["p50_ms"]:>7.2f} {stages["model"]["p50_ms"]:>7.2f} '
+            f'{stages["model"]["p99_ms"]:>7.2f} {stages["post"]["p50_ms"]:>7.2f} '
+            f'{stages["d2h"]["p50_ms"]:>7.2f} {stages["total"]["p50_ms"]:>7.2f} '
+            f'{stages["total"]["p99_ms"]:>7.2f} {entry["throughput_fps"]:>7.1f} '
+            f'{_number(memory.get("peak_allocated_mb"), 7, 0)} '
+            f'{_number(speedup.get("model_p50"), 7, 2)} {_number(speedup.get("throughput"), 7, 2)}'
+        )
+    lines.append('stage times are p50 ms; x = speedup against eager FP32 (torch) in this run')
+    for name, reason in results['unavailable'].items():
+        lines.append(f'unavailable: {name}: {reason}')
     return '\n'.join(lines)
 
 
+def _number(value: float | None, width: int, digits: int) -> str:
+    return f'{"-":>{width}}' if value is None else f'{value:>{width}.{digits}f}'
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     setup_logging(args.verbose)
     unknown = [name for name in args.backend if name not in BACKENDS]
     if unknown:
@@ -216,10 +530,14 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
+    if not results['runs']:
+        reasons = '; '.join(f'{k}: {v}' for k, v in results['unavailable'].items())
+        print(f'error: none of the requested backends can run here ({reasons})', file=sys.stderr)
+        return 2
     print(format_table(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps(results, indent=2) + '\n')
         print(f'wrote {args.json}')
     return 0
 

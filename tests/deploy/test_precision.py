@@ -1,0 +1,177 @@
+"""Precision recipes written into the model: strict export, FP32 parity and FP32 islands."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from m2a_perception.deploy.gate import run_gate, synthetic_gate_images
+from m2a_perception.deploy.precision import (
+    FP16,
+    FP32,
+    InferenceGraph,
+    apply_precision,
+    build_inference_graph,
+    example_uint8_input,
+    export_inference_graph,
+    get_recipe,
+    inspect_precision,
+)
+from m2a_perception.deploy.tensorrt_backend import GraphBackend
+from m2a_perception.inference import TorchBackend
+from m2a_perception.preprocess import normalize_and_pad
+
+SIZE = (64, 64)
+SHAPE = (1, 3, *SIZE)
+
+
+def _reference(model, config, images, valid=None):
+    preprocess = config.preprocess
+    if valid is not None:
+        images = images[..., : valid[0], : valid[1]]
+    normalized = normalize_and_pad(images, preprocess.pixel_mean, preprocess.pixel_std, 32)
+    with torch.no_grad():
+        return model(normalized)
+
+
+def _graph(model, config, recipe, valid=None, **kwargs):
+    preprocess = config.preprocess
+    return build_inference_graph(
+        model, recipe, preprocess.pixel_mean, preprocess.pixel_std, valid, **kwargs
+    )
+
+
+def test_recipes():
+    assert get_recipe('fp16') is FP16 and FP16.id == 'fp16-islands-v1'
+    assert get_recipe('fp32') is FP32 and FP32.id == 'fp32-v1'
+    assert 'LayerNorm' in FP16.fp32_islands and 'mask product (einsum)' in FP16.fp32_islands
+    assert FP16.as_dict()['compute_dtype'] == 'float16'
+    with pytest.raises(ValueError, match='unknown precision'):
+        get_recipe('int8')
+
+
+@pytest.mark.parametrize('valid', [None, (50, 40)])
+def test_fp32_graph_equals_the_eager_model_exactly(micro_model, micro_config, valid):
+    images = example_uint8_input(SHAPE, seed=1)
+    graph = _graph(micro_model, micro_config, FP32, valid)
+    with torch.no_grad():
+        outputs = graph(images)
+    for out, ref in zip(
+        outputs, _reference(micro_model, micro_config, images, valid), strict=True
+    ):
+        assert out.dtype == torch.float32
+        assert torch.equal(out, ref)
+
+
+def test_fp16_plan_with_fp32_casts_exports_strictly_and_matches_eager(micro_model, micro_config):
+    """The rewritten modules of the FP16 plan compute exactly what the model does, and the graph
+    goes through strict torch.export (the TensorRT input)."""
+    graph = _graph(micro_model, micro_config, FP16, compute_dtype=torch.float32)
+    decoder_layer = graph.network.sem_seg_head.pixel_decoder.transformer.encoder.layers[0]
+    assert type(decoder_layer.self_attn.value_proj).__name__ == '_CastingLinear'
+    program = export_inference_graph(graph, SHAPE)
+    exported = program.module()
+    for seed in (1, 2):
+        images = example_uint8_input(SHAPE, seed=seed)
+        reference = _reference(micro_model, micro_config, images)
+        with torch.no_grad():
+            eager = graph(images)
+        for out, ref in zip(eager, reference, strict=True):
+            assert torch.equal(out, ref)
+        for out, ref in zip(exported(images), reference, strict=True):
+            torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    assert not program.range_constraints  # static shapes only
+
+
+def test_fp16_graph_keeps_the_fp32_islands_in_the_exported_graph(micro_model, micro_config):
+    graph = _graph(micro_model, micro_config, FP16)
+    report = inspect_precision(export_inference_graph(graph, SHAPE))
+    assert report.ok, report.island_violations
+    assert report.output_dtypes == ('torch.float32', 'torch.float32')
+    # The bulk runs in FP16; only the class head, mask embedding and mask features stay FP32.
+    assert report.bulk_ops_by_dtype['torch.float16'] > 3 * report.bulk_ops_by_dtype.get(
+        'torch.float32', 0
+    )
+    fp32_modules = {path.removeprefix('network.') for path in report.fp32_bulk_modules}
+    allowed = (
+        'sem_seg_head.predictor.class_embed',
+        'sem_seg_head.predictor.mask_embed',
+        'sem_seg_head.pixel_decoder.mask_features',
+    )
+    assert fp32_modules and all(path.startswith(allowed) for path in fp32_modules), fp32_modules
+    assert report.as_dict()['ok'] is True
+
+
+def test_inspect_precision_reports_a_low_precision_island():
+    class HalfSoftmax(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(x.half(), -1).float()
+
+    report = inspect_precision(torch.export.export(HalfSoftmax(), (torch.randn(2, 4),)))
+    assert not report.ok
+    assert 'softmax' in report.island_violations[0] and 'float16' in report.island_violations[0]
+
+
+def test_fp16_graph_runs_on_cpu_and_passes_the_gate(micro_model, micro_config):
+    preprocess = micro_config.preprocess
+    graph = _graph(micro_model, micro_config, FP16)
+    network = graph.network
+    assert network.backbone.stem.conv1.weight.dtype == torch.float16
+    assert network.backbone.stem.conv1.norm.running_var.dtype == torch.float32
+    assert network.sem_seg_head.predictor.class_embed.weight.dtype == torch.float32
+    assert network.sem_seg_head.pixel_decoder.mask_features.weight.dtype == torch.float32
+    assert network.sem_seg_head.predictor.decoder_norm.weight.dtype == torch.float32
+    backend = GraphBackend(graph, 'cpu', SHAPE, preprocess.pixel_mean, preprocess.pixel_std)
+    result = run_gate(
+        TorchBackend(micro_model),
+        backend,
+        synthetic_gate_images(SIZE, count=2),
+        preprocess.pixel_mean,
+        preprocess.pixel_std,
+    )
+    assert result.passed, result.summary()
+    assert 0 < result.class_logits_max_abs < 0.5
+
+
+def test_apply_precision_leaves_the_input_model_alone(micro_model):
+    before = {name: tensor.clone() for name, tensor in micro_model.state_dict().items()}
+    converted = apply_precision(micro_model, FP16)
+    assert all(p.dtype == torch.float32 for p in micro_model.parameters())
+    assert set(converted.state_dict()) == set(before)
+    for name, tensor in micro_model.state_dict().items():
+        assert torch.equal(tensor, before[name])
+
+
+def test_apply_precision_refuses_modules_it_has_no_rule_for(micro_model):
+    class NewLinear(nn.Linear):
+        pass
+
+    micro_model.sem_seg_head.predictor.extra = NewLinear(4, 4)
+    with pytest.raises(TypeError, match='no rule'):
+        apply_precision(micro_model, FP16)
+
+
+def test_graph_input_checks(micro_model, micro_config):
+    graph = _graph(micro_model, micro_config, FP32, valid=(70, 64))
+    assert isinstance(graph, InferenceGraph)
+    with pytest.raises(ValueError, match='uint8'):
+        graph(torch.zeros(*SHAPE))
+    with pytest.raises(ValueError, match='exceeds'):
+        graph(torch.zeros(*SHAPE, dtype=torch.uint8))
+    with pytest.raises(ValueError, match='multiple of 32'):
+        example_uint8_input((1, 3, 60, 64))
+
+
+def test_graph_backend_turns_normalised_input_back_into_uint8(micro_model, micro_config):
+    preprocess = micro_config.preprocess
+    graph = _graph(micro_model, micro_config, FP32)
+    backend = GraphBackend(graph, 'cpu', SHAPE, preprocess.pixel_mean, preprocess.pixel_std)
+    images = example_uint8_input(SHAPE, seed=3)
+    assert torch.equal(backend.prepare(images), images)
+    normalized = normalize_and_pad(images, preprocess.pixel_mean, preprocess.pixel_std, 32)
+    assert torch.equal(backend.prepare(normalized), images)
+    for out, ref in zip(backend(normalized), backend(images), strict=True):
+        assert torch.equal(out, ref)
+    with pytest.raises(ValueError, match='built for input'):
+        backend(torch.zeros(1, 3, 64, 96, dtype=torch.uint8))
