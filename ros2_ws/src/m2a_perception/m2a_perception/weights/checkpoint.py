@@ -97,6 +97,10 @@ def _sniff(path: Path) -> None:
         raise CheckpointError(f'{path}: not a regular file')
     with path.open('rb') as stream:
         head = stream.read(9)
+    # safetensors = 8-byte little-endian header length, then the JSON header. Check that first:
+    # the length's low byte can be anything, 0x80 (a pickle opcode) included.
+    if len(head) == 9 and head[8:9] == b'{':
+        return
     if head.startswith(_ZIP_MAGIC) or (head and head[0] == _PICKLE_PROTOCOL_OPCODE):
         raise CheckpointError(
             f'{path}: this is a pickle-based PyTorch/detectron2 file, which can carry code and is '
