@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from .helpers import RosProbe
+
+
+@pytest.fixture(scope='package', autouse=True)
+def private_ros_domain():
+    """A ROS domain of this test process's own while the ROS tests run.
+
+    Other sessions on the machine run these tests too, with the same node names and namespaces.
+    tests/conftest.py gives each xdist worker domain 40 + n, which two concurrent pytest runs
+    share, so their nodes would answer each other's services and topics. Unless a base domain
+    is chosen explicitly (M2A_TEST_DOMAIN_BASE), each test process takes a pid-based domain.
+    """
+    before = os.environ.get('ROS_DOMAIN_ID')
+    if 'M2A_TEST_DOMAIN_BASE' not in os.environ:
+        os.environ['ROS_DOMAIN_ID'] = str(101 + os.getpid() % 120)
+    yield os.environ['ROS_DOMAIN_ID']
+    if before is None:
+        os.environ.pop('ROS_DOMAIN_ID', None)
+    else:
+        os.environ['ROS_DOMAIN_ID'] = before
 
 
 @pytest.fixture(scope='session')

@@ -1,6 +1,6 @@
 """Helpers for the multi-process ROS tests: subprocesses that always die, and a probe node.
 
-Subprocesses inherit the test environment (ROS_DOMAIN_ID from tests/conftest.py, Fast DDS
+Subprocesses inherit the test environment (ROS_DOMAIN_ID from tests/ros/conftest.py, Fast DDS
 LARGE_DATA transport, and LD_LIBRARY_PATH together with the wheel bootstrapper's marker) and run
 in their own process group, so teardown can SIGINT and then SIGKILL the whole group.
 
@@ -35,6 +35,7 @@ FAKE_CAMERA = Path(__file__).with_name('fake_camera.py')
 # Generous: a loaded 2-core machine imports torch and loads the model in several seconds.
 STARTUP_TIMEOUT_S = 120.0
 WAIT_TIMEOUT_S = 60.0
+CLIENT_RETRY_S = 20.0
 
 T = TypeVar('T')
 
@@ -188,14 +189,30 @@ class RosProbe:
         raise TimeoutError(f'timed out after {timeout_s:.0f} s waiting for {what or predicate}')
 
     def call(self, srv_type: type, name: str, request: Any, timeout_s: float = 30.0) -> Any:
-        client = self.node.create_client(srv_type, name)
-        try:
-            self.wait_for(client.service_is_ready, timeout_s, f'service {name}')
-            future = client.call_async(request)
-            self.wait_for(future.done, timeout_s, f'response of {name}')
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
+        """Call a service, waiting up to `timeout_s` for it to appear and again for the answer.
+
+        A client that has not matched the server after `CLIENT_RETRY_S` is replaced by a new
+        one: on a loaded machine Fast DDS occasionally leaves a fresh client unmatched, and new
+        endpoints are matched again from scratch.
+        """
+        end = time.monotonic() + timeout_s
+        while True:
+            client = self.node.create_client(srv_type, name)
+            try:
+                wait_s = min(CLIENT_RETRY_S, max(0.0, end - time.monotonic()))
+                try:
+                    self.wait_for(client.service_is_ready, wait_s, f'service {name}')
+                except TimeoutError:
+                    if time.monotonic() >= end:
+                        raise TimeoutError(
+                            f'timed out after {timeout_s:.0f} s waiting for service {name}'
+                        ) from None
+                    continue
+                future = client.call_async(request)
+                self.wait_for(future.done, timeout_s, f'response of {name}')
+                return future.result()
+            finally:
+                self.node.destroy_client(client)
 
     # Lifecycle and parameter services of the node under test.
 

@@ -24,7 +24,11 @@ def test_valid_checkpoint_builds_and_warms_up(tiny_checkpoint):
     assert config.name == 'tiny'
     warm_up(segmenter, config, iterations=1)
     result = segmenter(np.zeros((40, 60, 3), np.uint8))
-    assert tuple(result.anomaly_map.shape) == (40, 60)
+    # The default output resolution is the model's: the network input without padding.
+    assert (
+        tuple(result.anomaly_map.shape) == segmenter.preprocessor.record_for(40, 60).resized_size
+    )
+    assert result.source_size == (40, 60)
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,8 @@ OVERRIDES = (
     'diagnostics.period_s:=0.5',
     'viz.overlay_rate_hz:=0.0',
     'max_input_age_ms:=3000.0',
+    # Outputs the size of the 48x64 camera frames (the default, model, is the network's size).
+    'output_resolution:=source',
 )
 
 
@@ -146,6 +148,8 @@ def test_every_output_arrives_with_the_input_header(node_process, probe, cameras
     assert panoptic.header.frame_id == 'cam_f'
     assert (panoptic.source_height, panoptic.source_width) == (HEIGHT, WIDTH)
     assert panoptic.anomaly_threshold == pytest.approx(0.5)
+    # Relates the semantic image's unknown label to the segments' class_id -1.
+    assert panoptic.unknown_id == UNKNOWN_ID
     ids = image_msg_to_array(panoptic.segment_ids)
     assert panoptic.segment_ids.encoding == 'mono16' and ids.shape == (HEIGHT, WIDTH)
     assert stamp_key(panoptic.segment_ids.header) == stamp
@@ -153,6 +157,8 @@ def test_every_output_arrives_with_the_input_header(node_process, probe, cameras
 
     stat = by_stamp(stats)[stamp]
     assert stat.camera == 'front' and stat.model_ms > 0 and stat.frames_processed >= 1
+    stages = ('convert', 'preprocess', 'model', 'postprocess', 'handoff', 'publish')
+    assert all(getattr(stat, f'{stage}_ms') >= 0.0 for stage in stages)
 
 
 def check_segments_match_id_image(ids: np.ndarray, segments: list[OpenSetSegment]) -> None:

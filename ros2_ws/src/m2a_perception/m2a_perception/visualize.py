@@ -111,13 +111,21 @@ def colorize_panoptic(
     return lookup[segment_ids.astype(np.int64)]
 
 
-def blend(image: np.ndarray, colors: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """(1 - alpha) * image + alpha * colors, both (H, W, 3) uint8 RGB of the same size."""
+def blend(
+    image: np.ndarray, colors: np.ndarray, alpha: float = 0.5, out: np.ndarray | None = None
+) -> np.ndarray:
+    """(1 - alpha) * image + alpha * colors, both (H, W, 3) uint8 RGB of the same size.
+
+    `out`, if given, is a contiguous (H, W, 3) uint8 array that receives the result (no
+    allocation; e.g. a message buffer).
+    """
     if image.shape != colors.shape or image.ndim != 3:
         raise ValueError(f'image {image.shape} and colors {colors.shape} must be equal (H, W, 3)')
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f'alpha must be in [0, 1], got {alpha}')
-    return cv2.addWeighted(image, 1.0 - alpha, colors, alpha, 0.0)
+    if out is not None and (out.shape != image.shape or out.dtype != np.uint8):
+        raise ValueError(f'out must be {image.shape} uint8, got {out.shape} {out.dtype}')
+    return cv2.addWeighted(image, 1.0 - alpha, colors, alpha, 0.0, dst=out)
 
 
 def draw_segment_boundaries(
@@ -140,9 +148,17 @@ def draw_unknown_boxes(
     segments: Sequence[Segment],
     source_size: tuple[int, int],
     color: tuple[int, int, int] = UNKNOWN_COLOR,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Draw the boxes of unknown things (source-pixel boxes, rescaled to `image`) on a copy."""
-    out = image.copy()
+    """Draw the boxes of unknown things (source-pixel boxes, rescaled to `image`) on a copy.
+
+    With `out` (a contiguous array of the image's shape, possibly `image` itself) the boxes are
+    drawn there instead of on a new copy.
+    """
+    if out is None:
+        out = image.copy()
+    elif out is not image:
+        np.copyto(out, image)
     scale_x = image.shape[1] / source_size[1]
     scale_y = image.shape[0] / source_size[0]
     thickness = max(1, round(min(image.shape[:2]) / 300))

@@ -144,6 +144,14 @@ _YUV_TO_RGB = {
     'yuv422_yuy2': cv2.COLOR_YUV2RGB_YUYV,
     'yuyv': cv2.COLOR_YUV2RGB_YUYV,
 }
+# Pure channel copies/reorders (no arithmetic), for contiguous RGB.
+_TO_RGB = {
+    'rgb8': None,
+    'bgr8': cv2.COLOR_BGR2RGB,
+    'rgba8': cv2.COLOR_RGBA2RGB,
+    'bgra8': cv2.COLOR_BGRA2RGB,
+    'mono8': cv2.COLOR_GRAY2RGB,
+}
 _HOST_IS_BIG_ENDIAN = sys.byteorder == 'big'
 
 
@@ -197,18 +205,33 @@ def image_msg_to_array(msg: Image, limits: ImageLimits | None = None) -> np.ndar
     return samples.reshape(height, width, layout.channels)
 
 
-def image_msg_to_rgb(msg: Image, limits: ImageLimits | None = None) -> np.ndarray:
+def image_msg_to_rgb(
+    msg: Image, limits: ImageLimits | None = None, contiguous: bool = False
+) -> np.ndarray:
     """Any supported Image -> (H, W, 3) uint8 RGB, a view whenever the encoding allows.
 
     mono8 is broadcast to three channels (no copy); mono16 keeps its high byte; 32FC1 is an
     intensity in [0, 1] (simulators), scaled to 0..255 and clipped; yuv422 variants are converted
     with OpenCV (BT.601, as cv_bridge does).
 
+    Args:
+        msg: the message.
+        limits: maximum frame size; None accepts any size.
+        contiguous: return a C-contiguous array. rgb8 without row padding stays a zero-copy
+            view; other encodings get one OpenCV channel copy (the same values as copying the
+            view, several times faster than numpy on reversed or broadcast strides).
+
     Raises:
         ImageConversionError: a subclass naming the defect.
     """
     pixels = image_msg_to_array(msg, limits)
     encoding = msg.encoding
+    if encoding in _YUV_TO_RGB:
+        return cv2.cvtColor(pixels, _YUV_TO_RGB[encoding])
+    if contiguous and encoding in _TO_RGB:
+        if encoding == 'rgb8':
+            return pixels if pixels.flags.c_contiguous else np.ascontiguousarray(pixels)
+        return cv2.cvtColor(pixels, _TO_RGB[encoding])
     if encoding == 'rgb8':
         return pixels
     if encoding == 'bgr8':
@@ -217,8 +240,6 @@ def image_msg_to_rgb(msg: Image, limits: ImageLimits | None = None) -> np.ndarra
         return pixels[..., :3]
     if encoding == 'bgra8':
         return pixels[..., 2::-1]
-    if encoding in _YUV_TO_RGB:
-        return cv2.cvtColor(pixels, _YUV_TO_RGB[encoding])
     if encoding == 'mono8':
         gray = pixels
     elif encoding == 'mono16':
@@ -228,15 +249,20 @@ def image_msg_to_rgb(msg: Image, limits: ImageLimits | None = None) -> np.ndarra
             bad = int(pixels.size - np.count_nonzero(np.isfinite(pixels)))
             raise NonFiniteValuesError(f'{encoding} image has {bad} NaN or infinite values')
         gray = np.clip(pixels * 255.0 + 0.5, 0.0, 255.0).astype(_U8)
+    if contiguous:
+        return cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
     return np.broadcast_to(gray[..., None], (*gray.shape, 3))
 
 
-def compressed_msg_to_rgb(msg: CompressedImage, limits: ImageLimits | None = None) -> np.ndarray:
+def compressed_msg_to_rgb(
+    msg: CompressedImage, limits: ImageLimits | None = None, contiguous: bool = False
+) -> np.ndarray:
     """Decode a JPEG or PNG CompressedImage to (H, W, 3) uint8 RGB.
 
     The container is checked before decoding (signature, frame size against `limits`, end
     marker), so corrupt, truncated and oversized payloads fail fast with a precise message and
-    libjpeg never decodes half a frame.
+    libjpeg never decodes half a frame. The result is a channel-reversed view of OpenCV's BGR
+    output, or with `contiguous` a C-contiguous array (decoded straight to RGB where OpenCV can).
 
     Raises:
         ImageConversionError: a subclass naming the defect.
@@ -254,7 +280,10 @@ def compressed_msg_to_rgb(msg: CompressedImage, limits: ImageLimits | None = Non
     else:
         height, width = _png_frame_size(payload)
     _check_size(width, height, limits)
-    decoded = cv2.imdecode(np.frombuffer(payload, dtype=_U8), cv2.IMREAD_COLOR)
+    # OpenCV >= 4.10 decodes straight to RGB (the same values as BGR then swapped).
+    rgb_flag = getattr(cv2, 'IMREAD_COLOR_RGB', None) if contiguous else None
+    flags = cv2.IMREAD_COLOR if rgb_flag is None else rgb_flag
+    decoded = cv2.imdecode(np.frombuffer(payload, dtype=_U8), flags)
     if decoded is None:
         raise CorruptCompressedImageError(f'{kind} payload could not be decoded')
     if decoded.shape[:2] != (height, width):
@@ -262,6 +291,10 @@ def compressed_msg_to_rgb(msg: CompressedImage, limits: ImageLimits | None = Non
             f'{kind} header says {width}x{height} but decoded {decoded.shape[1]}x'
             f'{decoded.shape[0]}'
         )
+    if rgb_flag is not None:
+        return decoded
+    if contiguous:
+        return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
     return decoded[..., ::-1]
 
 

@@ -79,16 +79,28 @@ class CameraSnapshot:
 
 @dataclass(frozen=True)
 class StageTimes:
-    """Stage timings of one frame in milliseconds."""
+    """Stage timings of one frame in milliseconds.
+
+    `convert_ms` (message to RGB array), `handoff_ms` (result maps to the host) and `publish_ms`
+    (filling and publishing the outputs) are the node's own overhead; `preprocess_ms`,
+    `model_ms` and `postprocess_ms` are the model core's work.
+    """
 
     preprocess_ms: float = 0.0
     model_ms: float = 0.0
     postprocess_ms: float = 0.0
     publish_ms: float = 0.0
+    convert_ms: float = 0.0
+    handoff_ms: float = 0.0
+
+    @property
+    def overhead_ms(self) -> float:
+        """The node's own share: conversion, hand-off and publishing."""
+        return self.convert_ms + self.handoff_ms + self.publish_ms
 
     @property
     def total_ms(self) -> float:
-        return self.preprocess_ms + self.model_ms + self.postprocess_ms + self.publish_ms
+        return self.overhead_ms + self.preprocess_ms + self.model_ms + self.postprocess_ms
 
 
 @dataclass(frozen=True)
@@ -375,10 +387,13 @@ def processing_status(
     if snapshot.last is not None:
         values.update(
             {
+                'last_convert_ms': f'{snapshot.last.convert_ms:.2f}',
                 'last_preprocess_ms': f'{snapshot.last.preprocess_ms:.2f}',
                 'last_model_ms': f'{snapshot.last.model_ms:.2f}',
                 'last_postprocess_ms': f'{snapshot.last.postprocess_ms:.2f}',
+                'last_handoff_ms': f'{snapshot.last.handoff_ms:.2f}',
                 'last_publish_ms': f'{snapshot.last.publish_ms:.2f}',
+                'last_overhead_ms': f'{snapshot.last.overhead_ms:.2f}',
             }
         )
     return make_status(level, f'{node_name}: processing', message, node_name, values)

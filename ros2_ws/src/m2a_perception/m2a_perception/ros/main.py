@@ -4,17 +4,14 @@ Usage (any ROS arguments work, e.g. a parameter file and remappings):
     m2a-perception-node --ros-args --params-file config/m2a_perception.yaml \
         -p model.checkpoint:=/path/to/model.safetensors
 
-Allowed dependencies: rclpy, `m2a_perception.ros.node`.
+Allowed dependencies: rclpy, `m2a_perception.ros.node`, `m2a_perception.ros.allocator`.
 """
 
 from __future__ import annotations
 
 import sys
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-
-from m2a_perception.ros.node import NODE_NAME, PerceptionNode
+from m2a_perception.ros.allocator import tune_allocator
 
 
 def main(args: list[str] | None = None) -> int:
@@ -26,7 +23,16 @@ def main(args: list[str] | None = None) -> int:
     Returns:
         Process exit status: 0 after a normal shutdown, 1 if the node could not be created.
     """
+    # While this is the only thread: importing torch, OpenCV or rclpy starts threads, and glibc
+    # would hand later threads their malloc arenas (see m2a_perception.ros.allocator).
+    allocator_state = tune_allocator()
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    from m2a_perception.ros.node import NODE_NAME, PerceptionNode
+
     rclpy.init(args=args)
+    rclpy.logging.get_logger(NODE_NAME).info(f'malloc settings: {allocator_state}')
     try:
         node = PerceptionNode()
     except Exception as error:  # e.g. a parameter file value outside its declared range

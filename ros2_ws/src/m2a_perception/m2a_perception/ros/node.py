@@ -375,23 +375,31 @@ class PerceptionNode(LifecycleNode):
         msg = frame.item
         start = time.perf_counter()
         try:
+            # Contiguous RGB: one fast OpenCV channel copy for bgr, rgba and mono inputs, which
+            # pre-processing (PIL) and the overlay (OpenCV) would otherwise each copy slowly.
             if isinstance(msg, CompressedImage):
-                rgb = compressed_msg_to_rgb(msg, settings.input.limits)
+                rgb = compressed_msg_to_rgb(msg, settings.input.limits, contiguous=True)
             else:
-                rgb = image_msg_to_rgb(msg, settings.input.limits)
+                rgb = image_msg_to_rgb(msg, settings.input.limits, contiguous=True)
         except ImageConversionError as error:
             self._reject(runtime, error)
             return
+        converted = time.perf_counter()
+        cuda = segmenter.device.type == 'cuda'
         try:
             segmenter.postprocess_config = postprocess_for(settings.postprocess, demand)
             images, record = segmenter.preprocess(rgb)
             preprocessed = time.perf_counter()
             prediction = segmenter.infer(images)
-            if segmenter.device.type == 'cuda':
+            if cuda:
                 torch.cuda.synchronize(segmenter.device)
             inferred = time.perf_counter()
-            result = segmenter.postprocess(prediction, record).cpu()
+            result = segmenter.postprocess(prediction, record)
+            if cuda:
+                torch.cuda.synchronize(segmenter.device)
             postprocessed = time.perf_counter()
+            result = result.cpu()
+            handed_off = time.perf_counter()
             runtime.outputs.publish(
                 msg.header,
                 result,
@@ -407,10 +415,12 @@ class PerceptionNode(LifecycleNode):
             self._processing_failed(runtime, error)
             return
         times = StageTimes(
-            preprocess_ms=(preprocessed - start) * 1e3,
+            convert_ms=(converted - start) * 1e3,
+            preprocess_ms=(preprocessed - converted) * 1e3,
             model_ms=(inferred - preprocessed) * 1e3,
             postprocess_ms=(postprocessed - inferred) * 1e3,
-            publish_ms=(published - postprocessed) * 1e3,
+            handoff_ms=(handed_off - postprocessed) * 1e3,
+            publish_ms=(published - handed_off) * 1e3,
         )
         self._processing.record(times, settings.diagnostics.max_processing_time_ms)
         runtime.monitor.on_processed()
@@ -448,9 +458,11 @@ class PerceptionNode(LifecycleNode):
         msg = InferenceStats()
         msg.header = header
         msg.camera = frame.camera
+        msg.convert_ms = times.convert_ms
         msg.preprocess_ms = times.preprocess_ms
         msg.model_ms = times.model_ms
         msg.postprocess_ms = times.postprocess_ms
+        msg.handoff_ms = times.handoff_ms
         msg.publish_ms = times.publish_ms
         msg.queue_wait_ms = frame.queue_wait_s * 1e3
         msg.end_to_end_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6

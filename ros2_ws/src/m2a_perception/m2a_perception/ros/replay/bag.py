@@ -1,0 +1,605 @@
+"""Reading and writing rosbag2 bags with `rosbags`: a typestore that knows the m2a messages, a
+reader that survives damaged bags, an output bag that always closes, and camera discovery.
+
+Reading (`BagReader`) accepts a bag folder (with `metadata.yaml`), a folder whose metadata is
+missing (a recording that was killed) or a single `.mcap` / `.db3` file. When `rosbags` cannot
+open an mcap bag (no footer or summary: a truncated file), the files are read sequentially with
+the `mcap` library's stream reader instead, which recovers every message stored before the
+damage. Any damage met while reading ends the iteration with one `BagReadError` that names the
+bag, the cause and how many messages were read, after everything before it was delivered.
+
+Allowed dependencies: rosbags, mcap, PyYAML, standard library (no torch, no rclpy: the player
+process imports this module).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import re
+import shutil
+import sys
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys.store import Typestore
+
+LOGGER = logging.getLogger(__name__)
+
+MSGS_PACKAGE = 'm2a_perception_msgs'
+IMAGE_TYPE = 'sensor_msgs/msg/Image'
+COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
+CAMERA_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
+GROUND_TRUTH_KINDS = ('anomaly', 'semantic')
+GROUND_TRUTH_SEGMENT = 'ground_truth'
+STORAGE_SUFFIXES = {'.mcap': 'mcap', '.db3': 'sqlite3'}
+STORAGE_PLUGINS = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
+# Camera names the node accepts (`cameras.names`, see ros/params.py).
+_CAMERA_NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
+
+
+class BagReadError(RuntimeError):
+    """The input bag cannot be read (missing, unsupported, truncated or corrupt).
+
+    Attributes:
+        path: the bag.
+        messages_read: messages delivered before the error.
+        report: set by `replay_bag` to the partial replay report, if any.
+    """
+
+    def __init__(self, path: Path, message: str, messages_read: int = 0) -> None:
+        super().__init__(message)
+        self.path = path
+        self.messages_read = messages_read
+        self.report: Any = None
+
+
+# --------------------------------------------------------------------------------- typestore
+
+
+def message_definition_dirs() -> list[Path]:
+    """Folders that may hold the m2a_perception_msgs `.msg` files, most specific first.
+
+    The installed share folder (ament prefixes, the venv, the prefix of the importable message
+    package) and, for a source checkout, `ros2_ws/src/m2a_perception_msgs/msg`.
+    """
+    prefixes = [Path(p) for p in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep) if p]
+    prefixes.append(Path(sys.prefix))
+    with contextlib.suppress(ImportError):
+        import m2a_perception_msgs
+
+        # <prefix>/lib/pythonX.Y/site-packages/m2a_perception_msgs/__init__.py
+        prefixes.append(Path(m2a_perception_msgs.__file__).resolve().parents[4])
+    candidates = [prefix / 'share' / MSGS_PACKAGE / 'msg' for prefix in prefixes]
+    # Source checkout: .../ros2_ws/src/m2a_perception/m2a_perception/ros/replay/bag.py
+    candidates.append(Path(__file__).resolve().parents[4] / MSGS_PACKAGE / 'msg')
+    return candidates
+
+
+def find_message_definitions() -> dict[str, str]:
+    """`m2a_perception_msgs/msg/<Name>` -> `.msg` text.
+
+    Raises:
+        FileNotFoundError: if no folder with the `.msg` files exists.
+    """
+    for folder in message_definition_dirs():
+        files = sorted(folder.glob('*.msg')) if folder.is_dir() else []
+        if files:
+            return {f'{MSGS_PACKAGE}/msg/{path.stem}': path.read_text() for path in files}
+    searched = ', '.join(str(p) for p in message_definition_dirs())
+    raise FileNotFoundError(f'no {MSGS_PACKAGE} .msg files found; searched {searched}')
+
+
+@functools.cache
+def m2a_typestore() -> Typestore:
+    """The ROS 2 Kilted typestore plus the m2a_perception_msgs types (from their .msg files)."""
+    store = get_typestore(Stores.ROS2_KILTED)
+    types: dict[str, Any] = {}
+    for name, text in find_message_definitions().items():
+        types.update(get_types_from_msg(text, name))
+    store.register(types)
+    return store
+
+
+def register_definition(store: Typestore, msgtype: str, msgdef: str | None) -> bool:
+    """Teach `store` a type from a bag's (concatenated) definition; False if impossible."""
+    if msgtype in store.types:
+        return True
+    if not msgdef:
+        return False
+    try:
+        store.register(get_types_from_msg(msgdef, msgtype))
+    except Exception as error:  # rosbags raises several parser error types
+        LOGGER.warning('cannot parse the definition of %s: %s', msgtype, error)
+        return False
+    return msgtype in store.types
+
+
+# ------------------------------------------------------------------------------------ reading
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    """One topic of a bag.
+
+    Attributes:
+        name: topic name.
+        msgtype: e.g. 'sensor_msgs/msg/Image'.
+        msgdef: the definition stored in the bag ('' if none).
+        count: messages in the bag (None when unknown, e.g. a damaged bag).
+    """
+
+    name: str
+    msgtype: str
+    msgdef: str = ''
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class BagMessage:
+    """One serialized message.
+
+    Attributes:
+        topic: topic name.
+        log_time_ns: receive (log) time in the bag, nanoseconds.
+        data: CDR bytes.
+    """
+
+    topic: str
+    log_time_ns: int
+    data: bytes
+
+
+def storage_files(path: Path) -> list[Path]:
+    """The storage files of a bag folder (or the file itself), in playback order."""
+    if path.is_file():
+        return [path]
+    files = [p for p in path.iterdir() if p.suffix in STORAGE_SUFFIXES]
+    # rosbag2 splits as <name>_0.mcap, <name>_1.mcap, ...: order by the trailing number.
+    return sorted(files, key=lambda p: (_split_index(p.stem), p.name))
+
+
+def _split_index(stem: str) -> int:
+    match = re.search(r'_(\d+)$', stem)
+    return int(match.group(1)) if match else 0
+
+
+class BagReader:
+    """Messages of a rosbag2 bag, robust to truncation and corruption.
+
+    Args:
+        path: bag folder or storage file.
+
+    Raises:
+        BagReadError: the bag does not exist or cannot be opened at all.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise BagReadError(self.path, f'input bag {self.path} does not exist')
+        self.recovering = False
+        self.damage: str = ''
+        self._readers: list[Reader] = []
+        self._files: list[Path] = []
+        self.topics: dict[str, TopicInfo] = {}
+        self.storage = ''
+        try:
+            self._open_with_rosbags()
+        except BagReadError:
+            raise
+        except Exception as error:
+            self._close_readers()
+            self._open_damaged(error)
+
+    # -- opening
+
+    def _open_with_rosbags(self) -> None:
+        has_metadata = self.path.is_dir() and (self.path / 'metadata.yaml').is_file()
+        targets = [self.path] if has_metadata or self.path.is_file() else self._storage_files()
+        for target in targets:
+            reader = Reader(target)
+            reader.open()
+            self._readers.append(reader)
+        kinds = {STORAGE_SUFFIXES.get(p.suffix, p.suffix) for p in storage_files(self.path)}
+        self.storage = kinds.pop() if len(kinds) == 1 else 'mixed'
+        for reader in self._readers:
+            for connection in reader.connections:
+                previous = self.topics.get(connection.topic)
+                count = connection.msgcount + (previous.count or 0 if previous else 0)
+                self.topics[connection.topic] = TopicInfo(
+                    connection.topic, connection.msgtype, connection.msgdef.data, count
+                )
+
+    def _storage_files(self) -> list[Path]:
+        files = storage_files(self.path)
+        if not files:
+            raise BagReadError(
+                self.path,
+                f'input bag {self.path} has neither metadata.yaml nor .mcap/.db3 files',
+            )
+        return files
+
+    def _open_damaged(self, error: Exception) -> None:
+        files = self._storage_files() if self.path.is_dir() else [self.path]
+        mcap_files = [p for p in files if p.suffix == '.mcap']
+        if not mcap_files:
+            raise BagReadError(
+                self.path,
+                f'input bag {self.path} cannot be opened ({type(error).__name__}: {error}); '
+                'the file is corrupt or truncated and is not an mcap file that could be read '
+                'sequentially',
+            ) from error
+        LOGGER.warning(
+            'input bag %s cannot be opened normally (%s); reading its mcap records '
+            'sequentially to recover the messages before the damage',
+            self.path,
+            error,
+        )
+        self.recovering = True
+        self.storage = 'mcap'
+        self._files = mcap_files
+        counts: dict[str, int] = {}
+        channels: dict[int, TopicInfo] = {}
+        for topic, _, _ in self._stream(channels, with_data=False):
+            counts[topic] = counts.get(topic, 0) + 1
+        self.topics = {
+            info.name: TopicInfo(info.name, info.msgtype, info.msgdef, counts.get(info.name, 0))
+            for info in channels.values()
+        }
+        if not self.topics:
+            raise BagReadError(
+                self.path,
+                f'input bag {self.path} cannot be read: {self.damage or error}; no message could '
+                'be recovered',
+            ) from error
+
+    def _stream(
+        self, channels: dict[int, TopicInfo], with_data: bool
+    ) -> Iterator[tuple[str, int, bytes]]:
+        """(topic, log time, data) of every message record; notes damage in `self.damage`."""
+        from mcap.records import Channel, Message, Schema
+        from mcap.stream_reader import StreamReader
+
+        for path in self._files:
+            schemas: dict[int, Schema] = {}
+            file_channels: dict[int, TopicInfo] = {}
+            try:
+                with path.open('rb') as stream:
+                    for record in StreamReader(stream, skip_magic=False).records:
+                        if isinstance(record, Schema):
+                            schemas[record.id] = record
+                        elif isinstance(record, Channel):
+                            schema = schemas.get(record.schema_id)
+                            info = TopicInfo(
+                                record.topic,
+                                schema.name if schema else '',
+                                schema.data.decode('utf-8', 'replace') if schema else '',
+                            )
+                            file_channels[record.id] = info
+                            channels.setdefault(len(channels) + 1, info)
+                        elif isinstance(record, Message):
+                            info = file_channels.get(record.channel_id)
+                            if info is not None:
+                                yield info.name, record.log_time, record.data if with_data else b''
+            except Exception as error:
+                cause = f'{type(error).__name__}: {str(error) or "unexpected end of file"}'
+                self.damage = f'{path.name} is truncated or corrupt ({cause})'
+                return
+
+    # -- reading
+
+    @property
+    def message_count(self) -> int | None:
+        """Messages in the bag (for a damaged bag: those that can be recovered)."""
+        counts = [info.count for info in self.topics.values()]
+        return None if any(c is None for c in counts) else sum(c or 0 for c in counts)
+
+    def count(self, topics: Collection[str]) -> int | None:
+        """Messages on `topics`."""
+        counts = [self.topics[t].count for t in topics if t in self.topics]
+        return None if any(c is None for c in counts) else sum(c or 0 for c in counts)
+
+    def messages(self, topics: Collection[str] | None = None) -> Iterator[BagMessage]:
+        """Messages on `topics` (all if None) in log-time order per storage file.
+
+        Raises:
+            BagReadError: after the last readable message, if the bag is damaged.
+        """
+        wanted = set(self.topics) if topics is None else set(topics)
+        delivered = 0
+        if self.recovering:
+            self.damage = ''
+            for topic, log_time, data in self._stream({}, with_data=True):
+                if topic in wanted:
+                    delivered += 1
+                    yield BagMessage(topic, log_time, data)
+            if self.damage:
+                raise BagReadError(self.path, self._damage_text(delivered), delivered)
+            return
+        for reader in self._readers:
+            connections = [c for c in reader.connections if c.topic in wanted]
+            if not connections:
+                continue
+            try:
+                for connection, log_time, data in reader.messages(connections=connections):
+                    delivered += 1
+                    yield BagMessage(connection.topic, log_time, bytes(data))
+            except Exception as error:
+                raise BagReadError(
+                    self.path,
+                    f'input bag {self.path} is corrupt or truncated: reading failed after '
+                    f'{delivered} message(s) ({type(error).__name__}: {error})',
+                    delivered,
+                ) from error
+
+    def _damage_text(self, delivered: int) -> str:
+        return (
+            f'input bag {self.path} is damaged: {self.damage}; {delivered} message(s) before the '
+            'damage were read, the rest is lost'
+        )
+
+    def close(self) -> None:
+        self._close_readers()
+
+    def _close_readers(self) -> None:
+        for reader in self._readers:
+            with contextlib.suppress(Exception):
+                reader.close()
+        self._readers = []
+
+    def __enter__(self) -> BagReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------------ writing
+
+
+@dataclass
+class OutputBag:
+    """A rosbag2 bag being written; `close` always leaves a complete, readable bag.
+
+    Args:
+        path: bag folder to create (must not exist).
+        storage: 'mcap' (default) or 'sqlite3'.
+        typestore: where message definitions and hashes come from (default `m2a_typestore`).
+    """
+
+    path: Path
+    storage: str = 'mcap'
+    typestore: Typestore | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if self.storage not in STORAGE_PLUGINS:
+            raise ValueError(
+                f'storage must be one of {tuple(STORAGE_PLUGINS)}, got {self.storage}'
+            )
+        if self.path.exists():
+            raise FileExistsError(f'output bag {self.path} exists; remove it or pick another path')
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.typestore = self.typestore or m2a_typestore()
+        self._writer: Writer | None = Writer(
+            self.path, version=9, storage_plugin=STORAGE_PLUGINS[self.storage]
+        )
+        self._writer.open()
+        self._connections: dict[str, Any] = {}
+        self.types: dict[str, str] = {}
+
+    def add_topic(self, topic: str, msgtype: str, msgdef: str = '') -> None:
+        """Declare a topic (idempotent); unknown types are learnt from `msgdef`.
+
+        Raises:
+            ValueError: a topic declared twice with different types, or an unknown type
+                without a usable definition.
+        """
+        if topic in self._connections:
+            if self.types[topic] != msgtype:
+                raise ValueError(f'{topic} already has type {self.types[topic]}, not {msgtype}')
+            return
+        assert self._writer is not None and self.typestore is not None
+        if not register_definition(self.typestore, msgtype, msgdef):
+            raise ValueError(f'cannot write {topic}: message type {msgtype} is unknown')
+        self._connections[topic] = self._writer.add_connection(
+            topic, msgtype, typestore=self.typestore
+        )
+        self.types[topic] = msgtype
+        self.counts[topic] = 0
+
+    def write(self, topic: str, log_time_ns: int, data: bytes) -> None:
+        """Write one serialized message on a declared topic."""
+        if self._writer is None:
+            raise RuntimeError(f'output bag {self.path} is closed')
+        self._writer.write(self._connections[topic], int(log_time_ns), data)
+        self.counts[topic] += 1
+
+    @property
+    def closed(self) -> bool:
+        return self._writer is None
+
+    def close(self) -> None:
+        """Finish the storage file and metadata.yaml (safe to call twice)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+
+    def __enter__(self) -> OutputBag:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Close normally even on errors: everything written so far stays readable.
+        self.close()
+
+
+def remove_bag(path: Path) -> None:
+    """Delete an existing output bag folder (only something that looks like a bag).
+
+    Raises:
+        ValueError: if `path` is not a bag folder.
+    """
+    if not path.exists():
+        return
+    if not path.is_dir() or not (
+        (path / 'metadata.yaml').exists()
+        or any(p.suffix in STORAGE_SUFFIXES for p in path.iterdir())
+    ):
+        raise ValueError(f'{path} exists and is not a bag folder; not removing it')
+    shutil.rmtree(path)
+
+
+# ------------------------------------------------------------------------------------ cameras
+
+
+@dataclass(frozen=True)
+class CameraSource:
+    """A camera stream in a bag and where its outputs and ground truth live.
+
+    Attributes:
+        name: camera name as the node uses it (`cameras.names`).
+        topic: input topic in the bag.
+        transport: 'raw' (sensor_msgs/Image) or 'compressed' (CompressedImage).
+        namespace: namespace of the outputs ('' or '/a/b'); outputs are `<namespace>/<name>/...`.
+    """
+
+    name: str
+    topic: str
+    transport: str
+    namespace: str = ''
+
+    @property
+    def prefix(self) -> str:
+        return f'{self.namespace}/{self.name}'
+
+    def ground_truth_topic(self, kind: str) -> str:
+        """`<prefix>/ground_truth/<kind>`, kind 'anomaly' or 'semantic'."""
+        if kind not in GROUND_TRUTH_KINDS:
+            raise ValueError(f'ground-truth kind must be one of {GROUND_TRUTH_KINDS}, got {kind}')
+        return f'{self.prefix}/{GROUND_TRUTH_SEGMENT}/{kind}'
+
+    def output_topic(self, relative: str) -> str:
+        """Absolute topic of a node output, e.g. 'anomaly/score' -> '/front/anomaly/score'."""
+        return f'{self.prefix}/{relative}'
+
+
+def camera_from_topic(topic: str, msgtype: str) -> CameraSource | None:
+    """The camera a topic belongs to by the node's convention, or None.
+
+    `<ns>/<name>/image[...]` (Image) and `<ns>/<name>/image[...]/compressed` (CompressedImage),
+    where the last segment before `/compressed` starts with 'image' (image, image_raw,
+    image_rect_color, ...). Ground-truth topics are never cameras.
+    """
+    if msgtype not in CAMERA_TYPES or f'/{GROUND_TRUTH_SEGMENT}/' in f'{topic}/':
+        return None
+    parts = [p for p in topic.split('/') if p]
+    transport = 'raw'
+    if msgtype == COMPRESSED_TYPE:
+        transport = 'compressed'
+        if parts and parts[-1] == 'compressed':
+            parts = parts[:-1]
+    if len(parts) < 2 or not parts[-1].startswith('image'):
+        return None
+    namespace = ''.join(f'/{p}' for p in parts[:-2])
+    return CameraSource(parts[-2], topic, transport, namespace)
+
+
+def detect_cameras(
+    topics: Mapping[str, TopicInfo], requested: Sequence[str] | None = None
+) -> list[CameraSource]:
+    """The cameras to replay.
+
+    Args:
+        topics: the bag's topics.
+        requested: None for every camera topic found; otherwise items 'NAME' (a found camera),
+            'TOPIC' (an image topic of the bag) or 'NAME=TOPIC' (any image topic under that
+            name; outputs and ground truth then live under '/NAME').
+
+    Raises:
+        ValueError: naming the request that matches nothing, or clashing camera names.
+    """
+    found: list[CameraSource] = []
+    for topic, info in sorted(topics.items()):
+        camera = camera_from_topic(topic, info.msgtype)
+        if camera is not None:
+            found.append(camera)
+    if requested is None:
+        # A camera recorded raw and compressed: replay the raw stream once.
+        by_prefix: dict[str, CameraSource] = {}
+        for camera in found:
+            kept = by_prefix.get(camera.prefix)
+            if kept is None or (kept.transport == 'compressed' and camera.transport == 'raw'):
+                by_prefix[camera.prefix] = camera
+        cameras = list(by_prefix.values())
+        if not cameras:
+            images = [t for t, i in topics.items() if i.msgtype in CAMERA_TYPES]
+            raise ValueError(
+                'no camera topics (<ns>/<name>/image[...] or .../compressed) in the bag'
+                + (
+                    f'; image topics found: {", ".join(images)}; name them with --cameras '
+                    'NAME=TOPIC'
+                    if images
+                    else ''
+                )
+            )
+    else:
+        cameras = [_requested_camera(item, topics, found) for item in requested]
+    names = [c.name for c in cameras]
+    for camera in cameras:
+        if not _CAMERA_NAME.match(camera.name) or camera.name == 'names':
+            raise ValueError(
+                f'camera name {camera.name!r} (topic {camera.topic}) is not a valid node camera '
+                'name (a letter, then letters, digits or underscores); pass --cameras NAME=TOPIC'
+            )
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(
+            f'several camera topics share the name(s) {duplicates}; choose with --cameras '
+            'NAME=TOPIC'
+        )
+    return cameras
+
+
+def _requested_camera(
+    item: str, topics: Mapping[str, TopicInfo], found: Sequence[CameraSource]
+) -> CameraSource:
+    name, separator, topic = item.partition('=')
+    if separator:
+        info = topics.get(topic)
+        if info is None or info.msgtype not in CAMERA_TYPES:
+            raise ValueError(f'--cameras {item}: {topic} is not an Image/CompressedImage topic')
+        transport = 'compressed' if info.msgtype == COMPRESSED_TYPE else 'raw'
+        return CameraSource(name, topic, transport, '')
+    if item.startswith('/'):
+        match = [c for c in found if c.topic == item]
+        if not match:
+            raise ValueError(f'--cameras {item}: not a camera topic of the bag')
+        return match[0]
+    match = [c for c in found if c.name == item]
+    if not match:
+        known = ', '.join(f'{c.name} ({c.topic})' for c in found) or 'none'
+        raise ValueError(f'--cameras {item}: no such camera in the bag; found: {known}')
+    raw = [c for c in match if c.transport == 'raw']
+    return (raw or match)[0]
+
+
+def ground_truth_kinds(camera: CameraSource, topics: Mapping[str, TopicInfo]) -> tuple[str, ...]:
+    """Ground-truth kinds present for `camera` (Image topics under `<prefix>/ground_truth/`)."""
+    return tuple(
+        kind
+        for kind in GROUND_TRUTH_KINDS
+        if topics.get(camera.ground_truth_topic(kind), TopicInfo('', '')).msgtype == IMAGE_TYPE
+    )
+
+
+def stamp_ns(header: Any) -> int:
+    """Nanoseconds of a header stamp (rclpy or rosbags message)."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)

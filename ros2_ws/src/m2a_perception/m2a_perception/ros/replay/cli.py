@@ -1,0 +1,260 @@
+"""m2a-replay: replay a rosbag through the m2a_perception pipeline and evaluate it.
+
+Three modes:
+
+    m2a-replay BAG --out OUT_BAG --checkpoint model.safetensors
+        offline: the node's code paths without a ROS graph, as fast as possible (--rate
+        as-fast, default) or at the recorded rate into the node's latest-frame slots (--rate
+        recorded); writes an mcap bag with the inputs and every node output.
+    m2a-replay BAG --out OUT_BAG --checkpoint model.safetensors --live
+        live: starts the node, a bag player (recorded timing, /clock, use_sim_time) and a
+        recorder as separate ROS processes, records the node's outputs into OUT_BAG and
+        evaluates the recording.
+    m2a-replay OUT_BAG --recorded-outputs
+        statistics and metrics of a bag that already holds the node's outputs (e.g. recorded
+        with launch/replay_eval.launch.py).
+
+Cameras are the bag's `<ns>/<name>/image[...]` (and `.../compressed`) topics, or --cameras
+NAME, TOPIC or NAME=TOPIC. Ground truth on `<ns>/<name>/ground_truth/anomaly` (mono8: 0 inlier,
+1 anomaly, 255 void) and `<ns>/<name>/ground_truth/semantic` (mono8 train ids, K unknown, 255
+void) is scored with m2a_perception.metrics. The report is printed and written as JSON
+(default OUT_BAG/replay_report.json).
+
+Exit status: 0 success; 1 the input bag is damaged (the output bag holds everything processed
+before the damage and is readable); 2 usage, parameter or model errors; 130 interrupted (the
+output bag is closed and readable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from m2a_perception.cli.common import setup_logging
+from m2a_perception.ros.replay.bag import BagReadError
+from m2a_perception.ros.replay.evaluation import COMPONENT_TRACKS, EvaluationSettings
+from m2a_perception.ros.replay.report import ReplayReport
+
+LOGGER = logging.getLogger(__name__)
+PROTOCOLS = ('smiyc', 'smiyc_binned', 'fishyscapes', 'mask2anomaly')
+EXIT_DAMAGED_INPUT = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+REPORT_NAME = 'replay_report.json'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='m2a-replay',
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument('bag', type=Path, help='input rosbag2 folder or .mcap/.db3 file')
+    parser.add_argument('--out', type=Path, help='output bag folder (mcap; created)')
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing --out bag')
+
+    model = parser.add_argument_group('model (the node parameters model.*)')
+    model.add_argument('--checkpoint', type=Path, help='m2a .safetensors checkpoint')
+    model.add_argument(
+        '--engine',
+        type=Path,
+        help='TensorRT engine built from --checkpoint (model.backend tensorrt; needs a GPU)',
+    )
+    model.add_argument('--device', help='model.device: cpu, cuda or cuda:<index>')
+    model.add_argument('--precision', choices=('fp32', 'fp16'), help='model.precision')
+    model.add_argument(
+        '--params-file',
+        type=Path,
+        help='node parameter YAML (e.g. config/m2a_perception.yaml); defaults otherwise',
+    )
+    model.add_argument(
+        '-p',
+        '--param',
+        action='append',
+        default=[],
+        metavar='NAME:=VALUE',
+        help='node parameter override, repeatable (e.g. -p anomaly.threshold:=0.6)',
+    )
+
+    replay = parser.add_argument_group('replay')
+    replay.add_argument(
+        '--cameras',
+        action='append',
+        metavar='NAME|TOPIC|NAME=TOPIC',
+        help='cameras to replay (repeatable or comma-separated); default: every camera topic',
+    )
+    replay.add_argument('--rate', choices=('as-fast', 'recorded'), default='as-fast')
+    replay.add_argument(
+        '--speed', type=float, default=1.0, help='playback speed for --rate recorded and --live'
+    )
+    replay.add_argument(
+        '--copy-all-topics',
+        action='store_true',
+        help='copy every input topic into the output bag (default: the cameras and topics '
+        'under their namespaces)',
+    )
+    replay.add_argument('--max-frames', type=int, help='stop after N camera frames')
+    replay.add_argument(
+        '--live',
+        action='store_true',
+        help='play the bag into the running node (separate ROS processes, sim time) and record '
+        'its outputs',
+    )
+    replay.add_argument(
+        '--recorded-outputs',
+        action='store_true',
+        help='BAG already holds the node outputs: only compute statistics and metrics',
+    )
+    replay.add_argument(
+        '--namespace', default='', help='--live: namespace of the node (outputs under it)'
+    )
+
+    metrics = parser.add_argument_group('metrics')
+    metrics.add_argument('--protocol', choices=PROTOCOLS, default='smiyc', help='pixel protocol')
+    metrics.add_argument(
+        '--component-track',
+        choices=tuple(COMPONENT_TRACKS),
+        default='anomaly',
+        help='SMIYC component sizes: anomaly (RoadAnomaly21) or obstacle (RoadObstacle21)',
+    )
+
+    output = parser.add_argument_group('output')
+    output.add_argument('--report', type=Path, help=f'JSON report (default OUT/{REPORT_NAME})')
+    output.add_argument('--no-progress', action='store_true', help='no progress bar')
+    output.add_argument('--threads', type=int, help='torch CPU threads')
+    output.add_argument('-v', '--verbose', action='store_true')
+    return parser
+
+
+def parameters_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Node parameter values: the YAML, then --checkpoint/--engine/--device/--precision, then
+    -p overrides (last wins)."""
+    from m2a_perception.ros.replay.offline import (
+        parse_parameter_override,
+        read_parameter_file,
+    )
+
+    values: dict[str, Any] = {}
+    if args.params_file is not None:
+        values.update(read_parameter_file(args.params_file))
+    if args.checkpoint is not None:
+        values['model.checkpoint'] = str(args.checkpoint)
+    if args.engine is not None:
+        values['model.backend'] = 'tensorrt'
+        values['model.engine_path'] = str(args.engine)
+    if args.device is not None:
+        values['model.device'] = args.device
+    if args.precision is not None:
+        values['model.precision'] = args.precision
+    for text in args.param:
+        name, value = parse_parameter_override(text)
+        values[name] = value
+    return values
+
+
+def camera_list(items: list[str] | None) -> tuple[str, ...] | None:
+    if not items:
+        return None
+    return tuple(part.strip() for item in items for part in item.split(',') if part.strip())
+
+
+def _run(args: argparse.Namespace) -> tuple[ReplayReport, Path | None]:
+    evaluation = EvaluationSettings(
+        pixel_protocol=args.protocol, component_track=args.component_track
+    )
+    if args.recorded_outputs:
+        from m2a_perception.ros.replay.evaluation import evaluate_recorded_bag
+
+        report = evaluate_recorded_bag(args.bag, evaluation, progress=not args.no_progress)
+        default = args.bag / REPORT_NAME if args.bag.is_dir() else None
+        return report, args.report or default
+    if args.out is None:
+        raise ValueError('--out is required (except with --recorded-outputs)')
+    parameters = parameters_from_args(args)
+    if args.live:
+        from m2a_perception.ros.replay.live import (
+            LiveReplayOptions,
+            run_live_replay,
+        )
+
+        options = LiveReplayOptions(
+            cameras=camera_list(args.cameras),
+            speed=args.speed,
+            namespace=args.namespace,
+            params_file=args.params_file,
+            overwrite=args.overwrite,
+            evaluation=evaluation,
+            progress=not args.no_progress,
+        )
+        report = run_live_replay(args.bag, args.out, parameters, options)
+    else:
+        from m2a_perception.ros.replay.offline import ReplayOptions, replay_bag
+
+        options = ReplayOptions(
+            cameras=camera_list(args.cameras),
+            rate=args.rate,
+            speed=args.speed,
+            copy_all_topics=args.copy_all_topics,
+            max_frames=args.max_frames,
+            progress=not args.no_progress,
+            pixel_protocol=args.protocol,
+            component_track=args.component_track,
+            overwrite=args.overwrite,
+        )
+        report = replay_bag(args.bag, args.out, parameters=parameters, options=options)
+    return report, args.report or args.out / REPORT_NAME
+
+
+def print_how_to_view(out: Path) -> None:
+    files = sorted(out.glob('*.mcap'))
+    target = files[0] if files else out
+    print(f'  view: Foxglove Studio -> Open local file -> {target}')
+    print(
+        f'        RViz 2 (ROS install): ros2 bag play {out} --clock, then '
+        'ros2 launch m2a_perception rviz.launch.py use_sim_time:=true'
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    from m2a_perception.ros.engine import EngineError
+
+    try:
+        report, report_path = _run(args)
+    except BagReadError as error:
+        print(f'error: {error}', file=sys.stderr)
+        report = error.report
+        if report is None:
+            return EXIT_USAGE if error.messages_read == 0 and not args.bag.exists() else 1
+        print(report.format_text())
+        path = args.report or (args.out / REPORT_NAME if args.out else None)
+        if path is not None:
+            print(f'  report: {report.write_json(path)}')
+        if report.output_bag:
+            print(f'  the output bag {report.output_bag} was closed and is readable')
+        return EXIT_DAMAGED_INPUT
+    except (EngineError, FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        # The output bag was closed on the way out and holds every frame processed so far.
+        print('interrupted: the output bag was closed and is readable', file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(report.format_text())
+    if report_path is not None:
+        print(f'  report: {report.write_json(report_path)}')
+    if report.output_bag:
+        print_how_to_view(Path(report.output_bag))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,453 @@
+"""Live-node replay: the bag played into the running node, its outputs recorded and evaluated.
+
+Three ROS processes, as on a vehicle (the same plan `launch/replay_eval.launch.py` launches):
+
+    perception node   `m2a_perception.ros.main`, use_sim_time, cameras from the bag
+    bag_recorder      the camera inputs, their ground truth and every node output -> OUT_BAG
+    bag_player        the camera and ground-truth topics with recorded timing and /clock;
+                      starts once the node and the recorder subscribe to every camera
+
+The recorder stops by itself a few seconds after the last message; then the node is stopped
+(SIGINT) and `evaluate_recorded_bag` computes the statistics (from the node's `stats` topics)
+and the metrics. Unlike the offline replay, frames travel through the middleware, the node's
+latest-frame slots drop frames the model cannot keep up with, and latencies include transport.
+
+Allowed dependencies: standard library, tqdm, the other `m2a_perception.ros.replay` modules
+(`evaluation`, which needs torch, only inside `run_live_replay`, so the launch file that imports
+this module stays light).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from m2a_perception.ros.replay.bag import (
+    BagReader,
+    BagReadError,
+    CameraSource,
+    detect_cameras,
+    ground_truth_kinds,
+    remove_bag,
+)
+from m2a_perception.ros.replay.report import ReplayReport
+
+if TYPE_CHECKING:
+    from m2a_perception.ros.replay.evaluation import EvaluationSettings
+
+LOGGER = logging.getLogger(__name__)
+NODE_MODULE = 'm2a_perception.ros.main'
+PLAYER_MODULE = 'm2a_perception.ros.replay.player'
+RECORDER_MODULE = 'm2a_perception.ros.replay.recorder'
+DIAGNOSTICS_TOPIC = '/diagnostics'
+SIM_TIME_ARGUMENTS = ('--ros-args', '-p', 'use_sim_time:=true')
+# Console scripts of a ROS install (ros2_ws/src/m2a_perception/setup.py), for the launch file.
+NODE_EXECUTABLE = 'perception_node'
+PLAYER_EXECUTABLE = 'bag_player'
+RECORDER_EXECUTABLE = 'bag_recorder'
+# Output topics of one camera, relative to `<ns>/<camera>/`: the values of
+# `m2a_perception.ros.outputs.OUTPUT_TOPICS`, repeated because that module imports torch;
+# tests/replay/test_live.py fails if the two differ.
+OUTPUT_TOPICS = (
+    'anomaly/score',
+    'anomaly/heatmap',
+    'anomaly/mask',
+    'panoptic/semantic',
+    'panoptic/confidence',
+    'panoptic/segments',
+    'overlay',
+    'stats',
+)
+
+
+@dataclass(frozen=True)
+class LiveReplayOptions:
+    """How to run the live replay.
+
+    Attributes:
+        cameras: as `ReplayOptions.cameras`.
+        speed: playback speed factor.
+        namespace: node namespace; default the cameras' common namespace.
+        params_file: node parameter YAML passed to the node (`--params-file`).
+        overwrite: replace an existing output bag.
+        evaluation: metric protocol and component track (default `EvaluationSettings()`).
+        progress: progress bar of the playback.
+        startup_timeout_s: longest wait for the node to load and subscribe.
+        idle_timeout_s: the recorder stops this long after the last message.
+        settle_s: wait after subscriptions matched, before playing.
+        tail_s: /clock keeps running this long after the last message.
+        log_dir: where the three processes log (default: a temporary folder).
+        env: extra environment variables of the processes.
+    """
+
+    cameras: tuple[str, ...] | None = None
+    speed: float = 1.0
+    namespace: str | None = None
+    params_file: Path | None = None
+    overwrite: bool = False
+    evaluation: EvaluationSettings | None = None
+    progress: bool = True
+    startup_timeout_s: float = 180.0
+    idle_timeout_s: float = 4.0
+    settle_s: float = 1.0
+    tail_s: float = 2.0
+    log_dir: Path | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LivePlan:
+    """Everything the three processes need; built once, used by the CLI and the launch file.
+
+    Attributes:
+        namespace: node namespace ('' for the root).
+        cameras: the replayed cameras.
+        node_parameters: parameter values of the node (after the params file).
+        play_topics: topics the player publishes (cameras and ground truth).
+        wait_topics: topics the player waits on (cameras).
+        record_topics: topics the recorder records (play topics, outputs, /diagnostics).
+        duration_s: bag duration of the played topics, in seconds.
+    """
+
+    namespace: str
+    cameras: tuple[CameraSource, ...]
+    node_parameters: dict[str, Any]
+    play_topics: tuple[str, ...]
+    wait_topics: tuple[str, ...]
+    record_topics: tuple[str, ...]
+    duration_s: float
+
+
+def plan_live_replay(
+    bag: str | Path,
+    parameters: Mapping[str, Any],
+    cameras: Sequence[str] | None = None,
+    namespace: str | None = None,
+) -> LivePlan:
+    """Cameras, node parameters and topic lists of a live replay of `bag`.
+
+    Raises:
+        BagReadError: the bag cannot be opened.
+        ValueError: no usable cameras, or cameras in different namespaces.
+    """
+    with BagReader(bag) as reader:
+        sources = detect_cameras(reader.topics, cameras)
+        namespaces = {camera.namespace for camera in sources}
+        if namespace is None:
+            if len(namespaces) > 1:
+                raise ValueError(
+                    f'cameras live in different namespaces {sorted(namespaces)}; one node serves '
+                    'one namespace: pass --namespace or --cameras NAME=TOPIC'
+                )
+            namespace = namespaces.pop()
+        namespace = namespace.rstrip('/')
+        if namespace and not namespace.startswith('/'):
+            namespace = f'/{namespace}'
+        values = dict(parameters)
+        values['use_sim_time'] = True
+        values['cameras.names'] = [camera.name for camera in sources]
+        for camera in sources:
+            values[f'cameras.{camera.name}.transport'] = camera.transport
+            values[f'cameras.{camera.name}.topic'] = camera.topic
+        play, record = [], []
+        for camera in sources:
+            truth = [
+                camera.ground_truth_topic(k) for k in ground_truth_kinds(camera, reader.topics)
+            ]
+            play += [camera.topic, *truth]
+            prefix = f'{namespace}/{camera.name}'
+            record += [camera.topic, *truth, *(f'{prefix}/{rel}' for rel in OUTPUT_TOPICS)]
+        record.append(DIAGNOSTICS_TOPIC)
+        duration = _duration_s(reader, play)
+    return LivePlan(
+        namespace=namespace,
+        cameras=tuple(sources),
+        node_parameters=values,
+        play_topics=tuple(dict.fromkeys(play)),
+        wait_topics=tuple(camera.topic for camera in sources),
+        record_topics=tuple(dict.fromkeys(record)),
+        duration_s=duration,
+    )
+
+
+def _duration_s(reader: BagReader, topics: Sequence[str]) -> float:
+    first = last = None
+    try:
+        for message in reader.messages(topics):
+            first = message.log_time_ns if first is None else first
+            last = message.log_time_ns
+    except BagReadError:
+        pass  # the player reports the damage
+    return 0.0 if first is None or last is None else (last - first) / 1e9
+
+
+def parameter_arguments(values: Mapping[str, Any]) -> list[str]:
+    """`-p name:=value` arguments (values as JSON, which ROS parses as YAML)."""
+    arguments = []
+    for name, value in values.items():
+        arguments += [
+            '-p',
+            f'{name}:={json.dumps(list(value) if isinstance(value, tuple) else value)}',
+        ]
+    return arguments
+
+
+def node_command(plan: LivePlan, params_file: Path | None = None) -> list[str]:
+    command = [sys.executable, '-m', NODE_MODULE, '--ros-args']
+    if plan.namespace:
+        command += ['-r', f'__ns:={plan.namespace}']
+    if params_file is not None:
+        command += ['--params-file', str(params_file)]
+    return command + parameter_arguments(plan.node_parameters)
+
+
+def recorder_arguments(plan: LivePlan, out_bag: Path, idle_timeout_s: float) -> list[str]:
+    """Arguments of bag_recorder (after the program name; it runs with use_sim_time)."""
+    return [str(out_bag), '--topics', *plan.record_topics, '--idle-timeout', f'{idle_timeout_s:g}']
+
+
+def player_arguments(
+    plan: LivePlan,
+    bag: Path,
+    speed: float,
+    startup_timeout_s: float,
+    settle_s: float,
+    tail_s: float,
+) -> list[str]:
+    """Arguments of bag_player (after the program name): waits for node and recorder."""
+    arguments = [str(bag), '--topics', *plan.play_topics, '--rate', f'{speed:g}', '--clock']
+    for topic in plan.wait_topics:
+        arguments += ['--wait-topic', topic]
+    return [
+        *arguments,
+        '--wait-subscribers',
+        '2',
+        '--wait-timeout',
+        f'{startup_timeout_s:g}',
+        '--settle',
+        f'{settle_s:g}',
+        '--tail',
+        f'{tail_s:g}',
+    ]
+
+
+def ros_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment of the ROS processes: Fast DDS large-data transport in all of them (multi-MB
+    images across processes), unbuffered output, and the ROS wheels' loader variables kept
+    together (environment.md §0)."""
+    env = dict(os.environ)
+    env.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
+    env['PYTHONUNBUFFERED'] = '1'
+    env['RCUTILS_COLORIZED_OUTPUT'] = '0'
+    if 'LD_LIBRARY_PATH' not in env:
+        env.pop('_ROS_WHEELS_BOOTSTRAP_COMPLETE', None)
+    env.update(extra or {})
+    return env
+
+
+class _Process:
+    """A child process in its own process group, logging to a file."""
+
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        log_dir: Path,
+        env: Mapping[str, str],
+        pipe: bool = False,
+    ) -> None:
+        self.name = name
+        self.log_path = log_dir / f'{name}.log'
+        self._log = self.log_path.open('w')
+        self.process = subprocess.Popen(
+            command,
+            env=dict(env),
+            stdout=subprocess.PIPE if pipe else self._log,
+            stderr=subprocess.STDOUT,
+            text=pipe,
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGINT the group, SIGKILL it if it is still there after `timeout_s`."""
+        if self.alive():
+            self._signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                self.process.wait(10.0)
+        self._signal(signal.SIGKILL)  # no grandchildren may outlive the replay
+        return self.process.returncode
+
+    def _signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)
+
+    def close(self) -> None:
+        self._log.close()
+
+    def tail(self, lines: int = 15) -> str:
+        self._log.flush()
+        text = self.log_path.read_text(errors='replace').splitlines()
+        return '\n'.join(f'    {self.name}| {line}' for line in text[-lines:])
+
+
+def run_live_replay(
+    bag: str | Path,
+    out_bag: str | Path,
+    parameters: Mapping[str, Any],
+    options: LiveReplayOptions | None = None,
+) -> ReplayReport:
+    """Play `bag` into a node process, record its outputs into `out_bag`, evaluate them.
+
+    Args:
+        bag: input bag.
+        out_bag: output bag folder (mcap; created by the recorder).
+        parameters: node parameter overrides by dotted name (must include model.checkpoint
+            unless the params file sets it); cameras and use_sim_time are set here.
+        options: see `LiveReplayOptions`.
+
+    Raises:
+        BagReadError: the input is damaged; the recording (everything played before the
+            damage) is closed and evaluated, `error.report` holds it.
+        RuntimeError: a process failed or timed out; the message ends with its log tail.
+    """
+    options = options or LiveReplayOptions()
+    bag, out = Path(bag), Path(out_bag)
+    plan = plan_live_replay(bag, parameters, options.cameras, options.namespace)
+    if options.overwrite:
+        remove_bag(out)
+    if out.exists():
+        raise FileExistsError(f'output bag {out} exists; remove it or pick another path')
+    log_dir = options.log_dir or Path(tempfile.mkdtemp(prefix='m2a-live-replay-'))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = ros_environment(options.env)
+    python = [sys.executable, '-m']
+    processes: list[_Process] = []
+    start = time.monotonic()
+    try:
+        recorder = _Process(
+            'recorder',
+            [
+                *python,
+                RECORDER_MODULE,
+                *recorder_arguments(plan, out, options.idle_timeout_s),
+                *SIM_TIME_ARGUMENTS,
+            ],
+            log_dir,
+            env,
+        )
+        processes.append(recorder)
+        node = _Process('node', node_command(plan, options.params_file), log_dir, env)
+        processes.append(node)
+        player_args = player_arguments(
+            plan, bag, options.speed, options.startup_timeout_s, options.settle_s, options.tail_s
+        )
+        player = _Process(
+            'player', [*python, PLAYER_MODULE, *player_args, '--progress'], log_dir, env, pipe=True
+        )
+        processes.append(player)
+        _follow_player(player, plan, options, node)
+        player_status = player.process.returncode
+        if player_status not in (0, 1):
+            raise RuntimeError(
+                f'the player failed (exit {player_status}); node and player logs:\n'
+                f'{node.tail()}\n{player.tail()}'
+            )
+        # The recorder stops itself once the node's last outputs are written.
+        deadline = time.monotonic() + options.idle_timeout_s + 60.0
+        while recorder.alive() and time.monotonic() < deadline:
+            if not node.alive():
+                break
+            time.sleep(0.1)
+        recorder.stop()
+        node.stop()
+        if not out.is_dir():
+            raise RuntimeError(f'the recorder wrote no bag; its log:\n{recorder.tail()}')
+        # Imported here: the launch file imports this module and needs no torch.
+        from m2a_perception.ros.replay.evaluation import evaluate_recorded_bag
+
+        report = evaluate_recorded_bag(out, options.evaluation, mode='live')
+    finally:
+        for process in reversed(processes):
+            process.stop()
+            process.close()
+    report.input_bag = str(bag)
+    report.output_bag = str(out)
+    report.wall_time_s = report.wall_time_s or time.monotonic() - start
+    report.notes.append(f'process logs: {log_dir}')
+    if player_status == 1:
+        report.input_error = _player_error(player)
+        error = BagReadError(bag, report.input_error)
+        error.report = report
+        raise error
+    return report
+
+
+def _follow_player(
+    player: _Process, plan: LivePlan, options: LiveReplayOptions, node: _Process
+) -> None:
+    """Copy the player's output to its log, drive the progress bar, wait for its exit."""
+    progress = None
+    if options.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(desc='live replay', unit='msg', file=sys.stderr, dynamic_ncols=True)
+
+    def pump() -> None:
+        assert player.process.stdout is not None
+        for line in player.process.stdout:
+            if line.startswith('progress '):
+                if progress is not None:
+                    done, _, total = line.split()[1].partition('/')
+                    progress.total = int(total) if total.isdigit() else None
+                    progress.n = int(done)
+                    progress.refresh()
+                continue
+            player._log.write(line)
+            player._log.flush()
+
+    thread = threading.Thread(target=pump, name='player-output', daemon=True)
+    thread.start()
+    limit = options.startup_timeout_s + options.settle_s + options.tail_s
+    limit += plan.duration_s / options.speed + 60.0
+    deadline = time.monotonic() + limit
+    try:
+        while player.alive():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f'the player did not finish within {limit:.0f} s')
+            if not node.alive():
+                raise RuntimeError(
+                    f'the node exited (status {node.process.returncode}) during the replay; its '
+                    f'log:\n{node.tail()}'
+                )
+            time.sleep(0.1)
+        thread.join(5.0)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _player_error(player: _Process) -> str:
+    lines = [
+        line
+        for line in player.log_path.read_text(errors='replace').splitlines()
+        if 'damaged' in line
+    ]
+    return lines[-1].split('] ', 1)[-1] if lines else 'the input bag is damaged'

@@ -1,0 +1,234 @@
+"""bag_player: publish a bag's topics with their recorded timing and a /clock (sim time).
+
+The live-replay player (`m2a-replay --live`, `launch/replay_eval.launch.py`). Works without the
+rosbag2 tools: messages are read with `rosbags` (mcap or sqlite3, damaged bags included) and
+published as serialized bytes, so no message is decoded on the way.
+
+    python -m m2a_perception.ros.replay.player BAG --topics /front/image \
+        --clock --wait-topic /front/image --wait-subscribers 2
+
+Timing: message i is published at start + (log_time_i - log_time_0) / rate. With --clock,
+rosgraph_msgs/Clock carries the playback position in bag time at --clock-hz and before each
+message, so nodes with use_sim_time see the recorded clock; it keeps running for --tail seconds
+after the last message so those nodes finish their work in sim time.
+
+Start: with --wait-topic, playback waits until each such topic has --wait-subscribers matched
+subscriptions (e.g. the node and the recorder), then --settle seconds more for discovery to
+complete in the other direction.
+
+Prints `progress <published>/<total>` lines on stdout. Exit status: 0 all played; 1 the bag is
+damaged (everything before the damage was played); 2 usage errors or start-up timeout.
+
+Allowed dependencies: rclpy, rosgraph_msgs, message packages (imported by type name),
+`m2a_perception.ros.replay.bag`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.utilities import remove_ros_args
+from rosgraph_msgs.msg import Clock
+
+from m2a_perception.ros.replay.bag import BagReader, BagReadError
+
+NODE_NAME = 'm2a_bag_player'
+CLOCK_TOPIC = '/clock'
+# Reliable, so both reliable and best-effort subscribers (the node's sensor-data profile) match.
+DATA_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE
+)
+# As rclcpp::ClockQoS: subscribers (rclpy's TimeSource) use best effort, depth 1.
+CLOCK_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT
+)
+EXIT_DAMAGED = 1
+EXIT_USAGE = 2
+
+
+def message_class(msgtype: str) -> type:
+    """The rclpy class of 'pkg/msg/Name'.
+
+    Raises:
+        ValueError: the package or type is not importable here.
+    """
+    package, _, name = msgtype.partition('/msg/')
+    try:
+        return getattr(importlib.import_module(f'{package}.msg'), name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f'message type {msgtype} is not available in this ROS install') from error
+
+
+def ns_from_time(seconds: float) -> int:
+    return round(seconds * 1e9)
+
+
+class BagPlayer:
+    """Publishes a bag's messages in real time (scaled) with a sim clock.
+
+    Args:
+        node: the node that owns the publishers.
+        reader: the open bag.
+        topics: topics to play (all if empty).
+        rate: playback speed factor.
+        clock_hz: /clock rate while waiting between messages; 0 disables /clock.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        reader: BagReader,
+        topics: Sequence[str],
+        rate: float = 1.0,
+        clock_hz: float = 100.0,
+    ) -> None:
+        if not rate > 0.0:
+            raise ValueError(f'rate must be positive, got {rate}')
+        self.node = node
+        self.reader = reader
+        missing = [t for t in topics if t not in reader.topics]
+        if missing:
+            raise ValueError(f'topics not in the bag: {", ".join(missing)}')
+        self.topics = list(topics) or sorted(reader.topics)
+        self.rate = rate
+        self.clock_hz = clock_hz
+        self.publishers = {
+            topic: node.create_publisher(
+                message_class(reader.topics[topic].msgtype), topic, DATA_QOS
+            )
+            for topic in self.topics
+        }
+        self.clock = node.create_publisher(Clock, CLOCK_TOPIC, CLOCK_QOS) if clock_hz > 0 else None
+        self.published = 0
+
+    def wait_for_subscribers(
+        self, topics: Sequence[str], count: int, timeout_s: float, settle_s: float
+    ) -> None:
+        """Block until every topic in `topics` has `count` subscriptions.
+
+        Raises:
+            TimeoutError: naming the topics still waiting.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            waiting = [t for t in topics if self.publishers[t].get_subscription_count() < count]
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f'no {count} subscriber(s) on {", ".join(waiting)} after {timeout_s:.0f} s'
+                )
+            time.sleep(0.05)
+        time.sleep(settle_s)
+
+    def publish_clock(self, bag_time_ns: int) -> None:
+        if self.clock is not None:
+            msg = Clock()
+            msg.clock.sec, msg.clock.nanosec = divmod(max(0, bag_time_ns), 1_000_000_000)
+            self.clock.publish(msg)
+
+    def _wait_until(self, due: float, start_wall: float, start_bag_ns: int) -> None:
+        """Sleep until `due` (monotonic), ticking /clock."""
+        period = 1.0 / self.clock_hz if self.clock is not None else None
+        while (now := time.monotonic()) < due:
+            if period is not None:
+                self.publish_clock(start_bag_ns + ns_from_time((now - start_wall) * self.rate))
+                time.sleep(min(period, due - now))
+            else:
+                time.sleep(due - now)
+
+    def play(self, tail_s: float = 0.0, progress: bool = False) -> None:
+        """Play every message; then keep the clock running for `tail_s` seconds.
+
+        Raises:
+            BagReadError: the bag is damaged (after everything before the damage was played).
+        """
+        total = self.reader.count(self.topics)
+        start_wall: float | None = None
+        start_bag_ns = 0
+        last_bag_ns = 0
+        try:
+            for message in self.reader.messages(self.topics):
+                if start_wall is None:
+                    start_wall, start_bag_ns = time.monotonic(), message.log_time_ns
+                    self.publish_clock(start_bag_ns)
+                due = start_wall + (message.log_time_ns - start_bag_ns) / 1e9 / self.rate
+                self._wait_until(due, start_wall, start_bag_ns)
+                self.publish_clock(message.log_time_ns)
+                self.publishers[message.topic].publish(message.data)
+                last_bag_ns = message.log_time_ns
+                self.published += 1
+                if progress:
+                    print(
+                        f'progress {self.published}/{total if total is not None else "?"}',
+                        flush=True,
+                    )
+        finally:
+            if start_wall is not None and tail_s > 0.0:
+                tail_start = time.monotonic()
+                self._wait_until(tail_start + tail_s, tail_start, last_bag_ns)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='bag_player',
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument('bag', type=Path, help='rosbag2 folder or .mcap/.db3 file')
+    parser.add_argument('--topics', nargs='*', default=[], help='topics to play (default all)')
+    parser.add_argument('--rate', type=float, default=1.0, help='playback speed factor')
+    parser.add_argument('--clock', action='store_true', help='publish /clock (sim time)')
+    parser.add_argument('--clock-hz', type=float, default=100.0)
+    parser.add_argument('--wait-topic', action='append', default=[], help='wait for subscribers')
+    parser.add_argument('--wait-subscribers', type=int, default=1)
+    parser.add_argument('--wait-timeout', type=float, default=300.0, help='seconds')
+    parser.add_argument('--settle', type=float, default=1.0, help='seconds after the wait')
+    parser.add_argument('--tail', type=float, default=2.0, help='clock seconds after the end')
+    parser.add_argument('--progress', action='store_true', help='print progress lines')
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv if argv is None else ['bag_player', *argv]
+    args = build_parser().parse_args(remove_ros_args(argv)[1:])
+    rclpy.init(args=argv)
+    node = Node(NODE_NAME)
+    log = node.get_logger()
+    try:
+        with BagReader(args.bag) as reader:
+            player = BagPlayer(
+                node, reader, args.topics, args.rate, args.clock_hz if args.clock else 0.0
+            )
+            if args.wait_topic:
+                log.info(f'waiting for {args.wait_subscribers} subscriber(s) on {args.wait_topic}')
+                player.wait_for_subscribers(
+                    args.wait_topic, args.wait_subscribers, args.wait_timeout, args.settle
+                )
+            log.info(f'playing {len(player.topics)} topic(s) of {args.bag} at x{args.rate:g}')
+            player.play(args.tail, args.progress)
+            log.info(f'done: {player.published} message(s)')
+        return 0
+    except BagReadError as error:
+        log.error(str(error))
+        return EXIT_DAMAGED
+    except (TimeoutError, ValueError) as error:
+        log.error(str(error))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    sys.exit(main())

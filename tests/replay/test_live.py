@@ -1,0 +1,135 @@
+"""Live-node replay with real rclpy processes: player (/clock) -> node (sim time) -> recorder."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from rosbags.rosbag2 import Reader
+
+from m2a_perception.ros.replay.bag import BagReadError
+from m2a_perception.ros.replay.evaluation import EvaluationSettings
+from m2a_perception.ros.replay.live import (
+    LiveReplayOptions,
+    node_command,
+    plan_live_replay,
+    player_arguments,
+    recorder_arguments,
+    run_live_replay,
+)
+from m2a_perception.ros.replay.offline import ReplayOptions, replay_bag
+from m2a_perception.ros.replay.player import build_parser as player_parser
+from m2a_perception.ros.replay.recorder import build_parser as recorder_parser
+
+from .conftest import NUM_ANOMALY_SCENES
+from .test_offline import OUTPUTS, header_key, read_with_mcap, read_with_rosbags, same
+
+# Node, player and recorder are separate processes: one thread each is plenty for 64x128. A
+# domain of their own keeps other ROS tests on this machine (same default domain) out of the
+# recording.
+LIVE_ENV = {'OMP_NUM_THREADS': '1', 'ROS_DOMAIN_ID': str(150 + os.getpid() % 80)}
+
+
+def test_plan_matches_the_bag_and_the_process_command_lines(
+    anomaly_bag, node_parameters, tmp_path
+):
+    plan = plan_live_replay(anomaly_bag, node_parameters)
+    assert plan.namespace == ''
+    assert plan.play_topics == ('/front/image', '/front/ground_truth/anomaly')
+    assert plan.wait_topics == ('/front/image',)
+    from m2a_perception.ros import outputs
+    from m2a_perception.ros.replay import live
+
+    assert tuple(outputs.OUTPUT_TOPICS.values()) == live.OUTPUT_TOPICS
+    assert set(plan.record_topics) == {*plan.play_topics, *OUTPUTS, '/diagnostics'}
+    assert plan.node_parameters['use_sim_time'] is True
+    assert plan.node_parameters['cameras.names'] == ['front']
+    assert plan.node_parameters['cameras.front.topic'] == '/front/image'
+    assert plan.duration_s == pytest.approx((NUM_ANOMALY_SCENES - 1) / 2.0)
+    command = node_command(plan)
+    assert '-p' in command and 'use_sim_time:=true' in command
+    assert 'cameras.names:=["front"]' in command
+    player = player_parser().parse_args(player_arguments(plan, anomaly_bag, 1.0, 60, 1, 2))
+    assert player.clock and player.wait_subscribers == 2
+    recorder = recorder_parser().parse_args(recorder_arguments(plan, tmp_path / 'out', 3.0))
+    assert recorder.topics == list(plan.record_topics)
+    with pytest.raises(ValueError, match='no such camera'):
+        plan_live_replay(anomaly_bag, node_parameters, ['rear'])
+
+
+@pytest.mark.ros
+def test_live_replay_through_the_running_node(
+    anomaly_bag, node_parameters, tiny_checkpoint, tmp_path
+):
+    evaluation = EvaluationSettings(component_track='obstacle')
+    out = tmp_path / 'live'
+    options = LiveReplayOptions(
+        progress=False,
+        evaluation=evaluation,
+        idle_timeout_s=3.0,
+        startup_timeout_s=120.0,
+        log_dir=tmp_path / 'logs',
+        env=LIVE_ENV,
+    )
+    report = run_live_replay(anomaly_bag, out, node_parameters, options)
+    logs = '\n'.join(p.read_text() for p in (tmp_path / 'logs').glob('*.log'))
+    camera = report.cameras['front']
+    # 2 Hz frames and a tiny model: the node keeps up and drops nothing.
+    assert camera.received == camera.processed == NUM_ANOMALY_SCENES, logs
+    assert report.mode == 'live'
+    assert report.latency_ms['end_to_end'].count == NUM_ANOMALY_SCENES
+
+    inputs = read_with_rosbags(anomaly_bag)
+    expected = sorted(header_key(msg) for _, msg in inputs['/front/image'])
+    recorded = read_with_rosbags(out)
+    for topic in OUTPUTS:  # headers survive the middleware too
+        assert sorted(header_key(msg) for _, msg in recorded[topic]) == expected, topic
+    assert set(read_with_mcap(out)) == set(recorded)
+    assert '/diagnostics' in recorded
+    with Reader(out) as reader:
+        times = [t for c, t, _ in reader.messages() if c.topic == '/front/image']
+    # The recorder logged in sim time: the bag's own timeline (within /clock ticks of 10 ms).
+    original = [t for t, _ in inputs['/front/image']]
+    assert len(times) == len(original)
+    assert all(abs(a - b) < 50_000_000 for a, b in zip(times, original, strict=True))
+
+    offline = replay_bag(
+        anomaly_bag,
+        tmp_path / 'offline',
+        parameters=node_parameters,
+        options=ReplayOptions(progress=False, component_track='obstacle'),
+    )
+    assert same(report.metrics, offline.metrics)
+    assert json.loads(json.dumps(report.as_dict()))['frames_processed'] == NUM_ANOMALY_SCENES
+
+
+@pytest.mark.ros
+def test_live_replay_of_a_truncated_bag(truncated_live_bag, node_parameters, tmp_path):
+    options = LiveReplayOptions(
+        progress=False, idle_timeout_s=3.0, log_dir=tmp_path / 'logs', env=LIVE_ENV
+    )
+    with pytest.raises(BagReadError, match='truncated or corrupt') as info:
+        run_live_replay(truncated_live_bag, tmp_path / 'out', node_parameters, options)
+    report = info.value.report
+    assert 0 < report.frames_received < 6
+    with Reader(tmp_path / 'out') as reader:
+        assert reader.message_count > 0
+
+
+@pytest.fixture
+def truncated_live_bag(tmp_path):
+    import shutil
+
+    from m2a_perception.ros.replay.pack import PackOptions, pack_images
+
+    from .conftest import write_pngs
+
+    write_pngs(tmp_path / 'frames', 6, (256, 512))
+    pack_images(tmp_path / 'frames', tmp_path / 'complete', options=PackOptions(rate_hz=4.0))
+    bag = tmp_path / 'bag'
+    shutil.copytree(tmp_path / 'complete', bag)
+    (storage,) = bag.glob('*.mcap')
+    data = storage.read_bytes()
+    storage.write_bytes(data[: int(len(data) * 0.7)])
+    return bag
