@@ -25,6 +25,8 @@ def test_demo_writes_checkpoint_gallery_and_metrics(tmp_path, capsys):
                 '2',
                 '--gallery',
                 '1',
+                # The replay through the node is covered by tests/replay.
+                '--no-replay',
             ]
         )
     finally:

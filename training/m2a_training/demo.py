@@ -4,16 +4,22 @@
    held-out anomaly set with object types the model never sees).
 2. Train the tiny Mask2Anomaly with this project's training code: stage 1 (closed-set classes),
    then stage 2 (mask contrastive fine-tuning with AnomalyMix outliers).
-3. Run the shared open-set pipeline (`m2a_perception.pipeline.Segmenter`) on the held-out anomaly
-   scenes; write heatmaps, overlays and segments, and score them with the benchmark metrics.
+3. Pack the held-out scenes (with their ground truth) into a camera bag and replay it through the
+   real ROS node (a node process, a bag player with /clock and a recorder): an mcap output bag
+   with every node output, latency figures and the anomaly metrics computed from the bag.
+4. Run the same open-set pipeline (`m2a_perception.pipeline.Segmenter`) for a PNG gallery
+   (input, anomaly heatmap, semantic and open-set panoptic overlays, segments) and a metrics
+   report (anomaly AuPRC/FPR95 on the unseen obstacles, mIoU on held-out scenes).
 
-The numbers are those of a 0.17 M-parameter model trained for a few hundred steps on a random,
-frozen backbone: they show the pipeline working end to end, not benchmark quality.
+The numbers are those of a 0.17 M-parameter model trained for two thousand steps from scratch on
+128×256 scenes where most obstacles cover a few pixels at mask resolution: they show the pipeline
+working end to end, not benchmark quality.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -68,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help='torch threads (the tiny model gains nothing from more)',
+    )
+    parser.add_argument(
+        '--no-replay', action='store_true', help='skip the bag replay through the ROS node'
     )
     return parser
 
@@ -161,6 +170,34 @@ def evaluate(
     }
 
 
+def replay_through_node(world: SyntheticWorld, checkpoint: Path, out: Path) -> str:
+    """Pack the anomaly scenes into a camera bag and play it into a real node process.
+
+    The node publishes at source resolution, so the metrics computed from the output bag are
+    those of `evaluate`. Returns the replay report as text.
+    """
+    # Lazy: only this step needs the ROS layer (rclpy, message packages).
+    from m2a_perception.ros.replay import (
+        LiveReplayOptions,
+        PackOptions,
+        pack_images,
+        run_live_replay,
+    )
+    from m2a_perception.ros.replay.bag import remove_bag
+
+    camera_bag, output_bag = out / 'camera_bag', out / 'output_bag'
+    remove_bag(camera_bag)
+    pack_images(world.anomaly_root, camera_bag, options=PackOptions(camera='front', rate_hz=5.0))
+    report = run_live_replay(
+        camera_bag,
+        output_bag,
+        {'model.checkpoint': str(checkpoint.resolve()), 'output_resolution': 'source'},
+        LiveReplayOptions(overwrite=True),
+    )
+    report.write_json(out / 'replay_report.json')
+    return report.format_text()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
@@ -170,13 +207,17 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    print('[1/4] generating the synthetic road world', flush=True)
+    print('[1/5] generating the synthetic road world', flush=True)
     world = make_world(out, args.seed)
 
-    config = load_model_config('tiny')
+    # The official recipe freezes an ImageNet/Barlow-Twins backbone; no pretrained weights can be
+    # downloaded here, and a frozen *random* backbone caps what the demo can learn (measured:
+    # held-out mIoU 0.44 frozen vs 0.60 trained, FPR95 0.84 vs 0.63), so the demo trains it.
+    base = load_model_config('tiny')
+    config = dataclasses.replace(base, backbone=dataclasses.replace(base.backbone, freeze_at=0))
     model = build_model(config)
     augment = Augmenter(AugmentConfig(crop_size=(96, 192), short_side_base=128))
-    print(f'[2/4] stage 1: closed-set training, {args.stage1_steps} steps', flush=True)
+    print(f'[2/5] stage 1: closed-set training, {args.stage1_steps} steps', flush=True)
     stage1 = CityscapesDataset(world.cityscapes_root, 'train', transform=augment, seed=args.seed)
     train_stage(
         model,
@@ -191,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         segmenter = Segmenter.from_model(model.eval(), config)
         untrained_eval = evaluate(segmenter, world, out / 'stage1', gallery=0)
     print(
-        f'[3/4] stage 2: mask contrastive fine-tuning with AnomalyMix, {args.stage2_steps} steps',
+        f'[3/5] stage 2: mask contrastive fine-tuning with AnomalyMix, {args.stage2_steps} steps',
         flush=True,
     )
     pool = build_outlier_pool(
@@ -219,7 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         extra_metadata={'trained_by': 'm2a-demo', 'seed': str(args.seed)},
     )
 
-    print('[4/4] open-set inference on held-out scenes with unseen obstacles', flush=True)
+    replay_text = None
+    if not args.no_replay:
+        print('[4/5] replaying a synthetic camera bag through the ROS node', flush=True)
+        replay_text = replay_through_node(world, checkpoint, out)
+    print('[5/5] open-set inference gallery and metrics on held-out scenes', flush=True)
     segmenter = Segmenter.from_model(
         model, config, postprocess_config=PostprocessConfig(anomaly_threshold=0.5)
     )
@@ -231,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     (out / 'metrics.json').write_text(json.dumps(report, indent=2))
 
+    if replay_text is not None:
+        print('\nreplay through the ROS node\n' + replay_text)
     print('\nm2a demo summary')
     if untrained_eval:
         print(
@@ -243,6 +290,15 @@ def main(argv: list[str] | None = None) -> int:
         f'FPR95 {metrics["anomaly_fpr95"]:.3f}, mIoU {metrics["miou_present_classes"]:.3f}'
     )
     print(f'  checkpoint: {checkpoint}')
+    if replay_text is not None:
+        print(f'  camera bag (input + ground truth): {out / "camera_bag"}')
+        print(f'  output bag (inputs + every node output, mcap): {out / "output_bag"}')
+        print(f'  replay report: {out / "replay_report.json"}')
+        print(
+            '  view the output bag: Foxglove Studio -> Open local file -> '
+            f'{out / "output_bag"}/*.mcap; on a ROS 2 install: ros2 bag play '
+            f'{out / "output_bag"} and ros2 launch m2a_perception rviz.launch.py'
+        )
     print(f'  gallery (input, anomaly heatmap, overlays, segments): {out / "gallery"}')
     print(f'  metrics: {out / "metrics.json"}')
     print(f'  wall time: {report["wall_time_s"]} s')
