@@ -52,6 +52,7 @@ setup(
             # The ROS node: `ros2 run m2a_perception perception_node`, or without ROS tooling.
             'perception_node = m2a_perception.ros.main:main',
             'm2a-perception-node = m2a_perception.ros.main:main',
+            'm2a-node-bench = m2a_perception.ros.bench:main',
             'm2a-replay = m2a_perception.ros.replay.cli:main',
             'm2a-pack-bag = m2a_perception.ros.replay.pack:main',
             # Used by launch/replay_eval.launch.py (play a bag into the node, record its outputs).
