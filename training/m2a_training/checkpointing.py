@@ -41,7 +41,7 @@ import torch
 
 from m2a_perception.config import ModelConfig
 from m2a_perception.weights import save_checkpoint
-from m2a_perception.weights.checkpoint import atomic_write
+from m2a_perception.weights.checkpoint import atomic_write, fsync_directory
 
 logger = logging.getLogger(__name__)
 
@@ -151,19 +151,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(stream.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        handle = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
-
-
 def write_training_state(path: Path, state: Mapping[str, Any]) -> None:
     """`torch.save` of tensors and plain containers (a separate function so tests can fail it)."""
     torch.save(dict(state), path)
@@ -214,7 +201,7 @@ def save_training_checkpoint(
         for path in staging.iterdir():
             path.chmod(0o644)
             _fsync_file(path)
-        _fsync_dir(staging)
+        fsync_directory(staging)
         if final.exists():
             # Re-saving an iteration (a resumed run repeating it): swap, then drop the old one.
             retired = root / f'{_TMP_PREFIX}retired-{final.name}'
@@ -224,7 +211,7 @@ def save_training_checkpoint(
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, final)
-        _fsync_dir(root)
+        fsync_directory(root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -58,13 +58,20 @@ def export_onnx(
     Uses the torch dynamo exporter on the exported program; the file is written atomically and
     checked with `onnx.checker`.
     """
+    model = model.eval().cpu()
+    LOGGER.info('exporting ONNX at %dx%d (batch %d, opset %d)', *image_size, batch, opset)
+    return write_onnx(model, example_input(image_size, batch), path, opset)
+
+
+def write_onnx(
+    module: torch.nn.Module, example: torch.Tensor, path: str | Path, opset: int = DEFAULT_OPSET
+) -> Path:
+    """Dynamo-export `module` at `example`'s static shape to ONNX (input `images`, outputs
+    `class_logits`, `mask_logits`), write it atomically and check it with `onnx.checker`."""
     import onnx
 
-    model = model.eval().cpu()
-    example = example_input(image_size, batch)
-    LOGGER.info('exporting ONNX at %dx%d (batch %d, opset %d)', *image_size, batch, opset)
     program = torch.onnx.export(
-        model,
+        module,
         (example,),
         dynamo=True,
         input_names=[INPUT_NAME],

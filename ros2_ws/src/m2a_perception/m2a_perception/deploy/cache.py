@@ -46,6 +46,8 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
+from m2a_perception.weights.checkpoint import fsync_directory
+
 LOGGER = logging.getLogger(__name__)
 
 # Bump when the model, export or precision code changes the compiled graph in a way the source
@@ -391,22 +393,9 @@ def atomic_write_file(path: Path, write: Callable[[Path], None]) -> None:
         with tmp.open('rb') as stream:
             os.fsync(stream.fileno())
         os.replace(tmp, path)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _fsync_directory(folder: Path) -> None:
-    try:
-        handle = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -737,7 +726,7 @@ class EngineCache:
             # are read by the node, which may run as another user.
             tmp_engine.chmod(0o644)
             os.replace(tmp_engine, paths.engine)
-            _fsync_directory(paths.engine.parent)
+            fsync_directory(paths.engine.parent)
             write_json_atomic(paths.sidecar, sidecar)
         finally:
             shutil.rmtree(folder, ignore_errors=True)

@@ -37,12 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m2a_perception.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAMES
+from m2a_perception.export import DEFAULT_OPSET, write_onnx
 from m2a_perception.model import SIZE_DIVISIBILITY, Mask2Anomaly
 from m2a_perception.model.attention import MultiheadAttention
 from m2a_perception.model.backbone import FrozenBatchNorm2d
 from m2a_perception.model.pixel_decoder import ConvGroupNorm
-from m2a_perception.weights.checkpoint import atomic_write
 
 # Names (relative to the network) of modules that stay FP32 end to end in the FP16 recipe.
 FP32_MODULES = (
@@ -361,23 +360,10 @@ def export_graph_onnx(
     The explicit casts of the recipe become ONNX `Cast` nodes, so TensorRT's parser builds the
     same dtypes in a strongly typed network. Runs on the CPU; written atomically and checked.
     """
-    import onnx
-
     graph = graph.eval()
-    example = example_uint8_input(input_shape, graph.pixel_mean.device)
-    program = torch.onnx.export(
-        graph,
-        (example,),
-        dynamo=True,
-        input_names=[INPUT_NAME],
-        output_names=list(OUTPUT_NAMES),
-        opset_version=opset,
-        verbose=False,
+    return write_onnx(
+        graph, example_uint8_input(input_shape, graph.pixel_mean.device), path, opset
     )
-    path = Path(path)
-    atomic_write(path, lambda tmp: program.save(str(tmp)))
-    onnx.checker.check_model(str(path))
-    return path
 
 
 # --- checking a graph against the recipe ------------------------------------------------------

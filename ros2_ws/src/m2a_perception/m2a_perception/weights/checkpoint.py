@@ -47,6 +47,20 @@ class CheckpointContents:
     metadata: dict[str, str]
 
 
+def fsync_directory(folder: Path) -> None:
+    """Make a rename in `folder` durable; a no-op where directories cannot be opened or synced."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
 def atomic_write(path: Path, write: callable) -> None:  # type: ignore[valid-type]
     """Call `write(tmp_path)`, fsync, and rename over `path`; `path` is never half-written."""
     path = Path(path)
@@ -59,6 +73,7 @@ def atomic_write(path: Path, write: callable) -> None:  # type: ignore[valid-typ
         with tmp_path.open('rb') as stream:
             os.fsync(stream.fileno())
         os.replace(tmp_path, path)
+        fsync_directory(path.parent)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
