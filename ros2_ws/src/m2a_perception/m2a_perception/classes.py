@@ -120,6 +120,20 @@ def train_id_of(name: str) -> int:
     raise ValueError(f'{name!r} is not a Cityscapes evaluation class; known: {class_names()}')
 
 
+def label_id_of(name: str) -> int:
+    """Cityscapes label id (the value in `*_gtFine_labelIds.png`) of any label by name.
+
+    Unlike `train_id_of`, void labels have one too (e.g. 'ego vehicle' -> 1).
+
+    Raises:
+        ValueError: if the Cityscapes table has no label `name`.
+    """
+    for label in _cityscapes_labels():
+        if label.name == name:
+            return int(label.id)
+    raise ValueError(f'{name!r} is not a Cityscapes label')
+
+
 def label_id_to_train_id_table() -> np.ndarray:
     """Lookup table from Cityscapes label id to train id.
 
