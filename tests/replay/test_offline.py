@@ -19,13 +19,13 @@ from m2a_perception.metrics.component import OBSTACLE_TRACK, ComponentAccumulato
 from m2a_perception.metrics.pixel import SMIYC_PROTOCOL, PixelCurveAccumulator
 from m2a_perception.metrics.semantic import ConfusionMatrix
 from m2a_perception.pipeline import Segmenter
-from m2a_perception.ros.outputs import OUTPUT_TOPICS
 from m2a_perception.ros.params import settings_from_parameters
 from m2a_perception.ros.replay.bag import BagReadError
 from m2a_perception.ros.replay.cli import main as replay_main
 from m2a_perception.ros.replay.evaluation import EvaluationSettings, evaluate_recorded_bag
 from m2a_perception.ros.replay.offline import ReplayOptions, replay_bag
 from m2a_perception.ros.replay.pack import PackOptions, pack_images
+from m2a_perception.ros.topics import OUTPUT_TOPICS
 
 from .conftest import NUM_ANOMALY_SCENES, SOURCE_RESOLUTION, write_pngs
 

@@ -54,10 +54,14 @@ from typing import Any
 import torch
 
 from m2a_perception.cli.common import setup_logging
-from m2a_perception.cli.infer import UNIT_RANGE_SCORERS
-from m2a_perception.metrics.pixel import PixelProtocol, get_pixel_protocol
+from m2a_perception.inference.backend import PRECISIONS
+from m2a_perception.metrics.pixel import PIXEL_PROTOCOLS, PixelProtocol, get_pixel_protocol
 from m2a_perception.postprocess import SCORERS, PostprocessConfig
-from m2a_perception.postprocess.config import LABEL_UPSAMPLING, REFINEMENT_MODES
+from m2a_perception.postprocess.config import (
+    LABEL_UPSAMPLING,
+    REFINEMENT_MODES,
+    UNIT_RANGE_SCORERS,
+)
 from m2a_perception.weights import CheckpointError
 from m2a_training.evaluation.backends import BackendUnavailableError, LoadedBackend, load_backend
 from m2a_training.evaluation.datasets import (
@@ -86,7 +90,6 @@ from m2a_training.evaluation.runner import (
 
 LOGGER = logging.getLogger(__name__)
 
-PROTOCOL_NAMES = ('smiyc', 'smiyc_binned', 'fishyscapes', 'mask2anomaly')
 EXIT_USAGE = 2
 
 
@@ -104,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument('--model-config', help='model config name or YAML (for --engine)')
     model.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    model.add_argument('--precision', choices=('fp32', 'fp16'), default='fp32')
+    model.add_argument('--precision', choices=PRECISIONS, default='fp32')
     model.add_argument('--method-name', help='row label in the tables (default: file stem)')
 
     data = parser.add_argument_group('data')
@@ -130,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         action='append',
         default=[],
         metavar='[DATASET=]NAME',
-        help=f'pixel protocol, one of {", ".join(PROTOCOL_NAMES)} (default smiyc)',
+        help=f'pixel protocol, one of {", ".join(PIXEL_PROTOCOLS)} (default smiyc)',
     )
     metrics.add_argument(
         '--calibrate-on',
@@ -180,8 +183,8 @@ def parse_protocols(specs: list[str], names: list[str]) -> dict[str, PixelProtoc
     per_dataset: dict[str, PixelProtocol] = {}
     for spec in specs:
         dataset, separator, protocol = spec.rpartition('=')
-        if protocol not in PROTOCOL_NAMES:
-            raise ValueError(f'unknown protocol {protocol!r}; choose from {PROTOCOL_NAMES}')
+        if protocol not in PIXEL_PROTOCOLS:
+            raise ValueError(f'unknown protocol {protocol!r}; choose from {PIXEL_PROTOCOLS}')
         if not separator:
             default = get_pixel_protocol(protocol)
             per_dataset = {}

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from m2a_perception.inference.backend import PRECISIONS
 from m2a_perception.model import Mask2Anomaly
-
-PRECISIONS = ('fp32', 'fp16')
 
 
 class TorchBackend:

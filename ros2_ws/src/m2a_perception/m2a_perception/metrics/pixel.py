@@ -137,17 +137,21 @@ MASK2ANOMALY_PROTOCOL = PixelProtocol(
 skipped)."""
 
 
+_PIXEL_PROTOCOL_PRESETS = {
+    'smiyc': SMIYC_PROTOCOL,
+    'smiyc_binned': SMIYC_BINNED_PROTOCOL,
+    'fishyscapes': FISHYSCAPES_PROTOCOL,
+    'mask2anomaly': MASK2ANOMALY_PROTOCOL,
+}
+PIXEL_PROTOCOLS = tuple(_PIXEL_PROTOCOL_PRESETS)
+"""Names of the pixel-protocol presets, the choices of every `--protocol` flag."""
+
+
 def get_pixel_protocol(name: str) -> PixelProtocol:
     """Return the named preset: 'smiyc', 'smiyc_binned', 'fishyscapes' or 'mask2anomaly'."""
-    presets = {
-        'smiyc': SMIYC_PROTOCOL,
-        'smiyc_binned': SMIYC_BINNED_PROTOCOL,
-        'fishyscapes': FISHYSCAPES_PROTOCOL,
-        'mask2anomaly': MASK2ANOMALY_PROTOCOL,
-    }
-    if name not in presets:
-        raise ValueError(f'unknown pixel protocol {name!r}; choose from {sorted(presets)}')
-    return presets[name]
+    if name not in _PIXEL_PROTOCOL_PRESETS:
+        raise ValueError(f'unknown pixel protocol {name!r}; choose from {sorted(PIXEL_PROTOCOLS)}')
+    return _PIXEL_PROTOCOL_PRESETS[name]
 
 
 @dataclass(frozen=True)
