@@ -62,8 +62,8 @@ from m2a_perception.postprocess.config import (
     REFINEMENT_MODES,
     UNIT_RANGE_SCORERS,
 )
+from m2a_perception.runtime.loader import BackendError, BackendSpec, engine_kind, load_backend
 from m2a_perception.weights import CheckpointError
-from m2a_training.evaluation.backends import BackendUnavailableError, LoadedBackend, load_backend
 from m2a_training.evaluation.datasets import (
     DATASET_ERRORS,
     DATASET_NAMES,
@@ -102,10 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         '--engine',
         type=Path,
-        help='exported model: .onnx (onnxruntime) or .engine/.plan/.trt (TensorRT); needs '
-        '--model-config or the --checkpoint it came from',
+        help='engine from m2a-build-engine: .onnx (onnxruntime), .ep (tensorrt) or .plan '
+        '(tensorrt-onnx); opened through its sidecar, checked against --checkpoint',
     )
-    model.add_argument('--model-config', help='model config name or YAML (for --engine)')
+    model.add_argument(
+        '--backend',
+        choices=('torch', 'torch-compile'),
+        default='torch',
+        help='backend of --checkpoint without --engine',
+    )
+    model.add_argument(
+        '--allow-gate-failed',
+        action='store_true',
+        help='use an engine whose accuracy gate failed (explicit override)',
+    )
     model.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     model.add_argument('--precision', choices=PRECISIONS, default='fp32')
     model.add_argument('--method-name', help='row label in the tables (default: file stem)')
@@ -245,6 +255,23 @@ def write_report(
     return files
 
 
+def backend_spec(args: argparse.Namespace, device: torch.device) -> BackendSpec:
+    """The loader spec of --checkpoint / --engine (the engine kind from its suffix)."""
+    if args.checkpoint is None:
+        raise ValueError(
+            'pass --checkpoint CKPT (and --engine ENGINE to evaluate an engine of it)'
+        )
+    kind = args.backend if args.engine is None else engine_kind(args.engine)
+    return BackendSpec(
+        kind=kind,
+        checkpoint=str(args.checkpoint),
+        engine_path='' if args.engine is None else str(args.engine),
+        device=str(device),
+        precision=args.precision,
+        allow_gate_failed=args.allow_gate_failed,
+    )
+
+
 def _run(args: argparse.Namespace, context: DistributedContext, device: torch.device) -> int:
     datasets = open_datasets(args.dataset, args.streethazards_convention)
     names = [dataset.name for dataset in datasets]
@@ -257,13 +284,7 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
         raise ValueError('--limit must be at least 1')
     protocols = parse_protocols(args.protocol, names)
     base_postprocess = postprocess_from_args(args)
-    loaded: LoadedBackend = load_backend(
-        checkpoint=args.checkpoint,
-        engine=args.engine,
-        model_config=args.model_config,
-        device=device,
-        precision=args.precision,
-    )
+    loaded = load_backend(backend_spec(args, device))
     options = EvalOptions(
         protocols=protocols,
         cache_dir=args.cache_dir or args.out / 'cache',
@@ -293,7 +314,7 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
     if result is None:
         return 0
     run = {
-        'method': args.method_name or loaded.method_name,
+        'method': args.method_name or Path(loaded.spec.engine_path or loaded.spec.checkpoint).stem,
         'backend': loaded.describe(),
         'device': str(device),
         'postprocess': base_postprocess.to_dict(),
@@ -315,7 +336,7 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
 EXPECTED_ERRORS = (
     *DATASET_ERRORS,
     CheckpointError,
-    BackendUnavailableError,
+    BackendError,
     EvaluationError,
     FileNotFoundError,
     ValueError,
