@@ -32,8 +32,10 @@ from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 
 from m2a_perception.pipeline import Segmenter
+from m2a_perception.preprocess import DegenerateResizeError
 from m2a_perception.ros import engine as engine_module
 from m2a_perception.ros.conversions import (
+    AspectRatioError,
     ImageConversionError,
     compressed_msg_to_rgb,
     image_msg_to_rgb,
@@ -381,6 +383,11 @@ class PerceptionNode(LifecycleNode):
                 rgb = compressed_msg_to_rgb(msg, settings.input.limits, contiguous=True)
             else:
                 rgb = image_msg_to_rgb(msg, settings.input.limits, contiguous=True)
+            # Within the size limits but too elongated for the model: rejected before inference.
+            segmenter.preprocessor.record_for(rgb.shape[0], rgb.shape[1])
+        except DegenerateResizeError as error:
+            self._reject(runtime, AspectRatioError(str(error)))
+            return
         except ImageConversionError as error:
             self._reject(runtime, error)
             return
