@@ -63,7 +63,8 @@ from m2a_perception.postprocess.config import (
     UNIT_RANGE_SCORERS,
 )
 from m2a_perception.runtime.loader import BackendError, BackendSpec, engine_kind, load_backend
-from m2a_perception.weights import CheckpointError
+from m2a_perception.weights import CheckpointError, WriteFailedError
+from m2a_perception.weights.checkpoint import atomic_write, write_failure
 from m2a_training.evaluation.datasets import (
     DATASET_ERRORS,
     DATASET_NAMES,
@@ -249,7 +250,7 @@ def write_report(
     tables = build_tables(result, run['method'])
     relative = {kind: [str(p.relative_to(out)) for p in paths] for kind, paths in files.items()}
     markdown = report_markdown(result, tables, run, relative)
-    (out / 'results.md').write_text(markdown)
+    atomic_write(out / 'results.md', lambda tmp: tmp.write_text(markdown))
     write_json(report_json(result, tables, {**run, 'files': relative}), out / 'results.json')
     files['report'] = [out / 'results.md', out / 'results.json']
     return files
@@ -327,7 +328,12 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
         },
         'environment': {'python': platform.python_version(), 'torch': torch.__version__},
     }
-    files = write_report(result, args.out, run, options.gallery_size)
+    try:
+        files = write_report(result, args.out, run, options.gallery_size)
+    except WriteFailedError:
+        raise
+    except OSError as error:  # plots, gallery, CSVs; results.md/json are written atomically
+        raise (write_failure(args.out, error) or error) from error
     for path in files['report']:
         print(f'wrote {path}')
     return 0
@@ -337,6 +343,7 @@ EXPECTED_ERRORS = (
     *DATASET_ERRORS,
     CheckpointError,
     BackendError,
+    WriteFailedError,
     EvaluationError,
     FileNotFoundError,
     ValueError,
