@@ -54,8 +54,8 @@ from typing import Any
 import torch
 
 from m2a_perception.cli.common import setup_logging
-from m2a_perception.cli.infer import UNIT_RANGE_SCORERS
 from m2a_perception.metrics.pixel import PixelProtocol, get_pixel_protocol
+from m2a_perception.pictures import UNIT_RANGE_SCORERS
 from m2a_perception.postprocess import SCORERS, PostprocessConfig
 from m2a_perception.postprocess.config import LABEL_UPSAMPLING, REFINEMENT_MODES
 from m2a_perception.weights import CheckpointError
