@@ -143,6 +143,10 @@ def test_writes_tables_plots_gallery_and_per_frame_files(torch_report) -> None:
                   'Table 4: open-set panoptic'):  # fmt: skip
         assert title in markdown
     assert set(report['tables']) == {'table1', 'table2', 'table3', 'table4'}
+    assert (
+        'Protocol (pixel curve; component metrics binarise at its best-F1 threshold): '
+        '`synthetic` smiyc.'
+    ) in markdown
     table1 = report['tables']['table1']
     assert table1['columns'] == [
         'Method', 'Synthetic AuPRC ↑', 'Synthetic FPR95 ↓', 'Average AuPRC ↑', 'Average FPR95 ↓',
@@ -333,6 +337,19 @@ def test_torchrun_two_processes_match_one(world, checkpoint, torch_report, tmp_p
 
 # ------------------------------------------------------------------------------------------
 # Errors
+
+
+def test_smiyc_tracks_default_to_the_leaderboard_protocol(world, checkpoint, tmp_path, capsys):
+    out = tmp_path / 'eval'
+    args = ['--checkpoint', str(checkpoint), '--dataset', f'smiyc_ra21={world / "anomaly_val"}']
+    args += ['--out', str(out), '--limit', '2', '--gallery', '0', '--no-progress', '--no-panoptic']
+    assert main(args) == 0
+    assert f'dataset smiyc_ra21: {NUM_ANOMALY} frames' in capsys.readouterr().out
+    report = json.loads((out / 'results.json').read_text())
+    assert report['datasets']['smiyc_ra21']['pixel_protocol'] == 'smiyc_binned'
+    assert report['tables']['table2']['rows'][0][0] == 'tiny'  # component metrics computed
+    markdown = (out / 'results.md').read_text()
+    assert '`smiyc_ra21` smiyc_binned.' in markdown
 
 
 def test_missing_dataset_gives_a_clear_error(checkpoint, tmp_path, capsys) -> None:
