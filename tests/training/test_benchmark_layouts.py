@@ -3,6 +3,8 @@ traversal refusal (issue 18 item 10). The copies are built by `benchmark_layouts
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +192,56 @@ def test_default_pixel_protocol_is_the_leaderboards() -> None:
     }
     overridden = parse_protocols(['smiyc'], ['smiyc_ra21'])
     assert overridden['smiyc_ra21'].name == 'smiyc'
+
+
+def test_fishyscapes_released_files_flat_in_the_folder(tmp_path, capsys) -> None:
+    """Both zips hold their files at the top level (bdl-benchmark lists the extraction folder):
+    extracted straight into the dataset folder, with the image trees inside it."""
+    fishy = tmp_path / 'fishyscapes'
+    expected = layouts.fishyscapes_laf_released(tmp_path / 'staging')
+    fishy.mkdir()
+    for path in (tmp_path / 'staging' / 'fishyscapes_lostandfound').iterdir():
+        path.rename(fishy / path.name)
+    layouts.lost_and_found_images(fishy)
+    static = tmp_path / 'fs_static'
+    count = layouts.fishyscapes_static_released(tmp_path / 'staging', versions=(3,))
+    static.mkdir()
+    for path in (tmp_path / 'staging' / 'fs_val_v3').iterdir():
+        path.rename(static / path.name)
+    layouts.cityscapes_val_images(static)
+    rc, out = _eval(
+        tmp_path,
+        capsys,
+        '--dataset',
+        f'fs_lost_and_found={fishy}',
+        '--dataset',
+        f'fs_static={static}',
+    )
+    assert rc == 0, out
+    assert (_count_line(out, 'fs_lost_and_found'), _count_line(out, 'fs_static')) == (
+        expected,
+        count,
+    )
+
+
+def test_installed_console_script_prints_the_count(tmp_path) -> None:
+    root = tmp_path / 'RoadAnomaly'
+    expected = layouts.road_anomaly_jpg(root)
+    script = Path(sys.executable).with_name('m2a-eval')
+    result = subprocess.run(
+        [
+            str(script),
+            '--list-frames',
+            '--out',
+            str(tmp_path / 'out'),
+            '--dataset',
+            f'road_anomaly={root}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    base = root / 'RoadAnomaly_jpg'
+    assert f'dataset road_anomaly: {expected} frames (road_anomaly in {base})' in result.stdout

@@ -12,15 +12,16 @@ Writes into --out:
 Datasets (`--dataset NAME=PATH`, repeatable): smiyc_ra21, smiyc_ro21, fs_lost_and_found,
 fs_static, road_anomaly, lost_and_found, synthetic (a synthetic world root or its anomaly_val/),
 street_hazards, cityscapes (val split; a synthetic world root works too), coco, coco_k5,
-coco_k10, coco_k20. The expected folder layouts are documented in
-`m2a_training.data.benchmarks`, `m2a_training.data.cityscapes` and
-`m2a_training.evaluation.datasets`.
+coco_k10, coco_k20. The readers accept the official downloads and apply the official splits
+(docs/evaluation.md, "The benchmarks as downloaded"); each run first prints the frame count of
+every dataset, and `--list-frames` stops there.
 
 Pixel protocols (`--protocol NAME` for all datasets, `--protocol DATASET=NAME` for one):
-smiyc (default: SegmentMeIfYouCan conventions, exact float16 curve), smiyc_binned (the
-leaderboard's 768 percentile bins), fishyscapes (exact float32), mask2anomaly (the official
-script: interpolated FPR95, anomaly-free frames skipped). Component metrics binarise at the
-best-pixel-F1 threshold of the same curve, as SMIYC does.
+smiyc (SegmentMeIfYouCan conventions, exact float16 curve), smiyc_binned (the leaderboard's
+768 percentile bins), fishyscapes (exact float32), mask2anomaly (the official script:
+interpolated FPR95, anomaly-free frames skipped). Default: the leaderboard's, smiyc_binned on
+smiyc_ra21 / smiyc_ro21 and smiyc elsewhere. Component metrics binarise at the best-pixel-F1
+threshold of the same curve, as SMIYC does; the report header names each protocol.
 
 Open-set threshold: `--calibrate-on NAME` picks it at 95 % TPR on NAME (DenseHybrid's rule on
 half-resolution maps) and applies it to every dataset: open-IoU where there are semantic labels,
@@ -183,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         action='append',
         default=[],
         metavar='[DATASET=]NAME',
-        help=f'pixel protocol, one of {", ".join(PIXEL_PROTOCOLS)} (default smiyc)',
+        help=f'pixel protocol, one of {", ".join(PIXEL_PROTOCOLS)} (default: smiyc_binned on '
+        'the SMIYC tracks, smiyc elsewhere)',
     )
     metrics.add_argument(
         '--calibrate-on',
