@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from m2a_perception.classes import label_id_to_train_id_table
 from m2a_perception.config import load_model_config
 from m2a_perception.metrics import (
     FISHYSCAPES_PROTOCOL,
@@ -41,7 +42,6 @@ from m2a_perception.types import SegmentKind
 from m2a_perception.weights import save_checkpoint
 from m2a_training.data.benchmarks import smiyc_road_anomaly21
 from m2a_training.data.cityscapes import (
-    build_train_id_lut,
     find_cityscapes_records,
     read_cityscapes_sample,
 )
@@ -210,7 +210,7 @@ def test_metrics_equal_direct_computation(world: Path, checkpoint: Path, torch_r
     assert synthetic['transfer']['fpr'] == negatives / expected_pixel.num_negative_pixels
 
     # Closed-set mIoU, open-IoU at the transferred threshold and PQ on Cityscapes val.
-    lut = build_train_id_lut()
+    lut = label_id_to_train_id_table()
     categories = [
         PanopticCategory(train_id, f'c{train_id}', train_id >= 11) for train_id in range(19)
     ]

@@ -54,12 +54,17 @@ from typing import Any
 import torch
 
 from m2a_perception.cli.common import setup_logging
-from m2a_perception.cli.infer import UNIT_RANGE_SCORERS
-from m2a_perception.metrics.pixel import PixelProtocol, get_pixel_protocol
+from m2a_perception.inference.backend import PRECISIONS
+from m2a_perception.metrics.pixel import PIXEL_PROTOCOLS, PixelProtocol, get_pixel_protocol
 from m2a_perception.postprocess import SCORERS, PostprocessConfig
-from m2a_perception.postprocess.config import LABEL_UPSAMPLING, REFINEMENT_MODES
+from m2a_perception.postprocess.config import (
+    LABEL_UPSAMPLING,
+    REFINEMENT_MODES,
+    UNIT_RANGE_SCORERS,
+)
 from m2a_perception.runtime.loader import BackendError, BackendSpec, engine_kind, load_backend
-from m2a_perception.weights import CheckpointError
+from m2a_perception.weights import CheckpointError, WriteFailedError
+from m2a_perception.weights.checkpoint import atomic_write, write_failure
 from m2a_training.evaluation.datasets import (
     DATASET_ERRORS,
     DATASET_NAMES,
@@ -86,7 +91,6 @@ from m2a_training.evaluation.runner import (
 
 LOGGER = logging.getLogger(__name__)
 
-PROTOCOL_NAMES = ('smiyc', 'smiyc_binned', 'fishyscapes', 'mask2anomaly')
 EXIT_USAGE = 2
 
 
@@ -114,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='use an engine whose accuracy gate failed (explicit override)',
     )
     model.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    model.add_argument('--precision', choices=('fp32', 'fp16', 'bf16'), default='fp32')
+    model.add_argument('--precision', choices=PRECISIONS, default='fp32')
     model.add_argument('--method-name', help='row label in the tables (default: file stem)')
 
     data = parser.add_argument_group('data')
@@ -140,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         action='append',
         default=[],
         metavar='[DATASET=]NAME',
-        help=f'pixel protocol, one of {", ".join(PROTOCOL_NAMES)} (default smiyc)',
+        help=f'pixel protocol, one of {", ".join(PIXEL_PROTOCOLS)} (default smiyc)',
     )
     metrics.add_argument(
         '--calibrate-on',
@@ -190,8 +194,8 @@ def parse_protocols(specs: list[str], names: list[str]) -> dict[str, PixelProtoc
     per_dataset: dict[str, PixelProtocol] = {}
     for spec in specs:
         dataset, separator, protocol = spec.rpartition('=')
-        if protocol not in PROTOCOL_NAMES:
-            raise ValueError(f'unknown protocol {protocol!r}; choose from {PROTOCOL_NAMES}')
+        if protocol not in PIXEL_PROTOCOLS:
+            raise ValueError(f'unknown protocol {protocol!r}; choose from {PIXEL_PROTOCOLS}')
         if not separator:
             default = get_pixel_protocol(protocol)
             per_dataset = {}
@@ -246,7 +250,7 @@ def write_report(
     tables = build_tables(result, run['method'])
     relative = {kind: [str(p.relative_to(out)) for p in paths] for kind, paths in files.items()}
     markdown = report_markdown(result, tables, run, relative)
-    (out / 'results.md').write_text(markdown)
+    atomic_write(out / 'results.md', lambda tmp: tmp.write_text(markdown))
     write_json(report_json(result, tables, {**run, 'files': relative}), out / 'results.json')
     files['report'] = [out / 'results.md', out / 'results.json']
     return files
@@ -324,7 +328,12 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
         },
         'environment': {'python': platform.python_version(), 'torch': torch.__version__},
     }
-    files = write_report(result, args.out, run, options.gallery_size)
+    try:
+        files = write_report(result, args.out, run, options.gallery_size)
+    except WriteFailedError:
+        raise
+    except OSError as error:  # plots, gallery, CSVs; results.md/json are written atomically
+        raise (write_failure(args.out, error) or error) from error
     for path in files['report']:
         print(f'wrote {path}')
     return 0
@@ -334,6 +343,7 @@ EXPECTED_ERRORS = (
     *DATASET_ERRORS,
     CheckpointError,
     BackendError,
+    WriteFailedError,
     EvaluationError,
     FileNotFoundError,
     ValueError,

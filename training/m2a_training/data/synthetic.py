@@ -25,7 +25,7 @@ pool must exclude. Anomaly scenes put objects on the road: by default both held-
 Deterministic given the seed: image i of a split uses its own generator seeded from
 (seed, split, i), so changing one count leaves the other splits' images unchanged.
 
-Allowed dependencies: numpy, Pillow, pycocotools, cityscapesscripts.
+Allowed dependencies: numpy, Pillow, pycocotools, m2a_perception.classes.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from cityscapesscripts.helpers.labels import name2label
 from PIL import Image, ImageDraw, ImageFilter
 from pycocotools import mask as mask_utils
+
+from m2a_perception.classes import label_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +94,14 @@ class _LabelIds:
 
 def _label_ids() -> _LabelIds:
     return _LabelIds(
-        road=name2label['road'].id,
-        sidewalk=name2label['sidewalk'].id,
-        building=name2label['building'].id,
-        vegetation=name2label['vegetation'].id,
-        sky=name2label['sky'].id,
-        person=name2label['person'].id,
-        car=name2label['car'].id,
-        ego_vehicle=name2label['ego vehicle'].id,
+        road=label_id_of('road'),
+        sidewalk=label_id_of('sidewalk'),
+        building=label_id_of('building'),
+        vegetation=label_id_of('vegetation'),
+        sky=label_id_of('sky'),
+        person=label_id_of('person'),
+        car=label_id_of('car'),
+        ego_vehicle=label_id_of('ego vehicle'),
     )
 
 

@@ -26,7 +26,7 @@ from m2a_perception.classes import class_names
 from m2a_perception.cli.common import setup_logging
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.postprocess import SCORERS, PostprocessConfig
-from m2a_perception.postprocess.config import REFINEMENT_MODES
+from m2a_perception.postprocess.config import REFINEMENT_MODES, UNIT_RANGE_SCORERS
 from m2a_perception.types import SegmentationOutput
 from m2a_perception.visualize import (
     blend,
@@ -42,7 +42,6 @@ from m2a_perception.weights import CheckpointError
 LOGGER = logging.getLogger(__name__)
 
 # Scorers whose values are about [0, 1]; the others are drawn over their observed range.
-UNIT_RANGE_SCORERS = ('mask2anomaly', 'entropy', 'eam')
 
 
 def build_parser() -> argparse.ArgumentParser:

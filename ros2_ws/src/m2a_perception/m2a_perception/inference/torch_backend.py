@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from m2a_perception.inference.backend import PRECISIONS
 from m2a_perception.model import Mask2Anomaly
 
-PRECISIONS = ('fp32', 'fp16', 'bf16')
 _AUTOCAST_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 

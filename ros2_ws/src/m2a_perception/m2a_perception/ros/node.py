@@ -33,7 +33,9 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from m2a_perception.deploy.cache import NODE_STATES
 from m2a_perception.pipeline import Segmenter
+from m2a_perception.preprocess import DegenerateResizeError
 from m2a_perception.ros.conversions import (
+    AspectRatioError,
     ImageConversionError,
     compressed_msg_to_rgb,
     image_msg_to_rgb,
@@ -427,6 +429,11 @@ class PerceptionNode(LifecycleNode):
                 rgb = compressed_msg_to_rgb(msg, settings.input.limits, contiguous=True)
             else:
                 rgb = image_msg_to_rgb(msg, settings.input.limits, contiguous=True)
+            # Within the size limits but too elongated for the model: rejected before inference.
+            segmenter.preprocessor.record_for(rgb.shape[0], rgb.shape[1])
+        except DegenerateResizeError as error:
+            self._reject(runtime, AspectRatioError(str(error)))
+            return
         except ImageConversionError as error:
             self._reject(runtime, error)
             return

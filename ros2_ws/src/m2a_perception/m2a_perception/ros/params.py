@@ -29,27 +29,30 @@ from rcl_interfaces.msg import (
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from m2a_perception.postprocess.config import LABEL_UPSAMPLING, REFINEMENT_MODES, PostprocessConfig
+from m2a_perception.inference.backend import PRECISIONS
+from m2a_perception.postprocess.config import (
+    LABEL_UPSAMPLING,
+    OUTPUT_RESOLUTIONS,
+    REFINEMENT_MODES,
+    UNIT_RANGE_SCORERS,
+    PostprocessConfig,
+)
 from m2a_perception.ros.conversions import ImageLimits
 from m2a_perception.runtime.loader import (
     ENGINE_POLICIES,
     KINDS,
     LOAD_ONLY,
-    PRECISIONS,
     BackendError,
     BackendSpec,
     parse_engine_size,
 )
+from m2a_perception.visualize import COLORMAPS
 
 ParameterValue = bool | int | float | str | tuple[str, ...]
 
-# Scorers whose values lie in about [0, 1], so one threshold range and one colour scale fit all.
-NODE_SCORERS = ('mask2anomaly', 'entropy', 'eam')
 BACKENDS = KINDS
 RELIABILITIES = ('best_effort', 'reliable')
 TRANSPORTS = ('raw', 'compressed')
-OUTPUT_RESOLUTIONS = ('source', 'model')
-COLORMAPS = ('inferno', 'turbo', 'jet', 'viridis', 'magma', 'plasma', 'hot')
 CAMERAS_PARAMETER = 'cameras.names'
 
 _CAMERA_NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
@@ -275,7 +278,7 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
         'anomaly.scorer',
         'mask2anomaly',
         'Per-pixel anomaly score; all choices lie in about [0, 1].',
-        choices=NODE_SCORERS,
+        choices=UNIT_RANGE_SCORERS,
     ),
     _spec(
         'anomaly.threshold',

@@ -42,7 +42,7 @@ import torch
 
 from m2a_perception.config import ModelConfig
 from m2a_perception.inference import Backend, StaticShapeBackend, TorchBackend
-from m2a_perception.inference.torch_backend import PRECISIONS
+from m2a_perception.inference.backend import PRECISIONS
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.postprocess.config import PostprocessConfig
 from m2a_perception.weights import CheckpointError, load_checkpoint, read_checkpoint

@@ -36,12 +36,13 @@ from typing import Any
 import torch
 
 from m2a_perception.cli.common import setup_logging
+from m2a_perception.inference.backend import PRECISIONS
+from m2a_perception.metrics.pixel import PIXEL_PROTOCOLS
 from m2a_perception.ros.replay.bag import BagReadError
 from m2a_perception.ros.replay.evaluation import COMPONENT_TRACKS, EvaluationSettings
 from m2a_perception.ros.replay.report import ReplayReport
 
 LOGGER = logging.getLogger(__name__)
-PROTOCOLS = ('smiyc', 'smiyc_binned', 'fishyscapes', 'mask2anomaly')
 EXIT_DAMAGED_INPUT = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         'from the suffix), opened through its sidecar',
     )
     model.add_argument('--device', help='model.device: cpu, cuda or cuda:<index>')
-    model.add_argument('--precision', choices=('fp32', 'fp16', 'bf16'), help='model.precision')
+    model.add_argument('--precision', choices=PRECISIONS, help='model.precision')
     model.add_argument(
         '--params-file',
         type=Path,
@@ -116,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     metrics = parser.add_argument_group('metrics')
-    metrics.add_argument('--protocol', choices=PROTOCOLS, default='smiyc', help='pixel protocol')
+    metrics.add_argument(
+        '--protocol', choices=PIXEL_PROTOCOLS, default='smiyc', help='pixel protocol'
+    )
     metrics.add_argument(
         '--component-track',
         choices=tuple(COMPONENT_TRACKS),

@@ -34,14 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from builtin_interfaces.msg import Time
 from rclpy.qos import QoSProfile
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
+from m2a_perception.config import parse_yaml
 from m2a_perception.pipeline import Segmenter
+from m2a_perception.preprocess import DegenerateResizeError
 from m2a_perception.ros.conversions import (
+    AspectRatioError,
     ImageConversionError,
     compressed_msg_to_rgb,
     image_msg_to_array,
@@ -131,7 +133,7 @@ def read_parameter_file(path: str | Path, node_name: str = NODE_NAME) -> dict[st
     Raises:
         ValueError: the file is not a parameter file.
     """
-    data = yaml.safe_load(Path(path).read_text())
+    data = parse_yaml(Path(path).read_text(), str(path))
     if not isinstance(data, dict):
         raise ValueError(f'{path} is not a ROS 2 parameter file')
     values: dict[str, Any] = {}
@@ -163,7 +165,7 @@ def parse_parameter_override(text: str) -> tuple[str, Any]:
     name, separator, value = text.partition(':=')
     if not separator or not name:
         raise ValueError(f'parameter override must look like name:=value, got {text!r}')
-    return name.strip(), yaml.safe_load(value)
+    return name.strip(), parse_yaml(value, f'-p {name.strip()}')
 
 
 def node_settings(parameters: Mapping[str, Any], cameras: Sequence[CameraSource]) -> NodeSettings:
@@ -344,6 +346,10 @@ class _Replayer:
                 rgb = compressed_msg_to_rgb(msg, settings.input.limits, contiguous=True)
             else:
                 rgb = image_msg_to_rgb(msg, settings.input.limits, contiguous=True)
+            segmenter.preprocessor.record_for(rgb.shape[0], rgb.shape[1])
+        except DegenerateResizeError as error:
+            self._invalid(run, AspectRatioError.reason, str(error))
+            return
         except ImageConversionError as error:
             self._invalid(run, error.reason, str(error))
             return
