@@ -50,16 +50,20 @@ class StageTimes:
 
 @dataclass(frozen=True)
 class FrameResult:
-    """Outputs of one frame on the host, and the core's stage times (convert/publish 0)."""
+    """Outputs of one frame on the host (None when post-processing was skipped), and the
+    core's stage times (convert/publish 0)."""
 
-    output: SegmentationOutput
+    output: SegmentationOutput | None
     times: StageTimes
 
 
 def process_frame(
-    segmenter: Segmenter, rgb: np.ndarray, postprocess: PostprocessConfig
+    segmenter: Segmenter, rgb: np.ndarray, postprocess: PostprocessConfig | None
 ) -> FrameResult:
     """Segment one (H, W, 3) uint8 RGB frame and bring the result maps to the host.
+
+    `postprocess=None` stops after the model (`m2a-bench --no-postprocess`); the node and the
+    replay always pass their config.
 
     Raises:
         RuntimeError, ValueError: from the backend or post-processing (the caller counts and
@@ -75,6 +79,11 @@ def process_frame(
     if cuda:
         torch.cuda.synchronize(segmenter.device)
     inferred = time.perf_counter()
+    if postprocess is None:
+        times = StageTimes(
+            preprocess_ms=(preprocessed - start) * 1e3, model_ms=(inferred - preprocessed) * 1e3
+        )
+        return FrameResult(None, times)
     result = segmenter.postprocess(prediction, record, config=postprocess)
     if cuda:
         torch.cuda.synchronize(segmenter.device)
