@@ -15,7 +15,6 @@ from m2a_perception.ros.params import (
     NODE_PARAMETERS,
     ParameterManager,
     all_specs,
-    default_values,
     descriptor_for,
     settings_from_parameters,
 )
@@ -42,18 +41,6 @@ def test_every_parameter_has_a_description_and_a_range_or_choices():
             assert descriptor.integer_range, spec.name
         if spec.engine:
             assert 'unconfigured' in descriptor.additional_constraints
-
-
-def test_yaml_sets_every_parameter_to_its_declared_default():
-    from_yaml = yaml_parameters()
-    cameras = from_yaml[CAMERAS_PARAMETER]
-    declared = default_values(cameras)
-    assert sorted(from_yaml) == sorted(declared)
-    for name, value in from_yaml.items():
-        default = declared[name]
-        expected = list(default) if isinstance(default, tuple) else default
-        assert value == expected, name
-        assert type(value) is type(expected), f'{name}: YAML type must match the ROS type'
 
 
 def test_defaults_and_yaml_give_valid_settings():
