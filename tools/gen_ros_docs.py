@@ -292,6 +292,7 @@ def _yaml_lines(specs: object) -> list[str]:
 
 def render_parameter_yaml() -> str:
     """config/m2a_perception.yaml: every node parameter at its declared default."""
+    from m2a_perception.ros.param_file import flatten_parameters
     from m2a_perception.ros.params import NODE_PARAMETERS, camera_parameters, default_values
 
     cameras = NODE_PARAMETERS[0].default
@@ -301,7 +302,7 @@ def render_parameter_yaml() -> str:
         specs += camera_parameters(camera)
     specs += NODE_PARAMETERS[1:]
     text = _YAML_HEADER + '\n'.join(_yaml_lines(specs)).lstrip('\n') + '\n'
-    loaded = _flatten(yaml.safe_load(text)['/**']['ros__parameters'])
+    loaded = flatten_parameters(yaml.safe_load(text)['/**']['ros__parameters'])
     expected = {
         name: list(value) if isinstance(value, tuple) else value
         for name, value in default_values(list(cameras)).items()  # type: ignore[arg-type]
@@ -310,17 +311,6 @@ def render_parameter_yaml() -> str:
     if typed != {name: (type(value), value) for name, value in expected.items()}:
         raise SystemExit('the rendered parameter YAML does not load back as the declared defaults')
     return text
-
-
-def _flatten(tree: dict, prefix: str = '') -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for key, value in tree.items():
-        name = f'{prefix}{key}'
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f'{name}.'))
-        else:
-            flat[name] = value
-    return flat
 
 
 def main(argv: list[str] | None = None) -> int:

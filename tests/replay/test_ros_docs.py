@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.ros.helpers import flatten
+from m2a_perception.ros.param_file import flatten_parameters
 
 TOOL = Path(__file__).resolve().parents[2] / 'tools' / 'gen_ros_docs.py'
 
@@ -43,7 +43,7 @@ def test_parameter_yaml_loads_back_as_the_declared_defaults():
     assert list(data) == ['/**'], 'the YAML must be keyed /** to work in any namespace'
     assert data['/**']['ros__parameters']['model']['precision'] == 'fp32'
     assert data['/**']['ros__parameters']['cameras']['front']['topic'] == ''
-    flat = flatten(data['/**']['ros__parameters'])
+    flat = flatten_parameters(data['/**']['ros__parameters'])
     declared = {
         name: list(value) if isinstance(value, tuple) else value
         for name, value in default_values(['front']).items()

@@ -10,6 +10,7 @@ import yaml
 from rcl_interfaces.msg import ParameterType
 from rclpy.parameter import Parameter
 
+from m2a_perception.ros.param_file import flatten_parameters
 from m2a_perception.ros.params import (
     CAMERAS_PARAMETER,
     NODE_PARAMETERS,
@@ -19,7 +20,7 @@ from m2a_perception.ros.params import (
     settings_from_parameters,
 )
 
-from .helpers import PARAMS_FILE, flatten
+from .helpers import PARAMS_FILE
 
 pytestmark = pytest.mark.ros
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.ros
 def yaml_parameters() -> dict[str, Any]:
     data = yaml.safe_load(PARAMS_FILE.read_text())
     assert list(data) == ['/**'], 'the YAML must be keyed /** to work in any namespace'
-    return flatten(data['/**']['ros__parameters'])
+    return flatten_parameters(data['/**']['ros__parameters'])
 
 
 def test_every_parameter_has_a_description_and_a_range_or_choices():

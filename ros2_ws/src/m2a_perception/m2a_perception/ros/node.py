@@ -53,6 +53,7 @@ from m2a_perception.ros.outputs import CameraOutputs, postprocess_for
 from m2a_perception.ros.params import CameraSettings, NodeSettings, ParameterManager
 from m2a_perception.ros.slots import Frame, FrameScheduler
 from m2a_perception.ros.throttle import KeyedThrottle
+from m2a_perception.ros.topics import NODE_NAME
 from m2a_perception_msgs.msg import InferenceStats
 
 try:  # Jazzy and newer
@@ -60,7 +61,6 @@ try:  # Jazzy and newer
 except ImportError:  # Humble
     from rclpy.qos_event import SubscriptionEventCallbacks
 
-NODE_NAME = 'm2a_perception'
 ERROR_THROTTLE_S = 5.0
 WORKER_POLL_S = 0.25
 # Reliable depth 1: both reliable and best-effort subscribers (RViz, rosbag) connect, and a slow
