@@ -245,3 +245,21 @@ def test_installed_console_script_prints_the_count(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     base = root / 'RoadAnomaly_jpg'
     assert f'dataset road_anomaly: {expected} frames (road_anomaly in {base})' in result.stdout
+
+
+def test_cityscapes_image_linked_from_outside_is_refused(tmp_path) -> None:
+    from m2a_training.data.cityscapes import DatasetError, find_cityscapes_records
+
+    root = tmp_path / 'cityscapes'
+    layouts.cityscapes_val_images(root)
+    for image in (root / 'leftImg8bit' / 'val').glob('*/*_leftImg8bit.png'):
+        stem = image.name[: -len('_leftImg8bit.png')]
+        label = root / 'gtFine' / 'val' / image.parent.name / f'{stem}_gtFine_labelIds.png'
+        layouts.write_label(label, (7, 8))
+    assert len(find_cityscapes_records(root, 'val')) == 2
+    linked = root / 'leftImg8bit' / 'val' / 'frankfurt' / 'frankfurt_000000_000294_leftImg8bit.png'
+    layouts.write_image(tmp_path / 'elsewhere.png')
+    linked.unlink()
+    linked.symlink_to(tmp_path / 'elsewhere.png')
+    with pytest.raises(DatasetError, match='path leaves the dataset root, refused'):
+        find_cityscapes_records(root, 'val')

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -247,18 +247,21 @@ def apply_overlay(image: np.ndarray, overlay_path: Path, root: Path) -> np.ndarr
     return np.clip(image.astype(np.int64) + overlay.astype(np.int64), 0, 255).astype(np.uint8)
 
 
-def outside_roots(frames: Sequence[FrameFiles], roots: Sequence[Path]) -> list[Path]:
-    """Files of `frames` that resolve (links and `..` followed) outside every one of `roots`."""
+def outside_roots(paths: Iterable[Path | None], roots: Sequence[Path]) -> list[Path]:
+    """The `paths` that resolve (links and `..` followed) outside every one of `roots`."""
     resolved_roots = [root.resolve() for root in roots]
-    outside = []
+    return [
+        path
+        for path in paths
+        if path is not None
+        and not any(path.resolve().is_relative_to(root) for root in resolved_roots)
+    ]
+
+
+def frame_paths(frames: Sequence[FrameFiles]) -> Iterator[Path | None]:
+    """Every file of `frames` (None where a frame has no overlay)."""
     for frame in frames:
-        for path in (frame.image_path, frame.label_path, frame.overlay_path):
-            if path is None:
-                continue
-            resolved = path.resolve()
-            if not any(resolved.is_relative_to(root) for root in resolved_roots):
-                outside.append(path)
-    return outside
+        yield from (frame.image_path, frame.label_path, frame.overlay_path)
 
 
 class AnomalyDataset(Sequence[AnomalySample]):
@@ -358,7 +361,7 @@ def _finish(
     """Check and build; every file must lie inside `root` (or an image tree in `image_roots`)."""
     if problems:
         raise BenchmarkDatasetError(root, problems)
-    outside = outside_roots(frames, [root, *image_roots])
+    outside = outside_roots(frame_paths(frames), [root, *image_roots])
     if outside:
         raise BenchmarkDatasetError(root, _list(outside, 'path leaves the dataset root, refused'))
     return AnomalyDataset(name, root, frames, _lut(mapping), track, strict_labels)
@@ -424,7 +427,7 @@ def road_anomaly(root: str | Path, *, strict_labels: bool = True) -> AnomalyData
         image_path = base / 'frames' / file_name
         label_path = image_path.with_name(f'{image_path.stem}.labels') / 'labels_semantic.png'
         frames.append(FrameFiles(Path(file_name).stem, image_path, label_path))
-    outside = outside_roots(frames, [base])
+    outside = outside_roots(frame_paths(frames), [base])
     if outside:
         raise BenchmarkDatasetError(
             root, _list(outside, f'{list_path} names a path outside the dataset root, refused')
@@ -920,7 +923,9 @@ def street_hazards(
     problems = _list(missing, 'missing label')
     if not frames and not problems:
         problems = [f'no *.png images in {", ".join(str(d) for d in town_dirs)}']
-    problems += _list(outside_roots(frames, [root]), 'path leaves the dataset root, refused')
+    problems += _list(
+        outside_roots(frame_paths(frames), [root]), 'path leaves the dataset root, refused'
+    )
     if problems:
         raise BenchmarkDatasetError(root, problems)
     return StreetHazardsDataset(root, frames, town_of_frame, convention, strict_labels)
@@ -1090,8 +1095,7 @@ def coco_panoptic(
         missing += [path for path in (image_path, png_path) if not path.is_file()]
         records.append(_PanopticRecord(Path(file_name).stem, image_path, png_path, segments))
     problems = problems[:_MAX_LISTED] + _list(missing, 'missing file')
-    as_frames = [FrameFiles(r.name, r.image_path, r.png_path) for r in records]
-    escaping = outside_roots(as_frames, [root])
+    escaping = outside_roots((p for r in records for p in (r.image_path, r.png_path)), [root])
     problems += _list(escaping, 'path leaves the dataset root, refused')
     if not records and not problems:
         problems.append(f'{json_path}: no annotations')
