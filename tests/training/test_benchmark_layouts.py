@@ -151,16 +151,13 @@ def test_road_anomaly_frame_list_leaving_the_root_is_refused(tmp_path, capsys) -
     assert 'Traceback' not in out
 
 
-def test_symlink_out_of_the_root_is_refused(tmp_path) -> None:
-    root = tmp_path / 'dataset_AnomalyTrack'
-    layouts.smiyc_anomaly_track(root)
-    layouts.write_image(tmp_path / 'secret.jpg')
-    (root / 'images' / 'validation0000.jpg').unlink()
-    (root / 'images' / 'validation0000.jpg').symlink_to(tmp_path / 'secret.jpg')
-    from m2a_training.data.benchmarks import smiyc_road_anomaly21
-
-    with pytest.raises(BenchmarkDatasetError, match='path leaves the dataset root'):
-        smiyc_road_anomaly21(root)
+def test_symlinked_dataset_folder_is_followed(tmp_path, capsys) -> None:
+    """A dataset folder linked from another disk is a user's choice, not a traversal."""
+    layouts.smiyc_anomaly_track(tmp_path / 'disk' / 'dataset_AnomalyTrack')
+    (tmp_path / 'datasets').mkdir()
+    (tmp_path / 'datasets' / 'RA21').symlink_to(tmp_path / 'disk' / 'dataset_AnomalyTrack')
+    rc, out = _eval(tmp_path, capsys, '--dataset', f'smiyc_ra21={tmp_path / "datasets" / "RA21"}')
+    assert (rc, _count_line(out, 'smiyc_ra21')) == (0, 3)
 
 
 def test_unknown_labels_error_names_file_and_value_void_keeps_going(tmp_path, capsys) -> None:
@@ -247,19 +244,11 @@ def test_installed_console_script_prints_the_count(tmp_path) -> None:
     assert f'dataset road_anomaly: {expected} frames (road_anomaly in {base})' in result.stdout
 
 
-def test_cityscapes_image_linked_from_outside_is_refused(tmp_path) -> None:
-    from m2a_training.data.cityscapes import DatasetError, find_cityscapes_records
+def test_outside_roots_applies_dotdot_on_names(tmp_path) -> None:
+    from m2a_training.data.benchmarks import outside_roots
 
     root = tmp_path / 'cityscapes'
-    layouts.cityscapes_val_images(root)
-    for image in (root / 'leftImg8bit' / 'val').glob('*/*_leftImg8bit.png'):
-        stem = image.name[: -len('_leftImg8bit.png')]
-        label = root / 'gtFine' / 'val' / image.parent.name / f'{stem}_gtFine_labelIds.png'
-        layouts.write_label(label, (7, 8))
-    assert len(find_cityscapes_records(root, 'val')) == 2
-    linked = root / 'leftImg8bit' / 'val' / 'frankfurt' / 'frankfurt_000000_000294_leftImg8bit.png'
-    layouts.write_image(tmp_path / 'elsewhere.png')
-    linked.unlink()
-    linked.symlink_to(tmp_path / 'elsewhere.png')
-    with pytest.raises(DatasetError, match='path leaves the dataset root, refused'):
-        find_cityscapes_records(root, 'val')
+    inside = root / 'leftImg8bit' / 'val' / 'a.png'
+    escaping = root / 'leftImg8bit' / '..' / '..' / 'b.png'
+    assert outside_roots([inside, escaping, None], [root]) == [escaping]
+    assert outside_roots([escaping], [root, tmp_path]) == []

@@ -26,6 +26,7 @@ Allowed dependencies: numpy, Pillow, m2a_perception.metrics.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -248,13 +249,21 @@ def apply_overlay(image: np.ndarray, overlay_path: Path, root: Path) -> np.ndarr
 
 
 def outside_roots(paths: Iterable[Path | None], roots: Sequence[Path]) -> list[Path]:
-    """The `paths` that resolve (links and `..` followed) outside every one of `roots`."""
-    resolved_roots = [root.resolve() for root in roots]
+    """The `paths` that lead outside every one of `roots` once `..` is applied.
+
+    The check is on the names (`os.path.normpath`), not on resolved links: a `frame_list.json`
+    entry `../../outside.png` is caught, while a dataset folder that is a symbolic link to
+    another disk (a common arrangement) stays readable.
+    """
+    absolute_roots = [Path(os.path.normpath(os.path.abspath(root))) for root in roots]
     return [
         path
         for path in paths
         if path is not None
-        and not any(path.resolve().is_relative_to(root) for root in resolved_roots)
+        and not any(
+            Path(os.path.normpath(os.path.abspath(path))).is_relative_to(root)
+            for root in absolute_roots
+        )
     ]
 
 
