@@ -100,3 +100,37 @@ def test_tensors_that_do_not_fit_the_config_are_refused_before_building(tmp_path
         and 'checkpoint (12, 24, 1, 1) vs model (1000, 2000, 1, 1)' in lines[0]
     )
     assert maxrss_kb < 1_500_000, maxrss_kb
+
+
+def test_convert_checkpoint_on_a_full_disk_keeps_the_previous_file(tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    from m2a_perception.cli.convert_checkpoint import main as convert_main
+    from m2a_perception.weights import checkpoint as checkpoint_module
+
+    from ..disk import small_disk
+
+    torch.manual_seed(0)
+    source = tmp_path / 'official.pth'
+    torch.save({'model': build_model(load_model_config('tiny')).state_dict()}, source)
+    first = tmp_path / 'first.safetensors'
+    assert convert_main([str(source), '--config', 'tiny', '--out', str(first)]) == 0
+    size = first.stat().st_size
+    with small_disk(tmp_path / 'disk', int(size * 1.5)) as disk:
+        if disk is None:  # not root: a full disk as safetensors reports it
+
+            def no_space(*args, **kwargs):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            monkeypatch.setattr(checkpoint_module, 'save_file', no_space)
+        out = (disk or tmp_path) / 'model.safetensors'
+        out.write_bytes(first.read_bytes())  # the previous good file
+        capsys.readouterr()
+        assert convert_main([str(source), '--config', 'tiny', '--out', str(out)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert err[0].startswith(f'error: no space left on {disk or ""}'), err
+        assert f'while writing {out};' in err[0]
+        assert out.read_bytes() == first.read_bytes()
+        assert [p.name for p in out.parent.iterdir()] == ['model.safetensors']
