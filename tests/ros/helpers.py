@@ -60,16 +60,19 @@ class ManagedProcess:
         name: for messages and the log file name.
         args: command line.
         log_dir: folder of `<name>.log`.
+        env: the environment; `ros_env()` if None.
     """
 
-    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
+    def __init__(
+        self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.log_path = log_dir / f'{name}.log'
         self._log = self.log_path.open('w')
         self.process = subprocess.Popen(
             args,
             cwd=REPO_ROOT,
-            env=ros_env(),
+            env=ros_env() if env is None else env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
