@@ -7,7 +7,8 @@
 Sources (nothing is typed twice):
 - parameters: `m2a_perception.ros.params.NODE_PARAMETERS` and `camera_parameters` (name, type,
   default, range or choices, mutability, description);
-- output topics and encodings: `m2a_perception.ros.outputs.OUTPUT_TOPICS` / `OUTPUT_ENCODINGS`,
+- output topics and encodings: `m2a_perception.ros.topics.OUTPUT_TOPICS` / `OUTPUT_MESSAGE_TYPES`,
+  `m2a_perception.ros.outputs.OUTPUT_ENCODINGS`,
   output QoS `m2a_perception.ros.node.OUTPUT_QOS`;
 - messages: the `.msg` files of m2a_perception_msgs, verbatim;
 - replay conventions: `m2a_perception.ros.replay.bag` (ground-truth topics).
@@ -41,10 +42,6 @@ OUTPUT_DESCRIPTIONS = {
     'overlay': 'Camera image blended with class colours and boxes around unknown objects; at '
     'most `viz.overlay_rate_hz`.',
     'stats': 'Stage timings and drop counters of every processed frame.',
-}
-MESSAGE_TYPES = {
-    'segments': 'm2a_perception_msgs/OpenSetPanoptic',
-    'stats': 'm2a_perception_msgs/InferenceStats',
 }
 
 
@@ -127,9 +124,10 @@ def render() -> str:
     """The whole document."""
     from m2a_perception.ros.conversions import COMPRESSED_FORMATS, INPUT_ENCODINGS
     from m2a_perception.ros.node import NODE_NAME, OUTPUT_QOS
-    from m2a_perception.ros.outputs import OUTPUT_ENCODINGS, OUTPUT_TOPICS
+    from m2a_perception.ros.outputs import OUTPUT_ENCODINGS
     from m2a_perception.ros.params import NODE_PARAMETERS, camera_parameters
     from m2a_perception.ros.replay.bag import GROUND_TRUTH_KINDS, GROUND_TRUTH_SEGMENT
+    from m2a_perception.ros.topics import OUTPUT_MESSAGE_TYPES, OUTPUT_TOPICS
 
     missing = sorted(set(OUTPUT_TOPICS) - set(OUTPUT_DESCRIPTIONS))
     stale = sorted(set(OUTPUT_DESCRIPTIONS) - set(OUTPUT_TOPICS))
@@ -171,7 +169,7 @@ def render() -> str:
         '|---|---|---|---|',
     ]
     for key, topic in OUTPUT_TOPICS.items():
-        msg_type = MESSAGE_TYPES.get(key, 'sensor_msgs/Image')
+        msg_type = OUTPUT_MESSAGE_TYPES[key]
         encoding = OUTPUT_ENCODINGS.get(key, '')
         if key == 'segments':
             encoding = 'segment_ids: mono16'

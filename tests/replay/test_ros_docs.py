@@ -24,8 +24,8 @@ def test_ros_interface_doc_is_up_to_date():
 
 
 def test_doc_covers_every_parameter_output_and_message():
-    from m2a_perception.ros.outputs import OUTPUT_TOPICS
     from m2a_perception.ros.params import NODE_PARAMETERS
+    from m2a_perception.ros.topics import OUTPUT_TOPICS
 
     text = load_tool().render()
     for spec in NODE_PARAMETERS:

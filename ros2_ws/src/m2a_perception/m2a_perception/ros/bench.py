@@ -60,18 +60,17 @@ from typing import Any
 
 import numpy as np
 
+from m2a_perception.ros.topics import OUTPUT_MESSAGE_TYPES, OUTPUT_TOPICS
+
 NAMESPACE = '/m2a_bench'
 CAMERA = 'cam'
 NODE_NAME = f'{NAMESPACE}/m2a_perception'
-# Output topic (under the camera) -> message type name, as the node publishes them.
+# Output topic (under the camera) -> message type name, as the node publishes them; the stats
+# topic is not an output the benchmark measures.
 OUTPUT_TYPES = {
-    'anomaly/score': 'Image',
-    'anomaly/heatmap': 'Image',
-    'anomaly/mask': 'Image',
-    'panoptic/semantic': 'Image',
-    'panoptic/confidence': 'Image',
-    'panoptic/segments': 'OpenSetPanoptic',
-    'overlay': 'Image',
+    topic: OUTPUT_MESSAGE_TYPES[key].rpartition('/')[2]
+    for key, topic in OUTPUT_TOPICS.items()
+    if key != 'stats'
 }
 STAGES = ('convert', 'preprocess', 'model', 'postprocess', 'handoff', 'publish')
 NODE_STAGES = ('convert', 'handoff', 'publish')

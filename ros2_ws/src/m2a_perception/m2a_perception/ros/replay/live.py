@@ -43,6 +43,7 @@ from m2a_perception.ros.replay.bag import (
     remove_bag,
 )
 from m2a_perception.ros.replay.report import ReplayReport
+from m2a_perception.ros.topics import OUTPUT_TOPICS
 
 if TYPE_CHECKING:
     from m2a_perception.ros.replay.evaluation import EvaluationSettings
@@ -57,19 +58,6 @@ SIM_TIME_ARGUMENTS = ('--ros-args', '-p', 'use_sim_time:=true')
 NODE_EXECUTABLE = 'perception_node'
 PLAYER_EXECUTABLE = 'bag_player'
 RECORDER_EXECUTABLE = 'bag_recorder'
-# Output topics of one camera, relative to `<ns>/<camera>/`: the values of
-# `m2a_perception.ros.outputs.OUTPUT_TOPICS`, repeated because that module imports torch;
-# tests/replay/test_live.py fails if the two differ.
-OUTPUT_TOPICS = (
-    'anomaly/score',
-    'anomaly/heatmap',
-    'anomaly/mask',
-    'panoptic/semantic',
-    'panoptic/confidence',
-    'panoptic/segments',
-    'overlay',
-    'stats',
-)
 
 
 @dataclass(frozen=True)
@@ -168,7 +156,11 @@ def plan_live_replay(
             ]
             play += [camera.topic, *truth]
             prefix = f'{namespace}/{camera.name}'
-            record += [camera.topic, *truth, *(f'{prefix}/{rel}' for rel in OUTPUT_TOPICS)]
+            record += [
+                camera.topic,
+                *truth,
+                *(f'{prefix}/{rel}' for rel in OUTPUT_TOPICS.values()),
+            ]
         record.append(DIAGNOSTICS_TOPIC)
         duration = _duration_s(reader, play)
     return LivePlan(
