@@ -17,6 +17,19 @@ import yaml
 PIXEL_MEAN_RGB = (123.675, 116.280, 103.530)
 PIXEL_STD_RGB = (58.395, 57.120, 57.375)
 
+# How MSDeformAttn samples its value maps (model/ms_deform_attn.py): the official `grid_sample`
+# fallback, or the same bilinear sampling from Gather and index arithmetic (no GridSample op).
+GRID_SAMPLE = 'grid_sample'
+GATHER = 'gather'
+DEFORM_SAMPLINGS = (GRID_SAMPLE, GATHER)
+
+
+def check_deform_sampling(name: str) -> str:
+    """`name` if it is a known sampler ('grid_sample' or 'gather'), else ValueError."""
+    if name not in DEFORM_SAMPLINGS:
+        raise ValueError(f'unknown deform_sampling {name!r}; choose from {list(DEFORM_SAMPLINGS)}')
+    return name
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -53,8 +66,12 @@ class PixelDecoderConfig:
     encoder_heads: int = 8
     encoder_points: int = 4
     encoder_ffn_dim: int = 1024
+    # 'grid_sample' (official, the eager default) or 'gather' (no GridSample in exported graphs;
+    # TensorRT exports always use it, see deploy/precision.py). Changes no parameter.
+    deform_sampling: str = GRID_SAMPLE
 
     def __post_init__(self) -> None:
+        check_deform_sampling(self.deform_sampling)
         if self.conv_dim % self.num_groups:
             raise ValueError('pixel_decoder.conv_dim must be divisible by num_groups')
         if self.conv_dim % self.encoder_heads:
