@@ -390,7 +390,7 @@ class PerceptionNode(LifecycleNode):
             segmenter.postprocess_config = postprocess_for(settings.postprocess, demand)
             images, record = segmenter.preprocess(rgb)
             preprocessed = time.perf_counter()
-            prediction = segmenter.infer(images)
+            prediction = segmenter.infer(images, record)
             if cuda:
                 torch.cuda.synchronize(segmenter.device)
             inferred = time.perf_counter()
