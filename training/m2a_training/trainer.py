@@ -162,6 +162,7 @@ def build_train_transform(config: TrainConfig) -> Transform:
         pool_size=mix.pool_size,
         min_side=mix.min_side,
         seed=config.seed,
+        keep_empty_masks=mix.keep_empty_masks,
     )
     logger.info('AnomalyMix: %d outlier images, probability %.2f', len(pool), mix.probability)
     return compose_transforms(AnomalyMix(pool, mix.probability), augment)
