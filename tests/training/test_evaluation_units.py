@@ -12,6 +12,7 @@ import torch
 
 from m2a_perception.metrics import PanopticSegment
 from m2a_perception.postprocess import PostprocessConfig
+from m2a_training.distributed import DistributedContext, shard_indices
 from m2a_training.evaluate import build_parser, parse_protocols, postprocess_from_args
 from m2a_training.evaluation import backends
 from m2a_training.evaluation.backends import (
@@ -21,7 +22,6 @@ from m2a_training.evaluation.backends import (
     load_backend,
 )
 from m2a_training.evaluation.datasets import cityscapes_panoptic_target, parse_dataset_spec
-from m2a_training.evaluation.distributed import DistributedContext, shard_indices
 from m2a_training.evaluation.report import Table, percent
 from m2a_training.evaluation.runner import (
     FrameStats,

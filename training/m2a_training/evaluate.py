@@ -70,6 +70,7 @@ from m2a_perception.postprocess.config import (
     SCORING_RESOLUTIONS,
 )
 from m2a_perception.weights import CheckpointError
+from m2a_training.distributed import DistributedContext, init_distributed, shutdown_distributed
 from m2a_training.evaluation.backends import BackendUnavailableError, LoadedBackend, load_backend
 from m2a_training.evaluation.datasets import (
     DATASET_ERRORS,
@@ -78,7 +79,6 @@ from m2a_training.evaluation.datasets import (
     open_eval_dataset,
     parse_dataset_spec,
 )
-from m2a_training.evaluation.distributed import DistributedContext, init_distributed, shutdown
 from m2a_training.evaluation.plots import render_gallery_panel, save_curve_plots, write_gallery
 from m2a_training.evaluation.report import (
     build_tables,
@@ -378,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    context, device = init_distributed(torch.device(args.device))
+    context = init_distributed(args.device)
+    device = context.device
     try:
         return _run(args, context, device)
     except EXPECTED_ERRORS as error:
@@ -388,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: {prefix}{error}', file=sys.stderr)
         return EXIT_USAGE
     finally:
-        shutdown(context)
+        shutdown_distributed(context)
 
 
 if __name__ == '__main__':

@@ -234,7 +234,7 @@ class Trainer:
         )
         self.criterion = SetCriterion(config.loss).to(self.device)
         self.train_model: torch.nn.Module = self.model
-        if context.distributed:
+        if context.is_distributed:
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None
             )
