@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import REPO_ROOT, ManagedProcess, camera_command, ros_env
+from .helpers import REPO_ROOT, camera_command, ros_env, start_process
 
 pytestmark = pytest.mark.ros
 
@@ -49,7 +49,7 @@ def test_6mb_best_effort_frames_arrive_with_the_shipped_profile(tmp_path, discov
     try:
         assert counter.stdout is not None
         assert counter.stdout.readline().strip() == 'ready'
-        camera = ManagedProcess(
+        camera = start_process(
             'camera',
             camera_command(
                 '--topic',

@@ -57,6 +57,20 @@ def _check_sizes(section: str, values: dict[str, Any]) -> None:
                 raise ValueError(f'{key} = {item} is outside the allowed range [0, {limit}]')
 
 
+# How MSDeformAttn samples its value maps (model/ms_deform_attn.py): the official `grid_sample`
+# fallback, or the same bilinear sampling from Gather and index arithmetic (no GridSample op).
+GRID_SAMPLE = 'grid_sample'
+GATHER = 'gather'
+DEFORM_SAMPLINGS = (GRID_SAMPLE, GATHER)
+
+
+def check_deform_sampling(name: str) -> str:
+    """`name` if it is a known sampler ('grid_sample' or 'gather'), else ValueError."""
+    if name not in DEFORM_SAMPLINGS:
+        raise ValueError(f'unknown deform_sampling {name!r}; choose from {list(DEFORM_SAMPLINGS)}')
+    return name
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     """ResNet in detectron2 layout (`stem`, `res2`..`res5`), frozen BatchNorm throughout."""
@@ -93,11 +107,16 @@ class PixelDecoderConfig:
     encoder_heads: int = 8
     encoder_points: int = 4
     encoder_ffn_dim: int = 1024
+    # 'grid_sample' (official, the eager default) or 'gather' (no GridSample in exported graphs;
+    # TensorRT exports always use it, see deploy/precision.py). Changes no parameter.
+    deform_sampling: str = GRID_SAMPLE
 
     def __post_init__(self) -> None:
         _check_sizes('pixel_decoder', dataclasses.asdict(self))
         if min(self.num_groups, self.encoder_heads) <= 0:
             raise ValueError('pixel_decoder.num_groups and encoder_heads must be positive')
+
+        check_deform_sampling(self.deform_sampling)
         if self.conv_dim % self.num_groups:
             raise ValueError('pixel_decoder.conv_dim must be divisible by num_groups')
         if self.conv_dim % self.encoder_heads:
