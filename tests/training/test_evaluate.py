@@ -395,3 +395,34 @@ def test_malformed_frame_in_a_worker_gives_a_clear_error(world, checkpoint, tmp_
     message = capsys.readouterr().err
     assert f'{bad_label}: unreadable label' in message
     assert not (out / 'results.json').exists() and not (out / 'cache').exists()
+
+
+def test_disk_full_while_writing_the_report_keeps_the_previous_one(
+    world: Path, checkpoint: Path, torch_report, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import errno
+
+    from m2a_training import evaluate
+
+    from ..disk import small_disk
+
+    previous, _ = torch_report
+    kept = {name: (previous / name).read_bytes() for name in ('results.md', 'results.json')}
+    room = sum(len(data) for data in kept.values()) + (64 << 10)
+    with small_disk(tmp_path / 'disk', room) as disk:
+        if disk is None:  # not root: a full disk as the plot writer sees it
+
+            def no_space(*args, **kwargs):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            monkeypatch.setattr(evaluate, 'save_curve_plots', no_space)
+        out = (disk or tmp_path) / 'eval'
+        out.mkdir()
+        for name, data in kept.items():
+            (out / name).write_bytes(data)
+        capsys.readouterr()
+        assert main(['--checkpoint', str(checkpoint), *_eval_args(world, out)]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error')]
+        assert len(err) == 1, err
+        assert err[0].startswith('error: no space left on ') and f'while writing {out}' in err[0]
+        assert {name: (out / name).read_bytes() for name in kept} == kept

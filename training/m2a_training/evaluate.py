@@ -52,6 +52,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import logging
 import platform
@@ -483,6 +484,13 @@ def main(argv: list[str] | None = None) -> int:
         named = context.is_distributed and not isinstance(error, EvaluationError)
         prefix = f'rank {context.rank}: ' if named else ''
         print(f'error: {prefix}{error}', file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        # A full disk anywhere under --out (gallery, curves, caches); other OS errors propagate.
+        failure = write_failure(args.out, error) if args.out is not None else None
+        if failure is None or failure.errno != errno.ENOSPC:
+            raise
+        print(f'error: {failure}', file=sys.stderr)
         return EXIT_USAGE
     finally:
         shutdown_distributed(context)
