@@ -14,10 +14,10 @@ from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from m2a_perception.classes import label_ids_to_train_ids
-from m2a_perception.cli.infer import read_rgb
 from m2a_perception.metrics.component import OBSTACLE_TRACK, ComponentAccumulator
 from m2a_perception.metrics.pixel import SMIYC_PROTOCOL, PixelCurveAccumulator
 from m2a_perception.metrics.semantic import ConfusionMatrix
+from m2a_perception.pictures import read_rgb
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.ros.params import settings_from_parameters
 from m2a_perception.ros.replay.bag import BagReadError

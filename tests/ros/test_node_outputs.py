@@ -233,15 +233,17 @@ def test_bad_inputs_are_survived(node_process, probe, diagnostics, cameras):
         '--rate',
         '8',
     )
-    reasons = ('encoding', 'step', 'data_size', 'zero_size', 'too_large', 'non_finite')
+    reasons = ('encoding', 'step', 'data_size', 'zero_size', 'too_large', 'non_finite', 'aspect')
 
     def all_rejected() -> bool:
         rear, comp = camera_status(diagnostics, 'rear'), camera_status(diagnostics, 'comp')
         if rear is None or comp is None:
             return False
         rear_values, comp_values = status_values(rear), status_values(comp)
-        return all(int(rear_values.get(f'invalid_{r}', 0)) >= 1 for r in reasons) and (
-            int(comp_values.get('invalid_corrupt', 0)) >= 2
+        return (
+            int(rear_values.get('invalid_aspect', 0)) >= 2
+            and all(int(rear_values.get(f'invalid_{r}', 0)) >= 1 for r in reasons)
+            and (int(comp_values.get('invalid_corrupt', 0)) >= 2)
         )
 
     probe.wait_for(all_rejected, 90.0, 'every kind of bad input counted in diagnostics')
@@ -259,6 +261,9 @@ def test_bad_inputs_are_survived(node_process, probe, diagnostics, cameras):
     assert re.search(r'camera comp: dropped invalid frame \[corrupt, \d+ so far\]: .*JPEG', log)
     assert "unsupported encoding 'bayer_rggb8'" in log
     assert '5000x2 frame exceeds the limit 4096x4096' in log
+    # Extreme aspect ratios inside the limits are rejected before inference, never a crash.
+    assert 'a 4096x1 frame would be resized to 512x0 pixels' in log
+    assert 'processing failed' not in log
 
 
 def test_overload_keeps_latency_bounded_and_counts_drops(node_process, probe, cameras):

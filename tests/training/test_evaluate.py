@@ -283,11 +283,18 @@ def _table_numbers(report: dict) -> list[float]:
 
 
 def test_onnx_backend_gives_the_torch_tables(world, checkpoint, torch_report, tmp_path) -> None:
-    from m2a_perception.export import export_onnx
-    from m2a_perception.weights import load_checkpoint
+    from m2a_perception.deploy.build import provision_from_checkpoint
 
-    model, _ = load_checkpoint(checkpoint)
-    engine = export_onnx(model, tmp_path / 'tiny.onnx', PADDED_SIZE)
+    # An engine as m2a-build-engine makes it: the ONNX file plus its sidecar (m2a-eval opens
+    # engines only through their sidecar).
+    engine = provision_from_checkpoint(
+        checkpoint,
+        backend='onnxruntime',
+        precision='fp32',
+        size=PADDED_SIZE,
+        device='cpu',
+        cache_dir=tmp_path / 'engines',
+    ).paths.engine
     out = tmp_path / 'eval_onnx'
     args = ['--engine', str(engine), '--checkpoint', str(checkpoint), '--workers', '0']
     assert main([*args, *_eval_args(world, out)]) == 0

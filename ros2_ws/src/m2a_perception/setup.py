@@ -48,7 +48,7 @@ setup(
             'm2a-bench = m2a_perception.cli.bench:main',
             'm2a-infer = m2a_perception.cli.infer:main',
             'm2a-metrics-bench = m2a_perception.metrics.bench:main',
-            'm2a-build-engine = m2a_perception.deploy.build:main',
+            'm2a-build-engine = m2a_perception.cli.build_engine:main',
             # The ROS node: `ros2 run m2a_perception perception_node`, or without ROS tooling.
             'perception_node = m2a_perception.ros.main:main',
             'm2a-perception-node = m2a_perception.ros.main:main',

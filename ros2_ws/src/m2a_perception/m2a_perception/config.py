@@ -189,8 +189,33 @@ def load_model_config(name_or_path: str | os.PathLike[str]) -> ModelConfig:
             raise FileNotFoundError(f'model config {str(name_or_path)!r} not found in: {searched}')
     if not path.is_file():
         raise FileNotFoundError(f'model config file not found: {path}')
-    with path.open() as handle:
-        data = yaml.safe_load(handle)
+    data = parse_yaml(path.read_text(), str(path))
     if not isinstance(data, dict):
         raise ValueError(f'model config {path} must be a YAML mapping')
     return ModelConfig.from_dict(data)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Plain YAML data (never Python objects) from `text`; `source` names it in errors.
+
+    Every YAML file or value a user hands m2a goes through here: model configs, parameter files,
+    `-p name:=value` overrides.
+
+    Raises:
+        ValueError: one sentence naming `source` and the line, e.g. for a `!!python/object` tag
+            (refused without constructing anything) or a syntax error.
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f'{source} line {mark.line + 1}' if mark is not None else source
+        problem = error.problem or 'invalid YAML'
+        if isinstance(error, yaml.constructor.ConstructorError) and 'tag' in problem:
+            tag = problem.rpartition('tag ')[2].strip("'").replace('tag:yaml.org,2002:', '!!')
+            raise ValueError(
+                f'{where}: the YAML tag {tag} is refused (only plain data is allowed)'
+            ) from None
+        raise ValueError(f'{where}: invalid YAML: {problem}') from None
+    except yaml.YAMLError as error:
+        raise ValueError(f'{source}: invalid YAML: {error}') from None

@@ -6,7 +6,7 @@ from typing import Protocol
 
 import torch
 
-PRECISIONS = ('fp32', 'fp16')
+PRECISIONS = ('fp32', 'fp16', 'bf16')
 """Compute precisions a backend can be asked for (the fp16 recipe: `deploy.precision`)."""
 
 

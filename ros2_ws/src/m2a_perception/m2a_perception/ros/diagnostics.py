@@ -6,7 +6,7 @@ entries with the pure functions below, so reports keep coming when no frames arr
 level logic is tested without ROS.
 
 Allowed dependencies: diagnostic_msgs, builtin_interfaces, `m2a_perception.ros.params`,
-`m2a_perception.ros.slots`.
+`m2a_perception.runtime.slots`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from m2a_perception.ros.params import DiagnosticsSettings
-from m2a_perception.ros.slots import SlotCounters
+from m2a_perception.runtime.slots import SlotCounters
 
 # Levels as ints; the message's `byte` field holds them as one-byte `bytes`.
 OK = 0

@@ -31,9 +31,11 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 
+from m2a_perception.deploy.cache import NODE_STATES
 from m2a_perception.pipeline import Segmenter
-from m2a_perception.ros import engine as engine_module
+from m2a_perception.preprocess import DegenerateResizeError
 from m2a_perception.ros.conversions import (
+    AspectRatioError,
     ImageConversionError,
     compressed_msg_to_rgb,
     image_msg_to_rgb,
@@ -51,9 +53,10 @@ from m2a_perception.ros.diagnostics import (
 )
 from m2a_perception.ros.outputs import CameraOutputs, postprocess_for
 from m2a_perception.ros.params import CameraSettings, NodeSettings, ParameterManager
-from m2a_perception.ros.slots import Frame, FrameScheduler
-from m2a_perception.ros.throttle import KeyedThrottle
 from m2a_perception.ros.topics import NODE_NAME
+from m2a_perception.runtime import loader
+from m2a_perception.runtime.slots import Frame, FrameScheduler
+from m2a_perception.runtime.throttle import KeyedThrottle
 from m2a_perception_msgs.msg import InferenceStats
 
 try:  # Jazzy and newer
@@ -101,6 +104,7 @@ class PerceptionNode(LifecycleNode):
         self._cameras: dict[str, CameraRuntime] = {}
         self._scheduler: FrameScheduler[Image | CompressedImage] | None = None
         self._worker: threading.Thread | None = None
+        self._loader_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._params = ParameterManager(self, lambda: self._configured, self._on_settings)
         self._settings: NodeSettings | None = None
@@ -157,27 +161,31 @@ class PerceptionNode(LifecycleNode):
         except ValueError as error:
             return self._configure_failed(f'invalid parameters: {error}')
         self._settings = settings
+        try:
+            spec = settings.engine.spec()
+        except loader.BackendError as error:
+            return self._configure_failed(str(error))
         self._backend = self._backend_snapshot(BackendState.LOADING)
         # Loading blocks the executor; report the state first so it is never a silent wait.
         self.publish_diagnostics()
         self.get_logger().info(
-            f'loading {settings.engine.checkpoint} ({settings.engine.backend}, '
-            f'{settings.engine.device}, {settings.engine.precision})'
+            f'loading {spec.checkpoint} ({spec.kind}, {spec.device}, {spec.precision}'
+            + (f', engine {spec.engine_path}, {spec.engine_policy})' if spec.is_engine else ')')
         )
-        start = time.monotonic()
-        try:
-            segmenter, model_config = engine_module.build_segmenter(
-                settings.engine, settings.postprocess
+        if spec.is_engine and spec.engine_policy == loader.BUILD_IF_MISSING:
+            # A build takes minutes on the target GPU: build in the background so diagnostics
+            # report 'building' while it runs; frames are skipped until the engine is ready.
+            self._loader_thread = threading.Thread(
+                target=self._load_in_background,
+                args=(spec, settings),
+                name='m2a-engine-build',
+                daemon=True,
             )
-            engine_module.warm_up(segmenter, model_config, settings.engine.warmup_iterations)
-        except engine_module.EngineError as error:
-            return self._configure_failed(str(error))
-        except (RuntimeError, ValueError) as error:
-            return self._configure_failed(f'warm-up failed: {error}')
-        self._segmenter = segmenter
-        self._backend = self._backend_snapshot(
-            BackendState.READY, model=model_config.name, load_time_s=time.monotonic() - start
-        )
+            self._loader_thread.start()
+        else:
+            failure = self._load(spec, settings)
+            if failure:
+                return self._configure_failed(failure)
         self._scheduler = FrameScheduler(
             [camera.name for camera in settings.cameras], settings.input.max_input_age_s
         )
@@ -190,11 +198,47 @@ class PerceptionNode(LifecycleNode):
         self._configured = True
         self._lifecycle_label = 'inactive'
         self.get_logger().info(
-            f'configured: model {model_config.name}, cameras '
-            f'{", ".join(c.name for c in settings.cameras)} '
-            f'({self._backend.load_time_s:.1f} s)'
+            f'configured: cameras {", ".join(c.name for c in settings.cameras)}, backend '
+            f'{self._backend.state.value}'
         )
         return TransitionCallbackReturn.SUCCESS
+
+    def _load(self, spec: loader.BackendSpec, settings: NodeSettings) -> str:
+        """Load and warm up the model; '' on success, else why it failed (one sentence)."""
+        start = time.monotonic()
+        try:
+            segmenter, model_config = loader.build_segmenter(
+                spec, settings.postprocess, on_state=self._on_engine_state
+            )
+            loader.warm_up(segmenter, model_config, settings.engine.warmup_iterations)
+        except loader.BackendError as error:
+            return str(error)
+        except (RuntimeError, ValueError) as error:
+            return f'warm-up failed: {error}'
+        self._segmenter = segmenter
+        self._backend = self._backend_snapshot(
+            BackendState.READY, model=model_config.name, load_time_s=time.monotonic() - start
+        )
+        self.get_logger().info(
+            f'model {model_config.name} ready ({self._backend.load_time_s:.1f} s)'
+        )
+        return ''
+
+    def _load_in_background(self, spec: loader.BackendSpec, settings: NodeSettings) -> None:
+        failure = self._load(spec, settings)
+        if failure:
+            self._backend = self._backend_snapshot(BackendState.FAILED, error=failure)
+            self.get_logger().error(f'engine build failed, no model is running: {failure}')
+        self.publish_diagnostics()
+
+    def _on_engine_state(self, state: str, detail: str) -> None:
+        # The engine cache's progress states (checking, building, gating, ...) as node states.
+        node_state = BackendState(NODE_STATES.get(state, 'loading'))
+        busy = node_state in (BackendState.LOADING, BackendState.BUILDING)
+        if busy and node_state is not self._backend.state:
+            self._backend = self._backend_snapshot(node_state)
+            self.get_logger().info(f'engine {state}: {detail}')
+            self.publish_diagnostics()
 
     def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
         self._backend = self._backend_snapshot(BackendState.FAILED, error=reason)
@@ -258,13 +302,17 @@ class PerceptionNode(LifecycleNode):
 
     def _cleanup(self) -> TransitionCallbackReturn:
         self._stop_worker()
+        if self._loader_thread is not None:
+            # An engine build cannot be interrupted; its result is dropped below.
+            self._loader_thread.join()
+            self._loader_thread = None
         for runtime in self._cameras.values():
             runtime.outputs.destroy(self)
         self._cameras.clear()
         self._scheduler = None
         device = self._segmenter.device if self._segmenter is not None else None
         self._segmenter = None
-        engine_module.release(device)
+        loader.release(device)
         self._configured = False
         self._lifecycle_label = 'unconfigured'
         self._backend = self._backend_snapshot(BackendState.UNCONFIGURED)
@@ -381,6 +429,11 @@ class PerceptionNode(LifecycleNode):
                 rgb = compressed_msg_to_rgb(msg, settings.input.limits, contiguous=True)
             else:
                 rgb = image_msg_to_rgb(msg, settings.input.limits, contiguous=True)
+            # Within the size limits but too elongated for the model: rejected before inference.
+            segmenter.preprocessor.record_for(rgb.shape[0], rgb.shape[1])
+        except DegenerateResizeError as error:
+            self._reject(runtime, AspectRatioError(str(error)))
+            return
         except ImageConversionError as error:
             self._reject(runtime, error)
             return

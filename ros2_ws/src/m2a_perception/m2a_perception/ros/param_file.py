@@ -3,7 +3,7 @@
 Plain YAML, no rclpy: launch files, the replay tools, the docs generator and the tests read
 parameter files with the same rules as `rcl` without starting ROS.
 
-Allowed dependencies: PyYAML, `m2a_perception.ros.topics`.
+Allowed dependencies: `m2a_perception.config` (its plain-data YAML parser), `ros.topics`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from m2a_perception.config import parse_yaml
 from m2a_perception.ros.topics import NODE_NAME
 
 
@@ -36,9 +35,9 @@ def read_parameter_file(path: str | Path, node_name: str = NODE_NAME) -> dict[st
     order.
 
     Raises:
-        ValueError: the file is not a parameter file.
+        ValueError: the file is not plain YAML or not a parameter file (one sentence).
     """
-    data = yaml.safe_load(Path(path).read_text())
+    data = parse_yaml(Path(path).read_text(), str(path))
     if not isinstance(data, dict):
         raise ValueError(f'{path} is not a ROS 2 parameter file')
     values: dict[str, Any] = {}

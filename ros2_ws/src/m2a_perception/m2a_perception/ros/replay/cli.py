@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         '--engine',
         type=Path,
-        help='TensorRT engine built from --checkpoint (model.backend tensorrt; needs a GPU)',
+        help='engine from m2a-build-engine for --checkpoint (.onnx, .ep or .plan; model.backend '
+        'from the suffix), opened through its sidecar',
     )
     model.add_argument('--device', help='model.device: cpu, cuda or cuda:<index>')
     model.add_argument('--precision', choices=PRECISIONS, help='model.precision')
@@ -146,7 +147,9 @@ def parameters_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.checkpoint is not None:
         values['model.checkpoint'] = str(args.checkpoint)
     if args.engine is not None:
-        values['model.backend'] = 'tensorrt'
+        from m2a_perception.runtime.loader import engine_kind
+
+        values['model.backend'] = engine_kind(args.engine)
         values['model.engine_path'] = str(args.engine)
     if args.device is not None:
         values['model.device'] = args.device
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    from m2a_perception.ros.engine import EngineError
+    from m2a_perception.runtime.loader import BackendError
 
     try:
         report, report_path = _run(args)
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         if report.output_bag:
             print(f'  the output bag {report.output_bag} was closed and is readable')
         return EXIT_DAMAGED_INPUT
-    except (EngineError, FileNotFoundError, FileExistsError, ValueError) as error:
+    except (BackendError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f'error: {error}', file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -34,15 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from builtin_interfaces.msg import Time
 from rclpy.qos import QoSProfile
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
+from m2a_perception.config import parse_yaml
 from m2a_perception.pipeline import Segmenter
-from m2a_perception.ros import engine as engine_module
+from m2a_perception.preprocess import DegenerateResizeError
 from m2a_perception.ros.conversions import (
+    AspectRatioError,
     ImageConversionError,
     compressed_msg_to_rgb,
     image_msg_to_array,
@@ -75,7 +76,8 @@ from m2a_perception.ros.replay.bag import (
 )
 from m2a_perception.ros.replay.evaluation import EvaluationSettings, GroundTruthEvaluator
 from m2a_perception.ros.replay.report import CameraCounters, LatencySummary, ReplayReport
-from m2a_perception.ros.slots import FrameScheduler
+from m2a_perception.runtime import loader
+from m2a_perception.runtime.slots import FrameScheduler
 from m2a_perception_msgs.msg import InferenceStats
 
 LOGGER = logging.getLogger(__name__)
@@ -131,7 +133,7 @@ def parse_parameter_override(text: str) -> tuple[str, Any]:
     name, separator, value = text.partition(':=')
     if not separator or not name:
         raise ValueError(f'parameter override must look like name:=value, got {text!r}')
-    return name.strip(), yaml.safe_load(value)
+    return name.strip(), parse_yaml(value, f'-p {name.strip()}')
 
 
 def node_settings(parameters: Mapping[str, Any], cameras: Sequence[CameraSource]) -> NodeSettings:
@@ -312,6 +314,10 @@ class _Replayer:
                 rgb = compressed_msg_to_rgb(msg, settings.input.limits, contiguous=True)
             else:
                 rgb = image_msg_to_rgb(msg, settings.input.limits, contiguous=True)
+            segmenter.preprocessor.record_for(rgb.shape[0], rgb.shape[1])
+        except DegenerateResizeError as error:
+            self._invalid(run, AspectRatioError.reason, str(error))
+            return
         except ImageConversionError as error:
             self._invalid(run, error.reason, str(error))
             return
@@ -425,7 +431,7 @@ class _Replayer:
         )
 
     def _slot_counters(self, run: _CameraRun) -> Any:
-        from m2a_perception.ros.slots import SlotCounters
+        from m2a_perception.runtime.slots import SlotCounters
 
         if self.scheduler is not None:
             return self.scheduler.counters(run.source.name)
@@ -575,7 +581,7 @@ def replay_bag(
         BagReadError: the input is missing or damaged. The output bag is closed and readable
             with everything processed before the damage; `error.report` is the partial report.
         ValueError: invalid parameters, cameras or options.
-        engine_module.EngineError: the model cannot be loaded.
+        loader.BackendError: the model cannot be loaded.
     """
     options = options or ReplayOptions()
     parameters = dict(parameters or {})
@@ -593,10 +599,10 @@ def replay_bag(
         )
         if segmenter is None:
             load_start = time.monotonic()
-            segmenter, model_config = engine_module.build_segmenter(
-                settings.engine, settings.postprocess
+            segmenter, model_config = loader.build_segmenter(
+                settings.engine.spec(), settings.postprocess
             )
-            engine_module.warm_up(segmenter, model_config, settings.engine.warmup_iterations)
+            loader.warm_up(segmenter, model_config, settings.engine.warmup_iterations)
             backend = dataclasses.replace(
                 backend, model=model_config.name, load_time_s=time.monotonic() - load_start
             )
