@@ -49,10 +49,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from m2a_perception.cli.common import parse_list, parse_size, setup_logging
+from m2a_perception.cli.common import parse_list, parse_size
 from m2a_perception.config import ModelConfig, load_model_config
 from m2a_perception.export import export_onnx
 from m2a_perception.inference import Backend, TorchBackend
+from m2a_perception.logs import setup_logging
 from m2a_perception.model import Mask2Anomaly, build_model
 from m2a_perception.postprocess import PostprocessConfig, postprocess
 from m2a_perception.preprocess import PreprocessRecord, normalize_and_pad
