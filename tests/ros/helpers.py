@@ -52,10 +52,14 @@ def ros_env() -> dict[str, str]:
     return env
 
 
-def start_process(name: str, command: list[str], log_dir: Path) -> ManagedProcess:
+def start_process(
+    name: str, command: list[str], log_dir: Path, env: dict[str, str] | None = None
+) -> ManagedProcess:
     """`command` in its own process group from the repository root, logging to
-    `<log_dir>/<name>.log`."""
-    return ManagedProcess(name, command, log_dir / f'{name}.log', ros_env(), cwd=REPO_ROOT)
+    `<log_dir>/<name>.log`, with `env` (default `ros_env()`)."""
+    return ManagedProcess(
+        name, command, log_dir / f'{name}.log', ros_env() if env is None else env, cwd=REPO_ROOT
+    )
 
 
 def node_arguments(checkpoint: Path, namespace: str, *overrides: str) -> list[str]:

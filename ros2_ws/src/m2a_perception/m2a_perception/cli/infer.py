@@ -6,8 +6,9 @@ Writes into --out:
     panoptic_overlay.png  panoptic segments over the image, unknown things boxed
     segments.json         the segment list (id, kind, class, scores, area, box in source pixels)
 
-Example:
+Examples:
     m2a-infer street.png --checkpoint model.safetensors --out results/ --flip
+    m2a-infer street.png --checkpoint model.safetensors --engine engines/<name>.onnx --out res/
 """
 
 from __future__ import annotations
@@ -19,11 +20,18 @@ from pathlib import Path
 
 import torch
 
+from m2a_perception.inference.backend import PRECISIONS
 from m2a_perception.logs import setup_logging
 from m2a_perception.pictures import read_rgb, write_outputs
-from m2a_perception.pipeline import Segmenter
 from m2a_perception.postprocess import SCORERS, PostprocessConfig
 from m2a_perception.postprocess.config import REFINEMENT_MODES
+from m2a_perception.runtime.loader import (
+    KINDS,
+    BackendError,
+    BackendSpec,
+    build_segmenter,
+    engine_kind,
+)
 from m2a_perception.weights import CheckpointError
 
 LOGGER = logging.getLogger(__name__)
@@ -38,6 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
         '--checkpoint', type=Path, required=True, help='m2a safetensors checkpoint'
     )
     parser.add_argument('--out', type=Path, required=True, help='output folder (created)')
+    parser.add_argument(
+        '--backend',
+        choices=KINDS,
+        default='torch',
+        help='torch / torch-compile run the checkpoint; the engine kinds run --engine',
+    )
+    parser.add_argument(
+        '--engine',
+        type=Path,
+        help='engine from m2a-build-engine for --checkpoint (opened through its sidecar)',
+    )
+    parser.add_argument('--precision', choices=PRECISIONS, default='fp32')
+    parser.add_argument(
+        '--allow-gate-failed',
+        action='store_true',
+        help='use an engine whose accuracy gate failed (explicit override)',
+    )
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--scorer', choices=SCORERS, default='mask2anomaly')
     parser.add_argument('--refinement', choices=REFINEMENT_MODES, default='code')
@@ -68,10 +93,21 @@ def main(argv: list[str] | None = None) -> int:
             mining=not args.no_mining,
         )
         image = read_rgb(args.image)
-        segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device, config)
+        kind = args.backend
+        if args.engine is not None and kind in ('torch', 'torch-compile'):
+            kind = engine_kind(args.engine)
+        spec = BackendSpec(
+            kind=kind,
+            checkpoint=str(args.checkpoint),
+            engine_path='' if args.engine is None else str(args.engine),
+            device=args.device,
+            precision=args.precision,
+            allow_gate_failed=args.allow_gate_failed,
+        )
+        segmenter, _ = build_segmenter(spec, config)
         output = segmenter(image)
         written = write_outputs(args.out, image, output, args.scorer, args.alpha)
-    except (CheckpointError, ValueError, OSError) as error:
+    except (BackendError, CheckpointError, ValueError, OSError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
     counts = {}

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -51,10 +50,11 @@ from m2a_perception.ros.diagnostics import (
     diagnostic_array,
     processing_status,
 )
-from m2a_perception.ros.outputs import CameraOutputs, postprocess_for
+from m2a_perception.ros.outputs import CameraOutputs, inference_stats_msg, postprocess_for
 from m2a_perception.ros.params import CameraSettings, NodeSettings, ParameterManager
 from m2a_perception.ros.topics import NODE_NAME
 from m2a_perception.runtime import loader
+from m2a_perception.runtime.frame import process_frame
 from m2a_perception.runtime.slots import Frame, FrameScheduler
 from m2a_perception.runtime.throttle import KeyedThrottle
 from m2a_perception_msgs.msg import InferenceStats
@@ -438,24 +438,14 @@ class PerceptionNode(LifecycleNode):
             self._reject(runtime, error)
             return
         converted = time.perf_counter()
-        cuda = segmenter.device.type == 'cuda'
         try:
-            segmenter.postprocess_config = postprocess_for(settings.postprocess, demand)
-            images, record = segmenter.preprocess(rgb)
-            preprocessed = time.perf_counter()
-            prediction = segmenter.infer(images)
-            if cuda:
-                torch.cuda.synchronize(segmenter.device)
-            inferred = time.perf_counter()
-            result = segmenter.postprocess(prediction, record)
-            if cuda:
-                torch.cuda.synchronize(segmenter.device)
-            postprocessed = time.perf_counter()
-            result = result.cpu()
-            handed_off = time.perf_counter()
+            frame_result = process_frame(
+                segmenter, rgb, postprocess_for(settings.postprocess, demand)
+            )
+            published_start = time.perf_counter()
             runtime.outputs.publish(
                 msg.header,
-                result,
+                frame_result.output,
                 rgb,
                 demand,
                 settings.viz,
@@ -467,13 +457,10 @@ class PerceptionNode(LifecycleNode):
         except (RuntimeError, ValueError) as error:
             self._processing_failed(runtime, error)
             return
-        times = StageTimes(
+        times = dataclasses.replace(
+            frame_result.times,
             convert_ms=(converted - start) * 1e3,
-            preprocess_ms=(preprocessed - converted) * 1e3,
-            model_ms=(inferred - preprocessed) * 1e3,
-            postprocess_ms=(postprocessed - inferred) * 1e3,
-            handoff_ms=(handed_off - postprocessed) * 1e3,
-            publish_ms=(published - handed_off) * 1e3,
+            publish_ms=(published - published_start) * 1e3,
         )
         self._processing.record(times, settings.diagnostics.max_processing_time_ms)
         runtime.monitor.on_processed()
@@ -505,25 +492,18 @@ class PerceptionNode(LifecycleNode):
         self, frame: Frame[Image | CompressedImage], runtime: CameraRuntime, times: StageTimes
     ) -> InferenceStats:
         assert self._scheduler is not None
-        counters = self._scheduler.counters(frame.camera)
         header = frame.item.header
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-        msg = InferenceStats()
-        msg.header = header
-        msg.camera = frame.camera
-        msg.convert_ms = times.convert_ms
-        msg.preprocess_ms = times.preprocess_ms
-        msg.model_ms = times.model_ms
-        msg.postprocess_ms = times.postprocess_ms
-        msg.handoff_ms = times.handoff_ms
-        msg.publish_ms = times.publish_ms
-        msg.queue_wait_ms = frame.queue_wait_s * 1e3
-        msg.end_to_end_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
-        msg.frames_processed = runtime.monitor.processed
-        msg.frames_dropped_overwritten = counters.overwritten
-        msg.frames_dropped_stale = counters.stale
-        msg.frames_dropped_invalid = runtime.monitor.invalid_total
-        return msg
+        return inference_stats_msg(
+            header,
+            frame.camera,
+            times,
+            queue_wait_ms=frame.queue_wait_s * 1e3,
+            end_to_end_ms=(self.get_clock().now().nanoseconds - stamp_ns) / 1e6,
+            frames_processed=runtime.monitor.processed,
+            frames_invalid=runtime.monitor.invalid_total,
+            counters=self._scheduler.counters(frame.camera),
+        )
 
     def _backend_snapshot(
         self,

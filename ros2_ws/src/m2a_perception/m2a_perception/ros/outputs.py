@@ -28,6 +28,8 @@ from m2a_perception.postprocess.config import PostprocessConfig
 from m2a_perception.ros.conversions import ImageMessageBuffer
 from m2a_perception.ros.params import VizSettings
 from m2a_perception.ros.topics import OUTPUT_MESSAGE_TYPES, OUTPUT_TOPICS
+from m2a_perception.runtime.frame import StageTimes
+from m2a_perception.runtime.slots import SlotCounters
 from m2a_perception.types import Segment, SegmentationOutput, SegmentKind
 from m2a_perception.visualize import (
     COLORMAP_IDS,
@@ -79,6 +81,36 @@ class OutputDemand:
     @property
     def needs_panoptic(self) -> bool:
         return self.segments or self.overlay
+
+
+def inference_stats_msg(
+    header: Header,
+    camera: str,
+    times: StageTimes,
+    *,
+    queue_wait_ms: float,
+    end_to_end_ms: float,
+    frames_processed: int,
+    frames_invalid: int,
+    counters: SlotCounters | None,
+) -> InferenceStats:
+    """The `<camera>/stats` message of one frame (node and replay); numbers from the core."""
+    msg = InferenceStats()
+    msg.header = header
+    msg.camera = camera
+    msg.convert_ms = times.convert_ms
+    msg.preprocess_ms = times.preprocess_ms
+    msg.model_ms = times.model_ms
+    msg.postprocess_ms = times.postprocess_ms
+    msg.handoff_ms = times.handoff_ms
+    msg.publish_ms = times.publish_ms
+    msg.queue_wait_ms = queue_wait_ms
+    msg.end_to_end_ms = end_to_end_ms
+    msg.frames_processed = frames_processed
+    msg.frames_dropped_overwritten = counters.overwritten if counters else 0
+    msg.frames_dropped_stale = counters.stale if counters else 0
+    msg.frames_dropped_invalid = frames_invalid
+    return msg
 
 
 def postprocess_for(base: PostprocessConfig, demand: OutputDemand) -> PostprocessConfig:

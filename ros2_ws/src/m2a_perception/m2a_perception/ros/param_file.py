@@ -3,7 +3,7 @@
 Plain YAML, no rclpy: launch files, the replay tools, the docs generator and the tests read
 parameter files with the same rules as `rcl` without starting ROS.
 
-Allowed dependencies: `m2a_perception.config` (its plain-data YAML parser), `ros.topics`.
+Allowed dependencies: `m2a_perception.config.parse_yaml` (safe YAML), `m2a_perception.ros.topics`.
 """
 
 from __future__ import annotations

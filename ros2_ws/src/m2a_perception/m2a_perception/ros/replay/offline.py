@@ -1,11 +1,11 @@
 """Offline replay: a bag through the node's own code paths, outputs into an mcap bag.
 
 No ROS graph: input messages are deserialized with rclpy's serialisation (no `rclpy.init`) into
-the very message classes the node receives, converted with `m2a_perception.ros.conversions`, run
-through the `Segmenter` stages as `PerceptionNode._process` does, and published by the node's
-`CameraOutputs`, whose publishers here write into the output bag. Settings come from the node's
-parameter table (`settings_from_parameters`), so a node YAML applies unchanged. Diagnostics are
-the node's status functions, emitted every `diagnostics.period_s` of bag time.
+the very message classes the node receives, converted with `m2a_perception.ros.conversions`,
+run through `runtime.frame.process_frame` as `PerceptionNode._process` does, and published by
+the node's `CameraOutputs`, whose publishers here write into the output bag. Settings come from
+the node's parameter table (`settings_from_parameters`), so a node YAML applies unchanged.
+Diagnostics are the node's status functions, emitted every `diagnostics.period_s` of bag time.
 
 Rates:
     as-fast   every frame is processed, as fast as the model allows; no frame is dropped.
@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from builtin_interfaces.msg import Time
 from rclpy.qos import QoSProfile
 from rclpy.serialization import deserialize_message, serialize_message
@@ -61,7 +60,7 @@ from m2a_perception.ros.diagnostics import (
     processing_status,
 )
 from m2a_perception.ros.node import NODE_NAME, OUTPUT_QOS
-from m2a_perception.ros.outputs import CameraOutputs, postprocess_for
+from m2a_perception.ros.outputs import CameraOutputs, inference_stats_msg, postprocess_for
 from m2a_perception.ros.params import CAMERAS_PARAMETER, NodeSettings, settings_from_parameters
 from m2a_perception.ros.replay.bag import (
     BagMessage,
@@ -77,6 +76,7 @@ from m2a_perception.ros.replay.bag import (
 from m2a_perception.ros.replay.evaluation import EvaluationSettings, GroundTruthEvaluator
 from m2a_perception.ros.replay.report import CameraCounters, LatencySummary, ReplayReport
 from m2a_perception.runtime import loader
+from m2a_perception.runtime.frame import process_frame
 from m2a_perception.runtime.slots import FrameScheduler
 from m2a_perception_msgs.msg import InferenceStats
 
@@ -322,21 +322,12 @@ class _Replayer:
             self._invalid(run, error.reason, str(error))
             return
         converted = time.perf_counter()
-        cuda = segmenter.device.type == 'cuda'
         try:
-            segmenter.postprocess_config = postprocess_for(settings.postprocess, demand)
-            images, record = segmenter.preprocess(rgb)
-            preprocessed = time.perf_counter()
-            prediction = segmenter.infer(images)
-            if cuda:
-                torch.cuda.synchronize(segmenter.device)
-            inferred = time.perf_counter()
-            result = segmenter.postprocess(prediction, record)
-            if cuda:
-                torch.cuda.synchronize(segmenter.device)
-            postprocessed = time.perf_counter()
-            result = result.cpu()
-            handed_off = time.perf_counter()
+            frame_result = process_frame(
+                segmenter, rgb, postprocess_for(settings.postprocess, demand)
+            )
+            result = frame_result.output
+            published_start = time.perf_counter()
             run.outputs.publish(
                 msg.header,
                 result,
@@ -353,13 +344,10 @@ class _Replayer:
             run.monitor.on_error(f'{type(error).__name__}: {error}')
             LOGGER.error('camera %s: processing failed: %s', run.source.name, error)
             return
-        times = StageTimes(
+        times = dataclasses.replace(
+            frame_result.times,
             convert_ms=(converted - start) * 1e3,
-            preprocess_ms=(preprocessed - converted) * 1e3,
-            model_ms=(inferred - preprocessed) * 1e3,
-            postprocess_ms=(postprocessed - inferred) * 1e3,
-            handoff_ms=(handed_off - postprocessed) * 1e3,
-            publish_ms=(published - handed_off) * 1e3,
+            publish_ms=(published - published_start) * 1e3,
         )
         self.processing.record(times, settings.diagnostics.max_processing_time_ms)
         run.monitor.on_processed()
@@ -387,20 +375,16 @@ class _Replayer:
         end_to_end_ms: float,
         queue_ms: float,
     ) -> InferenceStats:
-        counters = self.scheduler.counters(run.source.name) if self.scheduler else None
-        stats = InferenceStats()
-        stats.header = msg.header
-        stats.camera = run.source.name
-        for stage, value in stage_values(times).items():
-            if hasattr(stats, f'{stage}_ms'):  # the message carries the node's stage fields
-                setattr(stats, f'{stage}_ms', value)
-        stats.queue_wait_ms = queue_ms
-        stats.end_to_end_ms = end_to_end_ms
-        stats.frames_processed = run.monitor.processed
-        stats.frames_dropped_overwritten = counters.overwritten if counters else 0
-        stats.frames_dropped_stale = counters.stale if counters else 0
-        stats.frames_dropped_invalid = run.monitor.invalid_total
-        return stats
+        return inference_stats_msg(
+            msg.header,
+            run.source.name,
+            times,
+            queue_wait_ms=queue_ms,
+            end_to_end_ms=end_to_end_ms,
+            frames_processed=run.monitor.processed,
+            frames_invalid=run.monitor.invalid_total,
+            counters=self.scheduler.counters(run.source.name) if self.scheduler else None,
+        )
 
     # -- diagnostics
 
