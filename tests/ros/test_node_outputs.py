@@ -272,10 +272,18 @@ def test_overload_keeps_latency_bounded_and_counts_drops(node_process, probe, ca
     camera = cameras('--topic', f'{NAMESPACE}/front/image', '--rate', '60', '--stamp', 'now')
     probe.wait_for(lambda: len(stats.messages) >= 3, what='first processed frames')
     stats.clear()
-    probe.spin_for(8.0)
+
+    def sustained_overload() -> bool:
+        # A dozen frames under load, and the 60 Hz camera has overwritten some in its slot.
+        seen = stats.messages
+        return len(seen) >= 12 and (
+            seen[-1].frames_dropped_overwritten > seen[0].frames_dropped_overwritten
+        )
+
+    probe.wait_for(sustained_overload, 90.0, 'a dozen frames under overload, with drops')
     assert camera.alive()
     messages = list(stats.messages)
-    assert len(messages) >= 5, f'only {len(messages)} frames processed in 8 s'
+    assert len(messages) >= 5, f'only {len(messages)} frames processed'
     latencies = [m.end_to_end_ms for m in messages]
     third = max(1, len(latencies) // 3)
     early, late = statistics.median(latencies[:third]), statistics.median(latencies[-third:])
