@@ -19,13 +19,11 @@ from sensor_msgs.msg import Image
 from m2a_perception.ros.conversions import image_msg_to_array
 from m2a_perception.ros.diagnostics import WARN, status_level
 from m2a_perception.ros.outputs import heatmap_lut_bgr, quantize_unit
-from m2a_perception.ros.processes import ManagedProcess
 from m2a_perception_msgs.msg import InferenceStats, OpenSetPanoptic, OpenSetSegment
 
 from .fake_camera import SYNTHETIC_NSEC, SYNTHETIC_SEC
 from .helpers import (
     STARTUP_TIMEOUT_S,
-    camera_command,
     latest_status,
     node_command,
     stamp_key,
@@ -85,20 +83,6 @@ def node_process(tiny_checkpoint, tmp_path_factory, probe, diagnostics):
     finally:
         process.stop()
     assert process.process.returncode == 0 or process.process.returncode < 0
-
-
-@pytest.fixture
-def cameras(tmp_path):
-    started: list[ManagedProcess] = []
-
-    def start(*args: str) -> ManagedProcess:
-        process = start_process(f'camera{len(started)}', camera_command(*args), tmp_path)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def by_stamp(recorder) -> dict[tuple[int, int], object]:
