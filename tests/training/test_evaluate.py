@@ -143,6 +143,10 @@ def test_writes_tables_plots_gallery_and_per_frame_files(torch_report) -> None:
                   'Table 4: open-set panoptic'):  # fmt: skip
         assert title in markdown
     assert set(report['tables']) == {'table1', 'table2', 'table3', 'table4'}
+    assert (
+        'Protocol (pixel curve; component metrics binarise at its best-F1 threshold): '
+        '`synthetic` smiyc.'
+    ) in markdown
     table1 = report['tables']['table1']
     assert table1['columns'] == [
         'Method', 'Synthetic AuPRC ↑', 'Synthetic FPR95 ↓', 'Average AuPRC ↑', 'Average FPR95 ↓',
@@ -336,6 +340,19 @@ def test_torchrun_two_processes_match_one(world, checkpoint, torch_report, tmp_p
 # Errors
 
 
+def test_smiyc_tracks_default_to_the_leaderboard_protocol(world, checkpoint, tmp_path, capsys):
+    out = tmp_path / 'eval'
+    args = ['--checkpoint', str(checkpoint), '--dataset', f'smiyc_ra21={world / "anomaly_val"}']
+    args += ['--out', str(out), '--limit', '2', '--gallery', '0', '--no-progress', '--no-panoptic']
+    assert main(args) == 0
+    assert f'dataset smiyc_ra21: {NUM_ANOMALY} frames' in capsys.readouterr().out
+    report = json.loads((out / 'results.json').read_text())
+    assert report['datasets']['smiyc_ra21']['pixel_protocol'] == 'smiyc_binned'
+    assert report['tables']['table2']['rows'][0][0] == 'tiny'  # component metrics computed
+    markdown = (out / 'results.md').read_text()
+    assert '`smiyc_ra21` smiyc_binned.' in markdown
+
+
 def test_missing_dataset_gives_a_clear_error(checkpoint, tmp_path, capsys) -> None:
     missing = tmp_path / 'nowhere'
     args = ['--checkpoint', str(checkpoint), '--out', str(tmp_path / 'out'), '--no-progress']
@@ -378,3 +395,34 @@ def test_malformed_frame_in_a_worker_gives_a_clear_error(world, checkpoint, tmp_
     message = capsys.readouterr().err
     assert f'{bad_label}: unreadable label' in message
     assert not (out / 'results.json').exists() and not (out / 'cache').exists()
+
+
+def test_disk_full_while_writing_the_report_keeps_the_previous_one(
+    world: Path, checkpoint: Path, torch_report, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import errno
+
+    from m2a_training import evaluate
+
+    from ..disk import small_disk
+
+    previous, _ = torch_report
+    kept = {name: (previous / name).read_bytes() for name in ('results.md', 'results.json')}
+    room = sum(len(data) for data in kept.values()) + (64 << 10)
+    with small_disk(tmp_path / 'disk', room) as disk:
+        if disk is None:  # not root: a full disk as the plot writer sees it
+
+            def no_space(*args, **kwargs):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            monkeypatch.setattr(evaluate, 'save_curve_plots', no_space)
+        out = (disk or tmp_path) / 'eval'
+        out.mkdir()
+        for name, data in kept.items():
+            (out / name).write_bytes(data)
+        capsys.readouterr()
+        assert main(['--checkpoint', str(checkpoint), *_eval_args(world, out)]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error')]
+        assert len(err) == 1, err
+        assert err[0].startswith('error: no space left on ') and f'while writing {out}' in err[0]
+        assert {name: (out / name).read_bytes() for name in kept} == kept

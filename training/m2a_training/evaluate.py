@@ -12,9 +12,9 @@ Writes into --out:
 Datasets (`--dataset NAME=PATH`, repeatable): smiyc_ra21, smiyc_ro21, fs_lost_and_found,
 fs_static, road_anomaly, lost_and_found, synthetic (a synthetic world root or its anomaly_val/),
 street_hazards, cityscapes (val split; a synthetic world root works too), coco, coco_k5,
-coco_k10, coco_k20. The expected folder layouts are documented in
-`m2a_training.data.benchmarks`, `m2a_training.data.cityscapes` and
-`m2a_training.evaluation.datasets`.
+coco_k10, coco_k20. The readers accept the official downloads and apply the official splits
+(docs/evaluation.md, "The benchmarks as downloaded"); each run first prints the frame count of
+every dataset, and `--list-frames` stops there.
 
 Scoring protocol (`--protocol official` (default) or `--protocol node`): how logits become the
 anomaly map. `official` follows `anomaly_utils/anomaly_inference.py` of the official code
@@ -24,10 +24,11 @@ resolution scoring, refinement with one query, no flip). Each switch can be set 
 `--scoring-resolution`, `--refinement-min-queries`, `--flip/--no-flip`, `--label-upsampling`.
 
 Pixel protocols (`--protocol NAME` for all datasets, `--protocol DATASET=NAME` for one):
-smiyc (default: SegmentMeIfYouCan conventions, exact float16 curve), smiyc_binned (the
-leaderboard's 768 percentile bins), fishyscapes (exact float32), mask2anomaly (the official
-script: interpolated FPR95, anomaly-free frames skipped). Component metrics binarise at the
-best-pixel-F1 threshold of the same curve, as SMIYC does.
+smiyc (SegmentMeIfYouCan conventions, exact float16 curve), smiyc_binned (the leaderboard's
+768 percentile bins), fishyscapes (exact float32), mask2anomaly (the official script:
+interpolated FPR95, anomaly-free frames skipped). Default: the leaderboard's, smiyc_binned on
+smiyc_ra21 / smiyc_ro21 and smiyc elsewhere. Component metrics binarise at the best-pixel-F1
+threshold of the same curve, as SMIYC does; the report header names each protocol.
 
 Open-set threshold: `--calibrate-on NAME` picks it at 95 % TPR on NAME (DenseHybrid's rule on
 half-resolution maps) and applies it to every dataset: open-IoU where there are semantic labels,
@@ -51,6 +52,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import logging
 import platform
@@ -73,10 +75,13 @@ from m2a_perception.postprocess.config import (
 from m2a_perception.runtime.loader import BackendError, BackendSpec, engine_kind, load_backend
 from m2a_perception.weights import CheckpointError, WriteFailedError
 from m2a_perception.weights.checkpoint import atomic_write, write_failure
+from m2a_training.data.benchmarks import LAF_SPLITS, BenchmarkOptions
 from m2a_training.distributed import DistributedContext, init_distributed, shutdown_distributed
 from m2a_training.evaluation.datasets import (
     DATASET_ERRORS,
     DATASET_NAMES,
+    LEADERBOARD_PIXEL_PROTOCOLS,
+    AnomalyEvalDataset,
     EvalDataset,
     open_eval_dataset,
     parse_dataset_spec,
@@ -145,6 +150,42 @@ def build_parser() -> argparse.ArgumentParser:
         help='void labels of StreetHazards pixel metrics (default: the Mask2Anomaly script)',
     )
     data.add_argument('--workers', type=int, default=2, help='frame-decoding workers')
+    data.add_argument(
+        '--unknown-labels',
+        choices=('error', 'void'),
+        default='error',
+        help='a label value the dataset does not define: stop with the file and value '
+        '(default), or treat it as void as SMIYC and bdl-benchmark do',
+    )
+    data.add_argument(
+        '--lost-and-found-split',
+        choices=LAF_SPLITS,
+        default='testNoKnown',
+        help="Lost & Found split (default testNoKnown, the SMIYC leaderboard's 1043 frames)",
+    )
+    data.add_argument(
+        '--lost-and-found-root',
+        type=Path,
+        help='Lost & Found tree (with leftImg8bit/) for the Fishyscapes L&F images '
+        '(default: detected next to the labels)',
+    )
+    data.add_argument(
+        '--cityscapes-root',
+        type=Path,
+        help='Cityscapes tree (with leftImg8bit/val/) for the released Fishyscapes Static '
+        'overlays (default: detected next to them)',
+    )
+    data.add_argument(
+        '--fs-static-version',
+        type=int,
+        metavar='N',
+        help='Fishyscapes Static overlay version fs_val_vN (needed when several are present)',
+    )
+    data.add_argument(
+        '--list-frames',
+        action='store_true',
+        help='open the datasets, print their frame counts and exit (no model needed)',
+    )
 
     metrics = parser.add_argument_group('metrics')
     metrics.add_argument(
@@ -154,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar='[DATASET=]NAME',
         help=(
             f'scoring protocol, one of {", ".join(SCORING_PROTOCOLS)} (default official), or '
-            f'pixel protocol, one of {", ".join(PIXEL_PROTOCOLS)} (default smiyc); repeatable'
+            f'pixel protocol, one of {", ".join(PIXEL_PROTOCOLS)} (default: smiyc_binned on '
+            'the SMIYC tracks, smiyc elsewhere); repeatable'
         ),
     )
     metrics.add_argument(
@@ -229,7 +271,7 @@ def parse_protocols(specs: list[str], names: list[str]) -> dict[str, PixelProtoc
     Raises:
         ValueError: unknown protocol or a dataset that is not evaluated.
     """
-    default = get_pixel_protocol('smiyc')
+    default: PixelProtocol | None = None  # None: the leaderboard's protocol of each dataset
     per_dataset: dict[str, PixelProtocol] = {}
     for spec in specs:
         if spec in SCORING_PROTOCOLS:
@@ -244,10 +286,33 @@ def parse_protocols(specs: list[str], names: list[str]) -> dict[str, PixelProtoc
         if dataset not in names:
             raise ValueError(f'--protocol names dataset {dataset!r}, which is not evaluated')
         per_dataset[dataset] = get_pixel_protocol(protocol)
-    return {name: per_dataset.get(name, default) for name in names}
+    leaderboard = {
+        name: get_pixel_protocol(LEADERBOARD_PIXEL_PROTOCOLS.get(name, 'smiyc')) for name in names
+    }
+    return {name: per_dataset.get(name, default or leaderboard[name]) for name in names}
 
 
-def open_datasets(specs: list[str], convention: str) -> list[EvalDataset]:
+def benchmark_options(args: argparse.Namespace) -> BenchmarkOptions:
+    """The dataset flags as reader options."""
+    return BenchmarkOptions(
+        strict_labels=args.unknown_labels == 'error',
+        lost_and_found_split=args.lost_and_found_split,
+        lost_and_found_root=args.lost_and_found_root,
+        cityscapes_root=args.cityscapes_root,
+        fs_static_version=args.fs_static_version,
+    )
+
+
+def dataset_description(dataset: EvalDataset) -> str:
+    """Which split of which folder a dataset reads, for the frame-count line."""
+    if isinstance(dataset, AnomalyEvalDataset):
+        return f'{dataset.reader.name} in {dataset.reader.root}'
+    return type(dataset).__name__
+
+
+def open_datasets(
+    specs: list[str], convention: str, options: BenchmarkOptions | None = None
+) -> list[EvalDataset]:
     """Open every `NAME=PATH`; all problems of one dataset are reported together."""
     datasets = []
     seen = set()
@@ -257,7 +322,7 @@ def open_datasets(specs: list[str], convention: str) -> list[EvalDataset]:
             raise ValueError(f'dataset {name!r} given twice')
         seen.add(name)
         datasets.append(
-            open_eval_dataset(name, path, streethazards_convention=convention)  # type: ignore[arg-type]
+            open_eval_dataset(name, path, streethazards_convention=convention, options=options)  # type: ignore[arg-type]
         )
     return datasets
 
@@ -323,7 +388,11 @@ def backend_spec(args: argparse.Namespace, device: torch.device) -> BackendSpec:
 
 
 def _run(args: argparse.Namespace, context: DistributedContext, device: torch.device) -> int:
-    datasets = open_datasets(args.dataset, args.streethazards_convention)
+    datasets = open_datasets(args.dataset, args.streethazards_convention, benchmark_options(args))
+    for dataset in datasets:
+        print(f'dataset {dataset.name}: {len(dataset)} frames ({dataset_description(dataset)})')
+    if args.list_frames:
+        return 0
     names = [dataset.name for dataset in datasets]
     if args.calibrate_on is not None:
         if args.calibrate_on not in names:
@@ -415,6 +484,13 @@ def main(argv: list[str] | None = None) -> int:
         named = context.is_distributed and not isinstance(error, EvaluationError)
         prefix = f'rank {context.rank}: ' if named else ''
         print(f'error: {prefix}{error}', file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        # A full disk anywhere under --out (gallery, curves, caches); other OS errors propagate.
+        failure = write_failure(args.out, error) if args.out is not None else None
+        if failure is None or failure.errno != errno.ENOSPC:
+            raise
+        print(f'error: {failure}', file=sys.stderr)
         return EXIT_USAGE
     finally:
         shutdown_distributed(context)

@@ -45,6 +45,7 @@ from m2a_perception.classes import (
 )
 from m2a_perception.preprocess import normalize_and_pad
 from m2a_training.data.augment import OUTLIER_LABEL, AnnotatedImage, Transform
+from m2a_training.data.benchmarks import outside_roots
 from m2a_training.losses.targets import MaskTargets
 
 logger = logging.getLogger(__name__)
@@ -139,6 +140,11 @@ def find_cityscapes_records(
         )
     problems += _list_problems(missing_labels, 'label')
     problems += _list_problems(missing_instances, 'instance')
+    every_path = (p for r in records for p in (r.image_path, r.label_path, r.instance_path))
+    problems += [
+        f'path leaves the dataset root, refused: {path}'
+        for path in outside_roots(every_path, [root])[:_MAX_LISTED]
+    ]
     if not problems and check_headers:
         problems += _check_headers(records)
     if problems:

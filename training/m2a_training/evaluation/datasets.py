@@ -41,6 +41,7 @@ from m2a_training.data.benchmarks import (
     STREETHAZARDS_OPEN_SET_CLASSES,
     AnomalyDataset,
     BenchmarkDatasetError,
+    BenchmarkOptions,
     CocoPanopticDataset,
     StreetHazardsConvention,
     StreetHazardsDataset,
@@ -88,6 +89,11 @@ TITLES = {
     'coco_k10': 'COCO val K=10%',
     'coco_k20': 'COCO val K=20%',
 }
+
+LEADERBOARD_PIXEL_PROTOCOLS = {'smiyc_ra21': 'smiyc_binned', 'smiyc_ro21': 'smiyc_binned'}
+"""Default pixel protocol where it differs from 'smiyc' (exact): the SMIYC tracks use the
+leaderboard's binned `PixBinaryClass` curve, whose best-F1 threshold also binarises the
+component metrics (`metrics/pixel_classification.py`, `get_thresh_p_from_curve`)."""
 
 SYNTHETIC_TRACK = OBSTACLE_TRACK
 """Component sizes for the synthetic anomaly set: its objects lie on the road like RO21's, and
@@ -507,6 +513,7 @@ def open_eval_dataset(
     root: str | Path,
     *,
     streethazards_convention: StreetHazardsConvention = 'mask2anomaly',
+    options: BenchmarkOptions | None = None,
 ) -> EvalDataset:
     """Open a dataset by its CLI name.
 
@@ -515,12 +522,17 @@ def open_eval_dataset(
         BenchmarkDatasetError, DatasetError: missing or malformed data (message lists problems).
     """
     root = Path(root)
+    options = options or BenchmarkOptions()
     if name in ANOMALY_BENCHMARKS:
-        return AnomalyEvalDataset(name, open_anomaly_benchmark(name, root))
+        return AnomalyEvalDataset(name, open_anomaly_benchmark(name, root, options))
     if name == 'synthetic':
         return _open_synthetic(root)
     if name == 'street_hazards':
-        return StreetHazardsEvalDataset(street_hazards(root, convention=streethazards_convention))
+        return StreetHazardsEvalDataset(
+            street_hazards(
+                root, convention=streethazards_convention, strict_labels=options.strict_labels
+            )
+        )
     if name == 'cityscapes':
         return _open_cityscapes(root)
     if name in COCO_SPLITS:

@@ -280,6 +280,19 @@ def report_json(
     )
 
 
+def protocol_header(result: EvaluationResult) -> str:
+    """One line naming each dataset's pixel protocol, whose curve also gives the component
+    binarisation threshold (SMIYC's `get_thresh_p_from_curve`)."""
+    named = [f'`{r.name}` {r.protocol}' for r in result.datasets.values() if r.protocol]
+    if not named:
+        return 'Protocol: no pixel-anomaly dataset.'
+    return (
+        'Protocol (pixel curve; component metrics binarise at its best-F1 threshold): '
+        + ', '.join(named)
+        + '.'
+    )
+
+
 def report_markdown(
     result: EvaluationResult,
     tables: Sequence[Table],
@@ -295,6 +308,7 @@ def report_markdown(
         f'{result.world_size} process(es). Values in %.'
     )
     lines.append('')
+    lines += [protocol_header(result), '']
     if not tables:
         lines += ['No metric could be computed on these datasets with this model.', '']
     for table in tables:
