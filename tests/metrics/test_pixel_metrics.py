@@ -274,14 +274,38 @@ def test_reduced_float32_precision_is_close_to_exact() -> None:
 
 def test_two_pass_smiyc_evaluation() -> None:
     # Pass 1: pixel curve; pass 2: component metrics binarised at the best-F1 threshold.
-    frames = _random_frames(5, 20, shape=(40, 60))
+    # Three anomalies scored 0.9 (one corner pixel 0.85) and one inlier blob scored 0.9 too (a
+    # false positive); everything else 0.1 and a void top row. Known answer: the best-F1
+    # threshold is the corner's 0.85 (float16); pass 2 keeps score > threshold (SMIYC), so the
+    # first square loses its corner (sIoU 99/100), the others are found whole; PPV
+    # (1 + 1 + 1 + 0) / 4; F1 = 2·3 / (2·3 + 0 + 1) at every τ.
+    labels = [np.zeros((40, 60), np.uint8) for _ in range(2)]
+    labels[0][5:15, 5:15] = 1
+    labels[1][10:16, 10:16] = 1
+    labels[1][25:35, 40:50] = 1
+    scores = []
+    for label in labels:
+        score = np.where(label == 1, 0.9, 0.1).astype(np.float32)
+        label[0] = 255
+        scores.append(score)
+    scores[0][5, 5] = 0.85
+    scores[1][30:34, 5:9] = 0.9
+    frames = list(zip(scores, labels, strict=True))
     pixel_metrics = _metrics(SMIYC_PROTOCOL, *frames)
+    # SMIYC scores are rounded to float16 before thresholding.
+    assert pixel_metrics.best_f1_threshold == float(np.float16(0.85))
     components = ComponentAccumulator(ComponentTrack('small', 4, 2))
     for score, label in frames:
         components.update_from_scores(score, label, pixel_metrics.best_f1_threshold)
     metrics = components.compute()
-    assert metrics.num_frames == 20 and metrics.num_gt_components > 0
-    assert 0.0 <= metrics.f1_star <= 1.0 and 0.0 <= metrics.siou <= 1.0
+    assert (metrics.num_frames, metrics.num_gt_components, metrics.num_pred_components) == (
+        2,
+        3,
+        4,
+    )
+    assert metrics.siou == pytest.approx((0.99 + 1.0 + 1.0) / 3)
+    assert metrics.ppv == pytest.approx(0.75)
+    assert metrics.f1_star == pytest.approx(6 / 7)
 
 
 # Binned modes against the exact float16 curve on 300 small frames. The leaderboard's percentile

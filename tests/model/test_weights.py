@@ -260,4 +260,7 @@ def test_safetensors_header_length_with_a_pickle_like_first_byte_loads(
     else:  # pragma: no cover - 256 consecutive lengths always hit every low byte
         pytest.fail('could not produce a header length with low byte 0x80')
     model, _ = load_checkpoint(path)
-    assert model is not None
+    loaded, saved = model.state_dict(), tiny_model.state_dict()
+    assert loaded.keys() == saved.keys()
+    for name, tensor in saved.items():
+        assert torch.equal(loaded[name], tensor), name

@@ -1,4 +1,5 @@
-"""Fixtures of the ROS tests: a tiny trained-format checkpoint and the probe node."""
+"""Fixtures of the ROS tests: a tiny trained-format checkpoint, the probe node and fake
+cameras."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import RosProbe
+from m2a_perception.ros.processes import ManagedProcess
+
+from .helpers import RosProbe, camera_command, start_process
 
 
 @pytest.fixture(scope='package', autouse=True)
@@ -50,3 +53,18 @@ def probe():
     ros_probe = RosProbe()
     yield ros_probe
     ros_probe.close()
+
+
+@pytest.fixture
+def cameras(tmp_path):
+    """Start fake cameras (`tests/ros/fake_camera.py` arguments); all stop after the test."""
+    started: list[ManagedProcess] = []
+
+    def start(*args: str) -> ManagedProcess:
+        process = start_process(f'camera{len(started)}', camera_command(*args), tmp_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

@@ -13,12 +13,10 @@ from sensor_msgs.msg import Image
 
 from m2a_perception.ros.diagnostics import ERROR, OK, status_level
 from m2a_perception.ros.param_file import read_parameter_file
-from m2a_perception.ros.processes import ManagedProcess
 
 from .helpers import (
     PARAMS_FILE,
     STARTUP_TIMEOUT_S,
-    camera_command,
     latest_status,
     node_command,
     start_process,
@@ -51,20 +49,6 @@ def node_process(tiny_checkpoint, tmp_path_factory, probe):
 @pytest.fixture(scope='module')
 def diagnostics(probe):
     return probe.record(DiagnosticArray, '/diagnostics')
-
-
-@pytest.fixture
-def cameras(tmp_path):
-    started: list[ManagedProcess] = []
-
-    def start(*args: str) -> ManagedProcess:
-        process = start_process(f'camera{len(started)}', camera_command(*args), tmp_path)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def go_to(probe, state: str) -> None:

@@ -19,13 +19,11 @@ from sensor_msgs.msg import Image
 from m2a_perception.ros.conversions import image_msg_to_array
 from m2a_perception.ros.diagnostics import WARN, status_level
 from m2a_perception.ros.outputs import heatmap_lut_bgr, quantize_unit
-from m2a_perception.ros.processes import ManagedProcess
 from m2a_perception_msgs.msg import InferenceStats, OpenSetPanoptic, OpenSetSegment
 
 from .fake_camera import SYNTHETIC_NSEC, SYNTHETIC_SEC
 from .helpers import (
     STARTUP_TIMEOUT_S,
-    camera_command,
     latest_status,
     node_command,
     stamp_key,
@@ -85,20 +83,6 @@ def node_process(tiny_checkpoint, tmp_path_factory, probe, diagnostics):
     finally:
         process.stop()
     assert process.process.returncode == 0 or process.process.returncode < 0
-
-
-@pytest.fixture
-def cameras(tmp_path):
-    started: list[ManagedProcess] = []
-
-    def start(*args: str) -> ManagedProcess:
-        process = start_process(f'camera{len(started)}', camera_command(*args), tmp_path)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def by_stamp(recorder) -> dict[tuple[int, int], object]:
@@ -272,10 +256,18 @@ def test_overload_keeps_latency_bounded_and_counts_drops(node_process, probe, ca
     camera = cameras('--topic', f'{NAMESPACE}/front/image', '--rate', '60', '--stamp', 'now')
     probe.wait_for(lambda: len(stats.messages) >= 3, what='first processed frames')
     stats.clear()
-    probe.spin_for(8.0)
+
+    def sustained_overload() -> bool:
+        # A dozen frames under load, and the 60 Hz camera has overwritten some in its slot.
+        seen = stats.messages
+        return len(seen) >= 12 and (
+            seen[-1].frames_dropped_overwritten > seen[0].frames_dropped_overwritten
+        )
+
+    probe.wait_for(sustained_overload, 90.0, 'a dozen frames under overload, with drops')
     assert camera.alive()
     messages = list(stats.messages)
-    assert len(messages) >= 5, f'only {len(messages)} frames processed in 8 s'
+    assert len(messages) >= 5, f'only {len(messages)} frames processed'
     latencies = [m.end_to_end_ms for m in messages]
     third = max(1, len(latencies) // 3)
     early, late = statistics.median(latencies[:third]), statistics.median(latencies[-third:])

@@ -62,8 +62,8 @@ from typing import Any
 
 import torch
 
-from m2a_perception.cli.common import setup_logging
 from m2a_perception.inference.backend import PRECISIONS
+from m2a_perception.logs import setup_logging
 from m2a_perception.metrics.pixel import PIXEL_PROTOCOLS, PixelProtocol, get_pixel_protocol
 from m2a_perception.postprocess import SCORERS, SCORING_PROTOCOLS, PostprocessConfig
 from m2a_perception.postprocess.config import (

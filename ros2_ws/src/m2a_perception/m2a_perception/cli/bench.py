@@ -54,9 +54,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from m2a_perception.cli.common import parse_list, parse_size, setup_logging
+from m2a_perception.cli.common import parse_list, parse_size
 from m2a_perception.config import ModelConfig, PreprocessConfig, load_model_config
 from m2a_perception.inference import Backend
+from m2a_perception.logs import setup_logging
 from m2a_perception.model import Mask2Anomaly, build_model
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.postprocess import PostprocessConfig

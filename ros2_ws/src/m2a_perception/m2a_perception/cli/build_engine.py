@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from m2a_perception.cli.common import parse_list, parse_size, setup_logging
+from m2a_perception.cli.common import parse_list, parse_size
 from m2a_perception.config import load_model_config
 from m2a_perception.deploy.build import (
     CACHE_ENV,
@@ -61,6 +61,7 @@ from m2a_perception.deploy.tensorrt_backend import (
     EngineBuildError,
     describe_timing,
 )
+from m2a_perception.logs import setup_logging
 from m2a_perception.model import Mask2Anomaly
 from m2a_perception.weights.checkpoint import CheckpointError, load_checkpoint
 

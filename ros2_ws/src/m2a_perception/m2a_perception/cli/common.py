@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -22,16 +21,3 @@ def parse_size(text: str) -> tuple[int, int]:
 def parse_list(text: str) -> list[str]:
     """'a,b' -> ['a', 'b'] (empty items dropped)."""
     return [item.strip() for item in text.split(',') if item.strip()]
-
-
-# Third-party loggers that narrate every ONNX export pass at INFO.
-_CHATTY_LOGGERS = ('torch.onnx', 'onnx_ir', 'onnxscript')
-
-
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format='%(levelname)s %(name)s: %(message)s',
-    )
-    for name in _CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.ERROR)

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from m2a_perception.cli.common import parse_size, setup_logging
+from m2a_perception.cli.common import parse_size
 from m2a_perception.config import DEFORM_SAMPLINGS, GATHER
 from m2a_perception.export import DEFAULT_OPSET, example_input, export_onnx
 from m2a_perception.inference.onnxruntime_backend import OnnxRuntimeBackend
+from m2a_perception.logs import setup_logging
 from m2a_perception.model.ms_deform_attn import set_deform_sampling
 from m2a_perception.weights.checkpoint import CheckpointError, load_checkpoint
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from m2a_perception.cli.common import setup_logging
 from m2a_perception.inference.backend import PRECISIONS
+from m2a_perception.logs import setup_logging
 from m2a_perception.pictures import read_rgb, write_outputs
 from m2a_perception.postprocess import SCORERS, PostprocessConfig
 from m2a_perception.postprocess.config import REFINEMENT_MODES

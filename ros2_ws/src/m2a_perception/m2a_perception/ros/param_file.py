@@ -35,7 +35,7 @@ def read_parameter_file(path: str | Path, node_name: str = NODE_NAME) -> dict[st
     order.
 
     Raises:
-        ValueError: the file is not a parameter file.
+        ValueError: the file is not plain YAML or not a parameter file (one sentence).
     """
     data = parse_yaml(Path(path).read_text(), str(path))
     if not isinstance(data, dict):

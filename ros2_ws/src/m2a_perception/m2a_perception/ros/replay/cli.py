@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from m2a_perception.cli.common import setup_logging
 from m2a_perception.inference.backend import PRECISIONS
+from m2a_perception.logs import setup_logging
 from m2a_perception.metrics.pixel import PIXEL_PROTOCOLS
 from m2a_perception.ros.replay.bag import BagReadError
 from m2a_perception.ros.replay.evaluation import COMPONENT_TRACKS, EvaluationSettings
