@@ -13,6 +13,7 @@ from m2a_perception.metrics import ANOMALY_TRACK, OBSTACLE_TRACK, UNKNOWN_CATEGO
 from m2a_perception.metrics.panoptic import panoptic_id_to_rgb
 from m2a_training.data.benchmarks import (
     BenchmarkDatasetError,
+    BenchmarkOptions,
     coco_panoptic,
     coco_unknown_class_names,
     fishyscapes_lost_and_found,
@@ -347,6 +348,12 @@ def test_coco_segment_with_unknown_category(tmp_path: Path) -> None:
 
 def test_open_by_name(tmp_path: Path) -> None:
     _laf(tmp_path, {'seq_000000_000010': [1, 2]})
-    assert open_anomaly_benchmark('lost_and_found', tmp_path).name == 'lost_and_found_test'
+    test_split = BenchmarkOptions(lost_and_found_split='test')
+    assert open_anomaly_benchmark('lost_and_found', tmp_path, test_split).name == (
+        'lost_and_found_test'
+    )
+    # the default is SMIYC's LostAndFound-testNoKnown, which needs the full test split
+    with pytest.raises(BenchmarkDatasetError, match='full 1203-frame test split, found 1'):
+        open_anomaly_benchmark('lost_and_found', tmp_path)
     with pytest.raises(ValueError, match='unknown benchmark'):
         open_anomaly_benchmark('cityscapes', tmp_path)

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from m2a_perception.classes import label_id_to_train_id_table
 from m2a_perception.config import load_model_config
 from m2a_perception.metrics import (
     FISHYSCAPES_PROTOCOL,
@@ -41,7 +42,6 @@ from m2a_perception.types import SegmentKind
 from m2a_perception.weights import save_checkpoint
 from m2a_training.data.benchmarks import smiyc_road_anomaly21
 from m2a_training.data.cityscapes import (
-    build_train_id_lut,
     find_cityscapes_records,
     read_cityscapes_sample,
 )
@@ -143,6 +143,10 @@ def test_writes_tables_plots_gallery_and_per_frame_files(torch_report) -> None:
                   'Table 4: open-set panoptic'):  # fmt: skip
         assert title in markdown
     assert set(report['tables']) == {'table1', 'table2', 'table3', 'table4'}
+    assert (
+        'Protocol (pixel curve; component metrics binarise at its best-F1 threshold): '
+        '`synthetic` smiyc.'
+    ) in markdown
     table1 = report['tables']['table1']
     assert table1['columns'] == [
         'Method', 'Synthetic AuPRC ↑', 'Synthetic FPR95 ↓', 'Average AuPRC ↑', 'Average FPR95 ↓',
@@ -176,7 +180,8 @@ def test_writes_tables_plots_gallery_and_per_frame_files(torch_report) -> None:
 
 def test_metrics_equal_direct_computation(world: Path, checkpoint: Path, torch_report) -> None:
     _, report = torch_report
-    base = PostprocessConfig(anomaly_threshold=None, label_upsampling='bilinear')
+    # m2a-eval's default is the official scoring protocol.
+    base = PostprocessConfig.for_protocol('official', anomaly_threshold=None)
     anomaly_segmenter = Segmenter.from_checkpoint(
         checkpoint, 'cpu', replace(base, semantic=False, panoptic=False, mining=False)
     )
@@ -210,7 +215,7 @@ def test_metrics_equal_direct_computation(world: Path, checkpoint: Path, torch_r
     assert synthetic['transfer']['fpr'] == negatives / expected_pixel.num_negative_pixels
 
     # Closed-set mIoU, open-IoU at the transferred threshold and PQ on Cityscapes val.
-    lut = build_train_id_lut()
+    lut = label_id_to_train_id_table()
     categories = [
         PanopticCategory(train_id, f'c{train_id}', train_id >= 11) for train_id in range(19)
     ]
@@ -283,11 +288,18 @@ def _table_numbers(report: dict) -> list[float]:
 
 
 def test_onnx_backend_gives_the_torch_tables(world, checkpoint, torch_report, tmp_path) -> None:
-    from m2a_perception.export import export_onnx
-    from m2a_perception.weights import load_checkpoint
+    from m2a_perception.deploy.build import provision_from_checkpoint
 
-    model, _ = load_checkpoint(checkpoint)
-    engine = export_onnx(model, tmp_path / 'tiny.onnx', PADDED_SIZE)
+    # An engine as m2a-build-engine makes it: the ONNX file plus its sidecar (m2a-eval opens
+    # engines only through their sidecar).
+    engine = provision_from_checkpoint(
+        checkpoint,
+        backend='onnxruntime',
+        precision='fp32',
+        size=PADDED_SIZE,
+        device='cpu',
+        cache_dir=tmp_path / 'engines',
+    ).paths.engine
     out = tmp_path / 'eval_onnx'
     args = ['--engine', str(engine), '--checkpoint', str(checkpoint), '--workers', '0']
     assert main([*args, *_eval_args(world, out)]) == 0
@@ -326,6 +338,19 @@ def test_torchrun_two_processes_match_one(world, checkpoint, torch_report, tmp_p
 
 # ------------------------------------------------------------------------------------------
 # Errors
+
+
+def test_smiyc_tracks_default_to_the_leaderboard_protocol(world, checkpoint, tmp_path, capsys):
+    out = tmp_path / 'eval'
+    args = ['--checkpoint', str(checkpoint), '--dataset', f'smiyc_ra21={world / "anomaly_val"}']
+    args += ['--out', str(out), '--limit', '2', '--gallery', '0', '--no-progress', '--no-panoptic']
+    assert main(args) == 0
+    assert f'dataset smiyc_ra21: {NUM_ANOMALY} frames' in capsys.readouterr().out
+    report = json.loads((out / 'results.json').read_text())
+    assert report['datasets']['smiyc_ra21']['pixel_protocol'] == 'smiyc_binned'
+    assert report['tables']['table2']['rows'][0][0] == 'tiny'  # component metrics computed
+    markdown = (out / 'results.md').read_text()
+    assert '`smiyc_ra21` smiyc_binned.' in markdown
 
 
 def test_missing_dataset_gives_a_clear_error(checkpoint, tmp_path, capsys) -> None:
@@ -370,3 +395,34 @@ def test_malformed_frame_in_a_worker_gives_a_clear_error(world, checkpoint, tmp_
     message = capsys.readouterr().err
     assert f'{bad_label}: unreadable label' in message
     assert not (out / 'results.json').exists() and not (out / 'cache').exists()
+
+
+def test_disk_full_while_writing_the_report_keeps_the_previous_one(
+    world: Path, checkpoint: Path, torch_report, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import errno
+
+    from m2a_training import evaluate
+
+    from ..disk import small_disk
+
+    previous, _ = torch_report
+    kept = {name: (previous / name).read_bytes() for name in ('results.md', 'results.json')}
+    room = sum(len(data) for data in kept.values()) + (64 << 10)
+    with small_disk(tmp_path / 'disk', room) as disk:
+        if disk is None:  # not root: a full disk as the plot writer sees it
+
+            def no_space(*args, **kwargs):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            monkeypatch.setattr(evaluate, 'save_curve_plots', no_space)
+        out = (disk or tmp_path) / 'eval'
+        out.mkdir()
+        for name, data in kept.items():
+            (out / name).write_bytes(data)
+        capsys.readouterr()
+        assert main(['--checkpoint', str(checkpoint), *_eval_args(world, out)]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error')]
+        assert len(err) == 1, err
+        assert err[0].startswith('error: no space left on ') and f'while writing {out}' in err[0]
+        assert {name: (out / name).read_bytes() for name in kept} == kept

@@ -12,15 +12,23 @@ Writes into --out:
 Datasets (`--dataset NAME=PATH`, repeatable): smiyc_ra21, smiyc_ro21, fs_lost_and_found,
 fs_static, road_anomaly, lost_and_found, synthetic (a synthetic world root or its anomaly_val/),
 street_hazards, cityscapes (val split; a synthetic world root works too), coco, coco_k5,
-coco_k10, coco_k20. The expected folder layouts are documented in
-`m2a_training.data.benchmarks`, `m2a_training.data.cityscapes` and
-`m2a_training.evaluation.datasets`.
+coco_k10, coco_k20. The readers accept the official downloads and apply the official splits
+(docs/evaluation.md, "The benchmarks as downloaded"); each run first prints the frame count of
+every dataset, and `--list-frames` stops there.
+
+Scoring protocol (`--protocol official` (default) or `--protocol node`): how logits become the
+anomaly map. `official` follows `anomaly_utils/anomaly_inference.py` of the official code
+(source-resolution scoring, refinement only with two or more confident queries, flip averaging
+on the mirrored source image, bilinear labels); `node` is the ROS node's fast path (mask-
+resolution scoring, refinement with one query, no flip). Each switch can be set on its own:
+`--scoring-resolution`, `--refinement-min-queries`, `--flip/--no-flip`, `--label-upsampling`.
 
 Pixel protocols (`--protocol NAME` for all datasets, `--protocol DATASET=NAME` for one):
-smiyc (default: SegmentMeIfYouCan conventions, exact float16 curve), smiyc_binned (the
-leaderboard's 768 percentile bins), fishyscapes (exact float32), mask2anomaly (the official
-script: interpolated FPR95, anomaly-free frames skipped). Component metrics binarise at the
-best-pixel-F1 threshold of the same curve, as SMIYC does.
+smiyc (SegmentMeIfYouCan conventions, exact float16 curve), smiyc_binned (the leaderboard's
+768 percentile bins), fishyscapes (exact float32), mask2anomaly (the official script:
+interpolated FPR95, anomaly-free frames skipped). Default: the leaderboard's, smiyc_binned on
+smiyc_ra21 / smiyc_ro21 and smiyc elsewhere. Component metrics binarise at the best-pixel-F1
+threshold of the same curve, as SMIYC does; the report header names each protocol.
 
 Open-set threshold: `--calibrate-on NAME` picks it at 95 % TPR on NAME (DenseHybrid's rule on
 half-resolution maps) and applies it to every dataset: open-IoU where there are semantic labels,
@@ -44,6 +52,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import logging
 import platform
@@ -54,20 +63,29 @@ from typing import Any
 import torch
 
 from m2a_perception.cli.common import setup_logging
-from m2a_perception.cli.infer import UNIT_RANGE_SCORERS
-from m2a_perception.metrics.pixel import PixelProtocol, get_pixel_protocol
-from m2a_perception.postprocess import SCORERS, PostprocessConfig
-from m2a_perception.postprocess.config import LABEL_UPSAMPLING, REFINEMENT_MODES
-from m2a_perception.weights import CheckpointError
-from m2a_training.evaluation.backends import BackendUnavailableError, LoadedBackend, load_backend
+from m2a_perception.inference.backend import PRECISIONS
+from m2a_perception.metrics.pixel import PIXEL_PROTOCOLS, PixelProtocol, get_pixel_protocol
+from m2a_perception.postprocess import SCORERS, SCORING_PROTOCOLS, PostprocessConfig
+from m2a_perception.postprocess.config import (
+    LABEL_UPSAMPLING,
+    REFINEMENT_MODES,
+    SCORING_RESOLUTIONS,
+    UNIT_RANGE_SCORERS,
+)
+from m2a_perception.runtime.loader import BackendError, BackendSpec, engine_kind, load_backend
+from m2a_perception.weights import CheckpointError, WriteFailedError
+from m2a_perception.weights.checkpoint import atomic_write, write_failure
+from m2a_training.data.benchmarks import LAF_SPLITS, BenchmarkOptions
+from m2a_training.distributed import DistributedContext, init_distributed, shutdown_distributed
 from m2a_training.evaluation.datasets import (
     DATASET_ERRORS,
     DATASET_NAMES,
+    LEADERBOARD_PIXEL_PROTOCOLS,
+    AnomalyEvalDataset,
     EvalDataset,
     open_eval_dataset,
     parse_dataset_spec,
 )
-from m2a_training.evaluation.distributed import DistributedContext, init_distributed, shutdown
 from m2a_training.evaluation.plots import render_gallery_panel, save_curve_plots, write_gallery
 from m2a_training.evaluation.report import (
     build_tables,
@@ -86,7 +104,6 @@ from m2a_training.evaluation.runner import (
 
 LOGGER = logging.getLogger(__name__)
 
-PROTOCOL_NAMES = ('smiyc', 'smiyc_binned', 'fishyscapes', 'mask2anomaly')
 EXIT_USAGE = 2
 
 
@@ -99,12 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         '--engine',
         type=Path,
-        help='exported model: .onnx (onnxruntime) or .engine/.plan/.trt (TensorRT); needs '
-        '--model-config or the --checkpoint it came from',
+        help='engine from m2a-build-engine: .onnx (onnxruntime), .ep (tensorrt) or .plan '
+        '(tensorrt-onnx); opened through its sidecar, checked against --checkpoint',
     )
-    model.add_argument('--model-config', help='model config name or YAML (for --engine)')
+    model.add_argument(
+        '--backend',
+        choices=('torch', 'torch-compile'),
+        default='torch',
+        help='backend of --checkpoint without --engine',
+    )
+    model.add_argument(
+        '--allow-gate-failed',
+        action='store_true',
+        help='use an engine whose accuracy gate failed (explicit override)',
+    )
     model.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    model.add_argument('--precision', choices=('fp32', 'fp16'), default='fp32')
+    model.add_argument('--precision', choices=PRECISIONS, default='fp32')
     model.add_argument('--method-name', help='row label in the tables (default: file stem)')
 
     data = parser.add_argument_group('data')
@@ -123,6 +150,42 @@ def build_parser() -> argparse.ArgumentParser:
         help='void labels of StreetHazards pixel metrics (default: the Mask2Anomaly script)',
     )
     data.add_argument('--workers', type=int, default=2, help='frame-decoding workers')
+    data.add_argument(
+        '--unknown-labels',
+        choices=('error', 'void'),
+        default='error',
+        help='a label value the dataset does not define: stop with the file and value '
+        '(default), or treat it as void as SMIYC and bdl-benchmark do',
+    )
+    data.add_argument(
+        '--lost-and-found-split',
+        choices=LAF_SPLITS,
+        default='testNoKnown',
+        help="Lost & Found split (default testNoKnown, the SMIYC leaderboard's 1043 frames)",
+    )
+    data.add_argument(
+        '--lost-and-found-root',
+        type=Path,
+        help='Lost & Found tree (with leftImg8bit/) for the Fishyscapes L&F images '
+        '(default: detected next to the labels)',
+    )
+    data.add_argument(
+        '--cityscapes-root',
+        type=Path,
+        help='Cityscapes tree (with leftImg8bit/val/) for the released Fishyscapes Static '
+        'overlays (default: detected next to them)',
+    )
+    data.add_argument(
+        '--fs-static-version',
+        type=int,
+        metavar='N',
+        help='Fishyscapes Static overlay version fs_val_vN (needed when several are present)',
+    )
+    data.add_argument(
+        '--list-frames',
+        action='store_true',
+        help='open the datasets, print their frame counts and exit (no model needed)',
+    )
 
     metrics = parser.add_argument_group('metrics')
     metrics.add_argument(
@@ -130,7 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
         action='append',
         default=[],
         metavar='[DATASET=]NAME',
-        help=f'pixel protocol, one of {", ".join(PROTOCOL_NAMES)} (default smiyc)',
+        help=(
+            f'scoring protocol, one of {", ".join(SCORING_PROTOCOLS)} (default official), or '
+            f'pixel protocol, one of {", ".join(PIXEL_PROTOCOLS)} (default: smiyc_binned on '
+            'the SMIYC tracks, smiyc elsewhere); repeatable'
+        ),
     )
     metrics.add_argument(
         '--calibrate-on',
@@ -147,16 +214,36 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument('--no-panoptic', action='store_true', help='skip PQ (faster)')
 
     post = parser.add_argument_group('post-processing')
-    post.add_argument('--scorer', choices=SCORERS, default='mask2anomaly')
-    post.add_argument('--refinement', choices=REFINEMENT_MODES, default='code')
-    post.add_argument('--flip', action='store_true', help='average with a flipped pass')
+    post.add_argument('--scorer', choices=SCORERS, help='default: the protocol (mask2anomaly)')
+    post.add_argument(
+        '--refinement', choices=REFINEMENT_MODES, help='default: the protocol (code)'
+    )
+    post.add_argument(
+        '--scoring-resolution',
+        choices=SCORING_RESOLUTIONS,
+        help='source = score at full resolution (official), mask = at 1/4 (node); '
+        'default: the protocol',
+    )
+    post.add_argument(
+        '--refinement-min-queries',
+        type=int,
+        metavar='N',
+        help='refine only with at least N confident queries (official 2, node 1)',
+    )
+    post.add_argument(
+        '--flip',
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help='average with the pass on the mirrored source image (official geometry); '
+        'default: the protocol (official on, node off)',
+    )
     post.add_argument('--scf', action='store_true', help='CSL structure-constrained fusion')
     post.add_argument('--no-mining', action='store_true', help='no unknown-instance mining')
     post.add_argument(
         '--label-upsampling',
         choices=LABEL_UPSAMPLING,
-        default='bilinear',
-        help='bilinear = the official semantic inference (default), nearest = faster',
+        help='bilinear = labels from upsampled class scores (official, with source scoring in '
+        'the official order), nearest = faster; default: the protocol',
     )
 
     output = parser.add_argument_group('output')
@@ -170,18 +257,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def scoring_protocol_of(specs: list[str]) -> str:
+    """The scoring protocol named among the `--protocol` values (the last wins; 'official')."""
+    named = [spec for spec in specs if spec in SCORING_PROTOCOLS]
+    return named[-1] if named else 'official'
+
+
 def parse_protocols(specs: list[str], names: list[str]) -> dict[str, PixelProtocol]:
-    """`--protocol` values -> protocol per dataset name (later values win).
+    """`--protocol` values -> pixel protocol per dataset name (later values win).
+
+    Scoring-protocol names (`SCORING_PROTOCOLS`) are skipped; see `scoring_protocol_of`.
 
     Raises:
         ValueError: unknown protocol or a dataset that is not evaluated.
     """
-    default = get_pixel_protocol('smiyc')
+    default: PixelProtocol | None = None  # None: the leaderboard's protocol of each dataset
     per_dataset: dict[str, PixelProtocol] = {}
     for spec in specs:
+        if spec in SCORING_PROTOCOLS:
+            continue
         dataset, separator, protocol = spec.rpartition('=')
-        if protocol not in PROTOCOL_NAMES:
-            raise ValueError(f'unknown protocol {protocol!r}; choose from {PROTOCOL_NAMES}')
+        if protocol not in PIXEL_PROTOCOLS:
+            raise ValueError(f'unknown protocol {protocol!r}; choose from {PIXEL_PROTOCOLS}')
         if not separator:
             default = get_pixel_protocol(protocol)
             per_dataset = {}
@@ -189,10 +286,33 @@ def parse_protocols(specs: list[str], names: list[str]) -> dict[str, PixelProtoc
         if dataset not in names:
             raise ValueError(f'--protocol names dataset {dataset!r}, which is not evaluated')
         per_dataset[dataset] = get_pixel_protocol(protocol)
-    return {name: per_dataset.get(name, default) for name in names}
+    leaderboard = {
+        name: get_pixel_protocol(LEADERBOARD_PIXEL_PROTOCOLS.get(name, 'smiyc')) for name in names
+    }
+    return {name: per_dataset.get(name, default or leaderboard[name]) for name in names}
 
 
-def open_datasets(specs: list[str], convention: str) -> list[EvalDataset]:
+def benchmark_options(args: argparse.Namespace) -> BenchmarkOptions:
+    """The dataset flags as reader options."""
+    return BenchmarkOptions(
+        strict_labels=args.unknown_labels == 'error',
+        lost_and_found_split=args.lost_and_found_split,
+        lost_and_found_root=args.lost_and_found_root,
+        cityscapes_root=args.cityscapes_root,
+        fs_static_version=args.fs_static_version,
+    )
+
+
+def dataset_description(dataset: EvalDataset) -> str:
+    """Which split of which folder a dataset reads, for the frame-count line."""
+    if isinstance(dataset, AnomalyEvalDataset):
+        return f'{dataset.reader.name} in {dataset.reader.root}'
+    return type(dataset).__name__
+
+
+def open_datasets(
+    specs: list[str], convention: str, options: BenchmarkOptions | None = None
+) -> list[EvalDataset]:
     """Open every `NAME=PATH`; all problems of one dataset are reported together."""
     datasets = []
     seen = set()
@@ -202,19 +322,27 @@ def open_datasets(specs: list[str], convention: str) -> list[EvalDataset]:
             raise ValueError(f'dataset {name!r} given twice')
         seen.add(name)
         datasets.append(
-            open_eval_dataset(name, path, streethazards_convention=convention)  # type: ignore[arg-type]
+            open_eval_dataset(name, path, streethazards_convention=convention, options=options)  # type: ignore[arg-type]
         )
     return datasets
 
 
 def postprocess_from_args(args: argparse.Namespace) -> PostprocessConfig:
-    return PostprocessConfig(
-        scorer=args.scorer,
-        refinement=args.refinement,
-        flip=args.flip,
+    """The scoring protocol of `--protocol`, with every switch given on the command line."""
+    switches = {
+        'scorer': args.scorer,
+        'refinement': args.refinement,
+        'scoring_resolution': args.scoring_resolution,
+        'refinement_min_queries': args.refinement_min_queries,
+        'flip': args.flip,
+        'label_upsampling': args.label_upsampling,
+    }
+    overrides = {name: value for name, value in switches.items() if value is not None}
+    return PostprocessConfig.for_protocol(
+        scoring_protocol_of(args.protocol),
         scf=args.scf,
         mining=not args.no_mining,
-        label_upsampling=args.label_upsampling,
+        **overrides,
     )
 
 
@@ -236,14 +364,35 @@ def write_report(
     tables = build_tables(result, run['method'])
     relative = {kind: [str(p.relative_to(out)) for p in paths] for kind, paths in files.items()}
     markdown = report_markdown(result, tables, run, relative)
-    (out / 'results.md').write_text(markdown)
+    atomic_write(out / 'results.md', lambda tmp: tmp.write_text(markdown))
     write_json(report_json(result, tables, {**run, 'files': relative}), out / 'results.json')
     files['report'] = [out / 'results.md', out / 'results.json']
     return files
 
 
+def backend_spec(args: argparse.Namespace, device: torch.device) -> BackendSpec:
+    """The loader spec of --checkpoint / --engine (the engine kind from its suffix)."""
+    if args.checkpoint is None:
+        raise ValueError(
+            'pass --checkpoint CKPT (and --engine ENGINE to evaluate an engine of it)'
+        )
+    kind = args.backend if args.engine is None else engine_kind(args.engine)
+    return BackendSpec(
+        kind=kind,
+        checkpoint=str(args.checkpoint),
+        engine_path='' if args.engine is None else str(args.engine),
+        device=str(device),
+        precision=args.precision,
+        allow_gate_failed=args.allow_gate_failed,
+    )
+
+
 def _run(args: argparse.Namespace, context: DistributedContext, device: torch.device) -> int:
-    datasets = open_datasets(args.dataset, args.streethazards_convention)
+    datasets = open_datasets(args.dataset, args.streethazards_convention, benchmark_options(args))
+    for dataset in datasets:
+        print(f'dataset {dataset.name}: {len(dataset)} frames ({dataset_description(dataset)})')
+    if args.list_frames:
+        return 0
     names = [dataset.name for dataset in datasets]
     if args.calibrate_on is not None:
         if args.calibrate_on not in names:
@@ -254,13 +403,7 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
         raise ValueError('--limit must be at least 1')
     protocols = parse_protocols(args.protocol, names)
     base_postprocess = postprocess_from_args(args)
-    loaded: LoadedBackend = load_backend(
-        checkpoint=args.checkpoint,
-        engine=args.engine,
-        model_config=args.model_config,
-        device=device,
-        precision=args.precision,
-    )
+    loaded = load_backend(backend_spec(args, device))
     options = EvalOptions(
         protocols=protocols,
         cache_dir=args.cache_dir or args.out / 'cache',
@@ -272,7 +415,7 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
         num_workers=max(0, args.workers),
         keep_cache=args.keep_cache,
         progress=not args.no_progress,
-        heatmap_range=(0.0, 1.0) if args.scorer in UNIT_RANGE_SCORERS else None,
+        heatmap_range=(0.0, 1.0) if base_postprocess.scorer in UNIT_RANGE_SCORERS else None,
     )
     num_classes = loaded.config.num_classes
     plans = build_plans(
@@ -290,20 +433,26 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
     if result is None:
         return 0
     run = {
-        'method': args.method_name or loaded.method_name,
+        'method': args.method_name or Path(loaded.spec.engine_path or loaded.spec.checkpoint).stem,
         'backend': loaded.describe(),
         'device': str(device),
+        'scoring_protocol': scoring_protocol_of(args.protocol),
         'postprocess': base_postprocess.to_dict(),
         'protocols': {name: protocol.name for name, protocol in protocols.items()},
         'options': {
             'limit': args.limit,
             'calibrate_on': args.calibrate_on,
-            'label_upsampling': args.label_upsampling,
+            'label_upsampling': base_postprocess.label_upsampling,
             'panoptic': not args.no_panoptic,
         },
         'environment': {'python': platform.python_version(), 'torch': torch.__version__},
     }
-    files = write_report(result, args.out, run, options.gallery_size)
+    try:
+        files = write_report(result, args.out, run, options.gallery_size)
+    except WriteFailedError:
+        raise
+    except OSError as error:  # plots, gallery, CSVs; results.md/json are written atomically
+        raise (write_failure(args.out, error) or error) from error
     for path in files['report']:
         print(f'wrote {path}')
     return 0
@@ -312,7 +461,8 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
 EXPECTED_ERRORS = (
     *DATASET_ERRORS,
     CheckpointError,
-    BackendUnavailableError,
+    BackendError,
+    WriteFailedError,
     EvaluationError,
     FileNotFoundError,
     ValueError,
@@ -325,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    context, device = init_distributed(torch.device(args.device))
+    context = init_distributed(args.device)
+    device = context.device
     try:
         return _run(args, context, device)
     except EXPECTED_ERRORS as error:
@@ -334,8 +485,15 @@ def main(argv: list[str] | None = None) -> int:
         prefix = f'rank {context.rank}: ' if named else ''
         print(f'error: {prefix}{error}', file=sys.stderr)
         return EXIT_USAGE
+    except OSError as error:
+        # A full disk anywhere under --out (gallery, curves, caches); other OS errors propagate.
+        failure = write_failure(args.out, error) if args.out is not None else None
+        if failure is None or failure.errno != errno.ENOSPC:
+            raise
+        print(f'error: {failure}', file=sys.stderr)
+        return EXIT_USAGE
     finally:
-        shutdown(context)
+        shutdown_distributed(context)
 
 
 if __name__ == '__main__':

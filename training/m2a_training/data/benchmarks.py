@@ -26,8 +26,9 @@ Allowed dependencies: numpy, Pillow, m2a_perception.metrics.
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -35,6 +36,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 from PIL import Image
 
+from m2a_perception.classes import VOID_ID
 from m2a_perception.metrics.component import ANOMALY_TRACK, OBSTACLE_TRACK, ComponentTrack
 from m2a_perception.metrics.panoptic import (
     UNKNOWN_CATEGORY_ID,
@@ -45,7 +47,6 @@ from m2a_perception.metrics.panoptic import (
     rgb_to_panoptic_id,
 )
 
-VOID = 255
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp')
 # A broken dataset of thousands of files is best described by its first few problems.
 _MAX_LISTED = 10
@@ -128,6 +129,8 @@ class FrameFiles:
     name: str
     image_path: Path
     label_path: Path
+    overlay_path: Path | None = None
+    """Fishyscapes Static `*_rgb.npz`: an int overlay added to the image, clipped to 0..255."""
 
 
 def _lut(mapping: dict[int, int]) -> np.ndarray:
@@ -205,10 +208,10 @@ def remap_label(
                 root,
                 [
                     f'{path}: unexpected label values {bad} (expected {_describe(expected)}); '
-                    'pass strict_labels=False to treat them as void'
+                    'pass --unknown-labels void (strict_labels=False) to treat them as void'
                 ],
             )
-        mapped[unexpected] = VOID
+        mapped[unexpected] = VOID_ID
     return mapped.astype(np.uint8)
 
 
@@ -216,6 +219,58 @@ def _describe(values: list[int]) -> str:
     if len(values) > 6 and values == list(range(values[0], values[-1] + 1)):
         return f'{values[0]}..{values[-1]}'
     return str(values)
+
+
+def apply_overlay(image: np.ndarray, overlay_path: Path, root: Path) -> np.ndarray:
+    """Blend a Fishyscapes Static overlay into its Cityscapes image.
+
+    bdl-benchmark `fishyscapes_tfds.py` (`_generate_examples`): `np.load(npz)['rgb']` as int is
+    added to the decoded Cityscapes image and clipped to 0..255.
+
+    Args:
+        image: (H, W, 3) uint8 Cityscapes image.
+        overlay_path: `*_rgb.npz` with an (H, W, 3) integer array `rgb`.
+
+    Returns:
+        (H, W, 3) uint8 blended image.
+    """
+    try:
+        with np.load(overlay_path, allow_pickle=False) as archive:
+            overlay = archive['rgb']
+    except (OSError, KeyError, ValueError) as error:
+        raise BenchmarkDatasetError(
+            root, [f'{overlay_path}: unreadable overlay, expected an npz with "rgb" ({error})']
+        ) from error
+    if overlay.shape != image.shape:
+        raise BenchmarkDatasetError(
+            root, [f'{overlay_path}: overlay {overlay.shape} does not match image {image.shape}']
+        )
+    return np.clip(image.astype(np.int64) + overlay.astype(np.int64), 0, 255).astype(np.uint8)
+
+
+def outside_roots(paths: Iterable[Path | None], roots: Sequence[Path]) -> list[Path]:
+    """The `paths` that lead outside every one of `roots` once `..` is applied.
+
+    The check is on the names (`os.path.normpath`), not on resolved links: a `frame_list.json`
+    entry `../../outside.png` is caught, while a dataset folder that is a symbolic link to
+    another disk (a common arrangement) stays readable.
+    """
+    absolute_roots = [Path(os.path.normpath(os.path.abspath(root))) for root in roots]
+    return [
+        path
+        for path in paths
+        if path is not None
+        and not any(
+            Path(os.path.normpath(os.path.abspath(path))).is_relative_to(root)
+            for root in absolute_roots
+        )
+    ]
+
+
+def frame_paths(frames: Sequence[FrameFiles]) -> Iterator[Path | None]:
+    """Every file of `frames` (None where a frame has no overlay)."""
+    for frame in frames:
+        yield from (frame.image_path, frame.label_path, frame.overlay_path)
 
 
 class AnomalyDataset(Sequence[AnomalySample]):
@@ -253,6 +308,8 @@ class AnomalyDataset(Sequence[AnomalySample]):
     def __getitem__(self, index: int) -> AnomalySample:  # type: ignore[override]
         frame = self.frames[index]
         image = read_rgb(frame.image_path, self.root)
+        if frame.overlay_path is not None:
+            image = apply_overlay(image, frame.overlay_path, self.root)
         raw = read_label_values(frame.label_path, self.root)
         if raw.shape != image.shape[:2]:
             raise BenchmarkDatasetError(
@@ -308,28 +365,42 @@ def _finish(
     mapping: dict[int, int],
     track: ComponentTrack | None,
     strict_labels: bool,
+    image_roots: Sequence[Path] = (),
 ) -> AnomalyDataset:
+    """Check and build; every file must lie inside `root` (or an image tree in `image_roots`)."""
     if problems:
         raise BenchmarkDatasetError(root, problems)
+    outside = outside_roots(frame_paths(frames), [root, *image_roots])
+    if outside:
+        raise BenchmarkDatasetError(root, _list(outside, 'path leaves the dataset root, refused'))
     return AnomalyDataset(name, root, frames, _lut(mapping), track, strict_labels)
 
 
-_BINARY = {0: 0, 1: 1, VOID: VOID}
+_BINARY = {0: 0, 1: 1, VOID_ID: VOID_ID}
+
+
+def _road_anomaly_base(root: Path) -> Path:
+    """The folder holding `frame_list.json`: `root` itself, or the `RoadAnomaly_jpg/` or
+    `RoadAnomaly/` folder inside it (the parent folder RbA documents)."""
+    for base in (root, root / 'RoadAnomaly_jpg', root / 'RoadAnomaly'):
+        if (base / 'frame_list.json').is_file():
+            return base
+    return root
 
 
 def road_anomaly(root: str | Path, *, strict_labels: bool = True) -> AnomalyDataset:
     """Road Anomaly (Lis et al., ICCV 2019), 60 frames.
 
-    Layouts (either):
+    Layouts (detected in this order):
 
-        root/frame_list.json                      list of image file names
-        root/frames/<stem>.<webp|jpg>             image (RoadAnomaly or RoadAnomaly_jpg)
-        root/frames/<stem>.labels/labels_semantic.png   0 background, 2 anomaly
+        root/images/<stem>.jpg + root/labels_masks/<stem>.png   the Mask2Anomaly bundle
 
-        root/images/<stem>.jpg                    the Mask2Anomaly validation bundle
-        root/labels_masks/<stem>.png              same raw values
+        root/frame_list.json                      list of image file names (the official zip;
+        root/frames/<stem>.<webp|jpg>             root may also be its parent folder holding
+        root/frames/<stem>.labels/labels_semantic.png   RoadAnomaly_jpg/ or RoadAnomaly/)
 
-    Remap: 2 -> 1 (anomaly), 0 -> 0; no void.
+    Remap: 2 -> 1 (anomaly), 0 -> 0; no void. Names in `frame_list.json` that lead outside the
+    dataset folder are refused.
     """
     root = Path(root)
     mapping = {0: 0, 1: 1, 2: 1}
@@ -338,29 +409,43 @@ def road_anomaly(root: str | Path, *, strict_labels: bool = True) -> AnomalyData
         return _finish(
             'road_anomaly', root, frames, problems, mapping, ANOMALY_TRACK, strict_labels
         )
-    _require_dirs(root, [root / 'frames'])
-    list_path = root / 'frame_list.json'
+    base = _road_anomaly_base(root)
+    list_path = base / 'frame_list.json'
+    if not list_path.is_file():
+        raise BenchmarkDatasetError(
+            root,
+            [
+                'accepted layouts: frame_list.json + frames/ (in the folder, or in its '
+                'RoadAnomaly_jpg/ or RoadAnomaly/ subfolder), or images/ + labels_masks/; found '
+                f'neither (folder holds {sorted(p.name for p in root.iterdir())[:8]})'
+                if root.is_dir()
+                else 'the dataset root does not exist or is not a folder'
+            ],
+        )
+    _require_dirs(base, [base / 'frames'])
     try:
         names = json.loads(list_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise BenchmarkDatasetError(
-            root,
-            [
-                f'{list_path}: missing or invalid JSON ({error}); or use the images/ + '
-                'labels_masks/ layout'
-            ],
+            root, [f'{list_path}: missing or invalid JSON ({error})']
         ) from error
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise BenchmarkDatasetError(root, [f'{list_path}: expected a JSON list of file names'])
     frames, missing = [], []
     for file_name in sorted(names):
-        image_path = root / 'frames' / file_name
-        label_path = root / 'frames' / f'{Path(file_name).stem}.labels' / 'labels_semantic.png'
-        missing += [path for path in (image_path, label_path) if not path.is_file()]
+        image_path = base / 'frames' / file_name
+        label_path = image_path.with_name(f'{image_path.stem}.labels') / 'labels_semantic.png'
         frames.append(FrameFiles(Path(file_name).stem, image_path, label_path))
+    outside = outside_roots(frame_paths(frames), [base])
+    if outside:
+        raise BenchmarkDatasetError(
+            root, _list(outside, f'{list_path} names a path outside the dataset root, refused')
+        )
+    for frame in frames:
+        missing += [p for p in (frame.image_path, frame.label_path) if not p.is_file()]
     return _finish(
         'road_anomaly',
-        root,
+        base,
         frames,
         _list(missing, 'missing file'),
         mapping,
@@ -369,59 +454,166 @@ def road_anomaly(root: str | Path, *, strict_labels: bool = True) -> AnomalyData
     )
 
 
-def fishyscapes_lost_and_found(root: str | Path, *, strict_labels: bool = True) -> AnomalyDataset:
+LAF_IMAGE_EXTENSIONS = ('png', 'webp', 'jpg')
+"""Image formats of the Lost & Found tree, in the order SMIYC's `DatasetLostAndFound.discover`
+tries them (`tracks.py`): the first one with any image wins."""
+
+_LAF_FRAME = re.compile(r'(\d{2}_.+)_(\d{6})_(\d{6})')
+
+
+def _laf_image_glob(images_dir: Path) -> tuple[str, list[Path]]:
+    """(extension, sorted `*/*_leftImg8bit.<ext>` files) for the first extension present."""
+    for extension in LAF_IMAGE_EXTENSIONS:
+        files = sorted(images_dir.glob(f'*/*_leftImg8bit.{extension}'))
+        if files:
+            return extension, files
+    return LAF_IMAGE_EXTENSIONS[0], []
+
+
+def laf_image_path(laf_root: Path, frame: str) -> Path | None:
+    """The Lost & Found image of `frame` ('04_Maurener_Weg_8_000000_000030') in the train or
+    test split, any of `LAF_IMAGE_EXTENSIONS`; None if absent."""
+    match = _LAF_FRAME.fullmatch(frame)
+    if match is None:
+        return None
+    for split in ('train', 'test'):
+        for extension in LAF_IMAGE_EXTENSIONS:
+            sequence = laf_root / 'leftImg8bit' / split / match.group(1)
+            path = sequence / f'{frame}_leftImg8bit.{extension}'
+            if path.is_file():
+                return path
+    return None
+
+
+def _find_laf_root(root: Path, laf_root: Path | None) -> Path | None:
+    if laf_root is not None:
+        return laf_root
+    siblings = (root.parent / 'LostAndFound', root.parent / 'lost_and_found')
+    for candidate in (root, root.parent, *siblings):
+        if (candidate / 'leftImg8bit').is_dir():
+            return candidate
+    return None
+
+
+_FISHY_RELEASED = re.compile(r'\d+_(.+)_labels\.png')
+_FISHY_SMIYC = re.compile(r'(.+)_fishy-labels\.png')
+
+
+def fishyscapes_lost_and_found(
+    root: str | Path, *, laf_root: str | Path | None = None, strict_labels: bool = True
+) -> AnomalyDataset:
     """Fishyscapes Lost & Found validation (100 frames, labels 0 / 1 / 255).
 
-    Layouts (either):
+    Label layouts (detected):
 
-        root/fishyscapes_lostandfound/<idx>_<laf frame>_labels.png    Fishyscapes labels
-        root/laf_images/<laf frame>_leftImg8bit.png                   Lost & Found images
+        root/fishyscapes_lostandfound/<idx>_<laf frame>_labels.png   the released zip
+        (or those files directly in root)                            (bdl-benchmark)
+        root/labels/val/<laf frame>_fishy-labels.png                 SMIYC `FishyLAFAnomaly-val`
+        root/images/<stem>.png + root/labels_masks/<stem>.png        Mask2Anomaly bundle
 
-        root/images/<stem>.png + root/labels_masks/<stem>.png         Mask2Anomaly bundle
-
-    Pixels other than 0 / 1 are void (bdl-benchmark). SMIYC evaluates this set with the anomaly
-    track's component sizes.
+    Images of the first two come from the Lost & Found tree
+    (`<laf_root>/leftImg8bit/{train,test}/<sequence>/<frame>_leftImg8bit.{png,webp,jpg}`), as
+    both official loaders take them; `laf_root` defaults to root, its parent or a sibling
+    `LostAndFound/` holding `leftImg8bit/`. A hand-made `root/laf_images/` folder also works.
+    Pixels other than 0 / 1 are void (bdl-benchmark). Anomaly-track component sizes (SMIYC).
     """
     root = Path(root)
+    name = 'fishyscapes_lost_and_found'
     if (root / 'images').is_dir():
         frames, problems = _frames_from_label_masks(root, require_all=True)
-    else:
-        labels_dir, images_dir = root / 'fishyscapes_lostandfound', root / 'laf_images'
-        _require_dirs(root, [labels_dir, images_dir])
-        frames, problems, missing = [], [], []
-        for label_path in sorted(labels_dir.glob('*.png')):
-            match = re.fullmatch(r'\d+_(.+_)labels\.png', label_path.name)
-            if match is None:
-                problems.append(f'{label_path}: name is not <index>_<frame>_labels.png')
-                continue
-            image_path = images_dir / f'{match.group(1)}leftImg8bit.png'
-            if not image_path.is_file():
-                missing.append(image_path)
-            frames.append(FrameFiles(match.group(1)[:-1], image_path, label_path))
-        problems = problems[:_MAX_LISTED] + _list(missing, 'missing image')
-        if not frames and not problems:
-            problems = [f'no *_labels.png files in {labels_dir}']
+        return _finish(name, root, frames, problems, _BINARY, ANOMALY_TRACK, strict_labels)
+    if not root.is_dir():
+        raise BenchmarkDatasetError(root, ['the dataset root does not exist or is not a folder'])
+    candidates = [
+        (root / 'fishyscapes_lostandfound', _FISHY_RELEASED),
+        (root / 'labels' / 'val', _FISHY_SMIYC),
+        (root, _FISHY_RELEASED),
+    ]
+    labels_dir, pattern = next(
+        ((folder, regex) for folder, regex in candidates
+         if folder.is_dir() and any(regex.fullmatch(p.name) for p in folder.glob('*.png'))),
+        (None, None),
+    )  # fmt: skip
+    if labels_dir is None or pattern is None:
+        raise BenchmarkDatasetError(
+            root,
+            [
+                'accepted layouts: fishyscapes_lostandfound/<idx>_<frame>_labels.png, '
+                'labels/val/<frame>_fishy-labels.png, or images/ + labels_masks/; found none '
+                f'(folder holds {sorted(p.name for p in root.iterdir())[:8]})'
+            ],
+        )
+    laf = _find_laf_root(root, Path(laf_root) if laf_root is not None else None)
+    hand_made = root / 'laf_images'
+    frames, problems, missing = [], [], []
+    for label_path in sorted(labels_dir.glob('*.png')):
+        match = pattern.fullmatch(label_path.name)
+        if match is None:
+            continue
+        frame = match.group(1)
+        image_path = hand_made / f'{frame}_leftImg8bit.png'
+        if not image_path.is_file() and laf is not None:
+            image_path = laf_image_path(laf, frame) or image_path
+        if not image_path.is_file():
+            missing.append(image_path)
+        frames.append(FrameFiles(frame, image_path, label_path))
+    if missing and laf is None and not hand_made.is_dir():
+        problems.append(
+            'images come from the Lost & Found tree: pass its root (--lost-and-found-root), or '
+            'keep leftImg8bit/ in this folder, its parent or a sibling LostAndFound/'
+        )
+    problems += _list(missing, 'missing image')
+    image_roots = [p for p in (laf,) if p is not None]
     return _finish(
-        'fishyscapes_lost_and_found', root, frames, problems, _BINARY, ANOMALY_TRACK, strict_labels
+        name, root, frames, problems, _BINARY, ANOMALY_TRACK, strict_labels, image_roots
     )
 
 
+def _cityscapes_image_path(cityscapes_root: Path, frame: str) -> Path:
+    """`leftImg8bit/val/<city>/<frame>_leftImg8bit.png` ('frankfurt_000000_000294')."""
+    city = frame.split('_')[0]
+    return cityscapes_root / 'leftImg8bit' / 'val' / city / f'{frame}_leftImg8bit.png'
+
+
+def _find_cityscapes_root(root: Path, cityscapes_root: Path | None) -> Path | None:
+    if cityscapes_root is not None:
+        return cityscapes_root
+    for candidate in (root, root.parent, root.parent / 'cityscapes'):
+        if (candidate / 'leftImg8bit' / 'val').is_dir():
+            return candidate
+    return None
+
+
 def fishyscapes_static(
-    root: str | Path, version: int | None = None, *, strict_labels: bool = True
+    root: str | Path,
+    version: int | None = None,
+    *,
+    cityscapes_root: str | Path | None = None,
+    strict_labels: bool = True,
 ) -> AnomalyDataset:
     """Fishyscapes Static validation (30 frames, labels 0 / 1 / 255).
 
-    Layouts (either):
+    Layouts (detected):
 
-        root/fs_val_v<N>/<prefix>labels.png           labels of overlay version N (1, 2, 3)
-        root/fs_static_images_v<N>/<prefix>rgb.png    the blended images
+        root/fs_val_v<N>/<idx>_<cityscapes frame>_labels.png   the released fs_val_vN.zip:
+        root/fs_val_v<N>/<idx>_<cityscapes frame>_rgb.npz      labels and int overlays `rgb`
+        (or those files directly in root)
+
+        root/fs_val_v<N>/<prefix>labels.png +                  pre-blended images
+        root/fs_static_images_v<N>/<prefix>rgb.png
 
         root/images/<stem>.jpg + root/labels_masks/<stem>.png    Mask2Anomaly bundle
+
+    Released overlays are added to the Cityscapes val image
+    (`<cityscapes_root>/leftImg8bit/val/<city>/<frame>_leftImg8bit.png`) and clipped, as
+    bdl-benchmark's `fishyscapes_tfds.py` does; `cityscapes_root` defaults to root, its parent
+    or a sibling `cityscapes/`.
 
     Args:
         root: dataset root.
         version: overlay version; None picks the only `fs_val_v*` folder present. Report it:
             the versions differ.
+        cityscapes_root: Cityscapes root for the released overlays.
         strict_labels: raise on values other than 0 / 1 / 255.
     """
     root = Path(root)
@@ -432,37 +624,65 @@ def fishyscapes_static(
         )
     if not root.is_dir():
         raise BenchmarkDatasetError(root, ['the dataset root does not exist or is not a folder'])
-    if version is None:
-        versions = sorted(p.name for p in root.glob('fs_val_v*') if p.is_dir())
+    versions = sorted(p.name for p in root.glob('fs_val_v*') if p.is_dir())
+    if version is None and versions:
         if len(versions) != 1:
             raise BenchmarkDatasetError(
                 root,
-                [
-                    f'expected exactly one fs_val_v<N> folder (or images/ + labels_masks/), '
-                    f'found {versions}; pass version=N'
-                ],
+                [f'found overlay versions {versions}; pass version=N (--fs-static-version N)'],
             )
         version = int(versions[0].removeprefix('fs_val_v'))
-    labels_dir, images_dir = root / f'fs_val_v{version}', root / f'fs_static_images_v{version}'
-    _require_dirs(root, [labels_dir, images_dir])
-    frames, missing = [], []
+    if version is not None:
+        labels_dir = root / f'fs_val_v{version}'
+        name = f'fishyscapes_static_v{version}'
+        if not labels_dir.is_dir():
+            raise BenchmarkDatasetError(
+                root, [f'no folder fs_val_v{version} (overlay versions present: {versions})']
+            )
+    elif any(root.glob('*_labels.png')):
+        labels_dir, name = root, 'fishyscapes_static'
+    else:
+        raise BenchmarkDatasetError(
+            root,
+            [
+                'accepted layouts: fs_val_v<N>/ (released *_labels.png + *_rgb.npz, or with '
+                'fs_static_images_v<N>/), *_labels.png + *_rgb.npz in the folder, or images/ + '
+                'labels_masks/; found none (folder holds '
+                f'{sorted(p.name for p in root.iterdir())[:8]})'
+            ],
+        )
+    blended = root / f'fs_static_images_v{version}'
+    cityscapes = _find_cityscapes_root(root, Path(cityscapes_root) if cityscapes_root else None)
+    frames, problems, missing = [], [], []
     for label_path in sorted(labels_dir.glob('*labels.png')):
         prefix = label_path.name[: -len('labels.png')]
-        image_path = images_dir / f'{prefix}rgb.png'
-        if not image_path.is_file():
-            missing.append(image_path)
-        frames.append(FrameFiles(prefix.rstrip('_') or label_path.stem, image_path, label_path))
-    problems = _list(missing, 'missing image')
-    if not frames and not problems:
-        problems = [f'no *labels.png files in {labels_dir}']
+        if blended.is_dir():
+            image_path = blended / f'{prefix}rgb.png'
+            missing += [] if image_path.is_file() else [image_path]
+            name_of_frame = prefix.rstrip('_') or label_path.stem
+            frames.append(FrameFiles(name_of_frame, image_path, label_path))
+            continue
+        match = _FISHY_RELEASED.fullmatch(label_path.name)
+        if match is None:
+            problems.append(f'{label_path}: name is not <index>_<cityscapes frame>_labels.png')
+            continue
+        overlay_path = labels_dir / f'{prefix}rgb.npz'
+        if cityscapes is None:
+            image_path = Path('leftImg8bit') / 'val' / match.group(1)
+        else:
+            image_path = _cityscapes_image_path(cityscapes, match.group(1))
+        missing += [p for p in (image_path, overlay_path) if not p.is_file()]
+        frames.append(FrameFiles(match.group(1), image_path, label_path, overlay_path))
+    if missing and cityscapes is None and not blended.is_dir():
+        problems.append(
+            'the released overlays are added to Cityscapes val images: pass its root '
+            '(--cityscapes-root), or keep leftImg8bit/val/ in this folder, its parent or a '
+            'sibling cityscapes/'
+        )
+    problems = problems[:_MAX_LISTED] + _list(missing, 'missing file')
+    image_roots = [p for p in (cityscapes,) if p is not None]
     return _finish(
-        f'fishyscapes_static_v{version}',
-        root,
-        frames,
-        problems,
-        _BINARY,
-        ANOMALY_TRACK,
-        strict_labels,
+        name, root, frames, problems, _BINARY, ANOMALY_TRACK, strict_labels, image_roots
     )
 
 
@@ -484,8 +704,16 @@ def smiyc_road_anomaly21(root: str | Path, *, strict_labels: bool = True) -> Ano
     )
 
 
+SMIYC_RO21_VALIDATION_EXCLUDED = (
+    'validation_19', *(f'validation_{n}' for n in range(21, 30))
+)  # fmt: skip
+"""Frame-name prefixes SMIYC's `ObstacleTrack-validation` drops (`datasets/tracks.py`,
+`DatasetObstacleTrack`, `exclude_prefix`, matched with `str.startswith`): 40 labelled
+validation frames -> 30."""
+
+
 def smiyc_road_obstacle21(root: str | Path, *, strict_labels: bool = True) -> AnomalyDataset:
-    """SegmentMeIfYouCan RoadObstacle21 (`dataset_ObstacleTrack`), labelled frames only.
+    """SegmentMeIfYouCan RoadObstacle21 (`dataset_ObstacleTrack`), `ObstacleTrack-validation`.
 
     Layout:
 
@@ -493,13 +721,35 @@ def smiyc_road_obstacle21(root: str | Path, *, strict_labels: bool = True) -> An
         root/labels_masks/<stem>_labels_semantic.png        0 road / 1 obstacle / 255 off-road
         (or root/labels_masks/<stem>.png, Mask2Anomaly bundle)
 
-    Frames without a label (hidden test labels) are skipped. Obstacle-track component sizes.
+    Frames without a label (hidden test labels) are skipped, and so are the validation frames
+    SMIYC excludes (`SMIYC_RO21_VALIDATION_EXCLUDED`). Obstacle-track component sizes.
     """
     root = Path(root)
     frames, problems = _frames_from_label_masks(root, require_all=False)
+    kept = [f for f in frames if not f.name.startswith(SMIYC_RO21_VALIDATION_EXCLUDED)]
+    if frames and not kept and not problems:
+        problems = ['every labelled frame is excluded by the ObstacleTrack-validation split']
     return _finish(
-        'smiyc_road_obstacle21', root, frames, problems, _BINARY, OBSTACLE_TRACK, strict_labels
+        'smiyc_road_obstacle21', root, kept, problems, _BINARY, OBSTACLE_TRACK, strict_labels
     )
+
+
+LAF_TEST_INVALID_INDICES = (
+    17, 37, 55, 72, 91, 110, 129, 153, 174, 197, 218, 353, 490, 618, 686, 792, 793,
+)  # fmt: skip
+"""Positions (in the name-sorted 1203-frame test split) of the frames with empty labels that
+SMIYC's `LostAndFound-testValid` / `-testNoKnown` drop (`tracks.py`, `exclude_frame_indices`)."""
+
+LAF_TEST_NO_KNOWN_EXCLUDED = (
+    '15_Rechbergstr_Deckenpfronn',  # children
+    '01_Hanns_Klemm_Str_45_000006',  # bicycle
+    '01_Hanns_Klemm_Str_45_000007',  # bicycle
+    '10_Schlossberg_9_000004',  # bicycle
+)
+"""Frame-name prefixes `LostAndFound-testNoKnown` drops (`tracks.py`, `exclude_prefix`)."""
+
+LAF_TEST_FRAMES = 1203
+LAF_SPLITS = ('testNoKnown', 'test', 'train')
 
 
 def lost_and_found(
@@ -511,9 +761,9 @@ def lost_and_found(
 ) -> AnomalyDataset:
     """Lost & Found (Pinggera et al. 2016) in its Cityscapes-style layout.
 
-    Layout:
+    Layout (the official `leftImg8bit.zip` + `gtCoarse.zip`):
 
-        root/leftImg8bit/<split>/<sequence>/<frame>_leftImg8bit.png
+        root/leftImg8bit/<split>/<sequence>/<frame>_leftImg8bit.<png|webp|jpg>
         root/gtCoarse/<split>/<sequence>/<frame>_gtCoarse_labelIds.png
             0 unlabelled, 1 free road, 2..200 obstacle classes
 
@@ -521,17 +771,38 @@ def lost_and_found(
 
     Args:
         root: dataset root.
-        split: 'train' or 'test' (1203 frames; SMIYC's `LostAndFound-testNoKnown` is a 1043-frame
-            subset whose frame list must be passed as `frame_names`).
+        split: 'testNoKnown' (SMIYC's leaderboard split, 1043 frames: the 1203 test frames
+            minus `LAF_TEST_INVALID_INDICES` and `LAF_TEST_NO_KNOWN_EXCLUDED`; needs the full
+            test split, as its positional exclusions do), 'test' (1203) or 'train' (1036).
         frame_names: keep only these frames; names missing from the dataset are errors.
         strict_labels: raise on labels above 200.
     """
+    if split not in LAF_SPLITS:
+        raise ValueError(f'Lost & Found split must be one of {LAF_SPLITS}, got {split!r}')
     root = Path(root)
-    images_dir, labels_dir = root / 'leftImg8bit' / split, root / 'gtCoarse' / split
+    folder = 'test' if split == 'testNoKnown' else split
+    images_dir, labels_dir = root / 'leftImg8bit' / folder, root / 'gtCoarse' / folder
     _require_dirs(root, [images_dir, labels_dir])
-    suffix = '_leftImg8bit.png'
+    extension, image_paths = _laf_image_glob(images_dir)
+    suffix = f'_leftImg8bit.{extension}'
+    if split == 'testNoKnown':
+        if len(image_paths) != LAF_TEST_FRAMES:
+            raise BenchmarkDatasetError(
+                root,
+                [
+                    f'LostAndFound-testNoKnown drops frames by position in the full '
+                    f'{LAF_TEST_FRAMES}-frame test split, found {len(image_paths)} frames in '
+                    f'{images_dir}; complete it or use --lost-and-found-split test'
+                ],
+            )
+        invalid = set(LAF_TEST_INVALID_INDICES)
+        image_paths = [
+            path
+            for index, path in enumerate(image_paths)
+            if index not in invalid and not path.name.startswith(LAF_TEST_NO_KNOWN_EXCLUDED)
+        ]
     frames, missing = [], []
-    for image_path in sorted(images_dir.glob(f'*/*{suffix}')):
+    for image_path in image_paths:
         stem = image_path.name[: -len(suffix)]
         if frame_names is not None and stem not in frame_names:
             continue
@@ -544,8 +815,8 @@ def lost_and_found(
         absent = sorted(set(frame_names) - {frame.name for frame in frames})
         problems += _list(absent, 'requested frame not found')
     if not frames and not problems:
-        problems = [f'no */*{suffix} images in {images_dir}']
-    mapping = {0: VOID, 1: 0, **dict.fromkeys(range(2, 201), 1)}
+        problems = [f'no */*_leftImg8bit.{{png,webp,jpg}} images in {images_dir}']
+    mapping = {0: VOID_ID, 1: 0, **dict.fromkeys(range(2, 201), 1)}
     return _finish(
         f'lost_and_found_{split}', root, frames, problems, mapping, OBSTACLE_TRACK, strict_labels
     )
@@ -561,9 +832,9 @@ def streethazards_anomaly_mapping(convention: StreetHazardsConvention) -> dict[i
     """
     mapping = {**dict.fromkeys(range(1, 14), 0), 14: 1}
     if convention == 'mask2anomaly':
-        mapping.update({1: VOID, 4: VOID})
+        mapping.update({1: VOID_ID, 4: VOID_ID})
     elif convention == 'densehybrid':
-        mapping[4] = VOID
+        mapping[4] = VOID_ID
     elif convention != 'caos':
         raise ValueError(
             f"convention must be 'mask2anomaly', 'densehybrid' or 'caos', got {convention!r}"
@@ -574,7 +845,7 @@ def streethazards_anomaly_mapping(convention: StreetHazardsConvention) -> dict[i
 def _streethazards_open_set_lut() -> np.ndarray:
     # DenseHybrid: raw - 1, "other" (raw 4) ignored, classes above it shifted down by one, so
     # the anomaly (raw 14) lands on index 12 = K.
-    mapping = {1: 0, 2: 1, 3: 2, 4: VOID, **{raw: raw - 2 for raw in range(5, 15)}}
+    mapping = {1: 0, 2: 1, 3: 2, 4: VOID_ID, **{raw: raw - 2 for raw in range(5, 15)}}
     return _lut(mapping)
 
 
@@ -661,6 +932,9 @@ def street_hazards(
     problems = _list(missing, 'missing label')
     if not frames and not problems:
         problems = [f'no *.png images in {", ".join(str(d) for d in town_dirs)}']
+    problems += _list(
+        outside_roots(frame_paths(frames), [root]), 'path leaves the dataset root, refused'
+    )
     if problems:
         raise BenchmarkDatasetError(root, problems)
     return StreetHazardsDataset(root, frames, town_of_frame, convention, strict_labels)
@@ -830,6 +1104,8 @@ def coco_panoptic(
         missing += [path for path in (image_path, png_path) if not path.is_file()]
         records.append(_PanopticRecord(Path(file_name).stem, image_path, png_path, segments))
     problems = problems[:_MAX_LISTED] + _list(missing, 'missing file')
+    escaping = outside_roots((p for r in records for p in (r.image_path, r.png_path)), [root])
+    problems += _list(escaping, 'path leaves the dataset root, refused')
     if not records and not problems:
         problems.append(f'{json_path}: no annotations')
     if problems:
@@ -854,21 +1130,56 @@ def coco_panoptic(
     )
 
 
-def open_anomaly_benchmark(name: str, root: str | Path) -> AnomalyDataset:
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    """Reader options a command line passes to `open_anomaly_benchmark`.
+
+    Attributes:
+        strict_labels: raise on unexpected label values (False: they become void).
+        lost_and_found_split: `LAF_SPLITS` entry for `lost_and_found`.
+        lost_and_found_root: Lost & Found tree for the Fishyscapes L&F images (None: detected).
+        cityscapes_root: Cityscapes tree for the Fishyscapes Static overlays (None: detected).
+        fs_static_version: overlay version `fs_val_v<N>` (None: the only one present).
+    """
+
+    strict_labels: bool = True
+    lost_and_found_split: str = 'testNoKnown'
+    lost_and_found_root: Path | None = None
+    cityscapes_root: Path | None = None
+    fs_static_version: int | None = None
+
+
+def open_anomaly_benchmark(
+    name: str, root: str | Path, options: BenchmarkOptions | None = None
+) -> AnomalyDataset:
     """Open an anomaly benchmark by name (for `--dataset NAME=PATH` command lines).
 
     Names: road_anomaly, fs_lost_and_found, fs_static, smiyc_ra21, smiyc_ro21, lost_and_found,
     street_hazards.
     """
-    readers = {
-        'road_anomaly': road_anomaly,
-        'fs_lost_and_found': fishyscapes_lost_and_found,
-        'fs_static': fishyscapes_static,
-        'smiyc_ra21': smiyc_road_anomaly21,
-        'smiyc_ro21': smiyc_road_obstacle21,
-        'lost_and_found': lost_and_found,
-        'street_hazards': street_hazards,
-    }
-    if name not in readers:
-        raise ValueError(f'unknown benchmark {name!r}; choose from {sorted(readers)}')
-    return readers[name](root)
+    options = options or BenchmarkOptions()
+    strict = options.strict_labels
+    if name == 'road_anomaly':
+        return road_anomaly(root, strict_labels=strict)
+    if name == 'fs_lost_and_found':
+        return fishyscapes_lost_and_found(
+            root, laf_root=options.lost_and_found_root, strict_labels=strict
+        )
+    if name == 'fs_static':
+        return fishyscapes_static(
+            root,
+            options.fs_static_version,
+            cityscapes_root=options.cityscapes_root,
+            strict_labels=strict,
+        )
+    if name == 'smiyc_ra21':
+        return smiyc_road_anomaly21(root, strict_labels=strict)
+    if name == 'smiyc_ro21':
+        return smiyc_road_obstacle21(root, strict_labels=strict)
+    if name == 'lost_and_found':
+        return lost_and_found(root, options.lost_and_found_split, strict_labels=strict)
+    if name == 'street_hazards':
+        return street_hazards(root, strict_labels=strict)
+    names = ['fs_lost_and_found', 'fs_static', 'lost_and_found', 'road_anomaly']
+    names += ['smiyc_ra21', 'smiyc_ro21', 'street_hazards']
+    raise ValueError(f'unknown benchmark {name!r}; choose from {names}')

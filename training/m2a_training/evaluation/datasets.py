@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from m2a_perception.classes import cityscapes_classes
+from m2a_perception.classes import VOID_ID, cityscapes_classes, label_id_to_train_id_table
 from m2a_perception.metrics.component import OBSTACLE_TRACK, ComponentTrack
 from m2a_perception.metrics.panoptic import (
     UNKNOWN_CATEGORY_ID,
@@ -41,6 +41,7 @@ from m2a_training.data.benchmarks import (
     STREETHAZARDS_OPEN_SET_CLASSES,
     AnomalyDataset,
     BenchmarkDatasetError,
+    BenchmarkOptions,
     CocoPanopticDataset,
     StreetHazardsConvention,
     StreetHazardsDataset,
@@ -54,12 +55,9 @@ from m2a_training.data.cityscapes import (
     LABEL_SUFFIX,
     CityscapesRecord,
     DatasetError,
-    build_train_id_lut,
     find_cityscapes_records,
     read_cityscapes_sample,
 )
-
-VOID = 255
 
 ANOMALY_BENCHMARKS = (
     'smiyc_ra21',
@@ -91,6 +89,11 @@ TITLES = {
     'coco_k10': 'COCO val K=10%',
     'coco_k20': 'COCO val K=20%',
 }
+
+LEADERBOARD_PIXEL_PROTOCOLS = {'smiyc_ra21': 'smiyc_binned', 'smiyc_ro21': 'smiyc_binned'}
+"""Default pixel protocol where it differs from 'smiyc' (exact): the SMIYC tracks use the
+leaderboard's binned `PixBinaryClass` curve, whose best-F1 threshold also binarises the
+component metrics (`metrics/pixel_classification.py`, `get_thresh_p_from_curve`)."""
 
 SYNTHETIC_TRACK = OBSTACLE_TRACK
 """Component sizes for the synthetic anomaly set: its objects lie on the road like RO21's, and
@@ -322,7 +325,7 @@ def cityscapes_panoptic_target(
         segments: category = trainId, crowd = thing pixels without an instance id (< 1000), area
         counted from the map (the script writes the mask's pixel count).
     """
-    ids = np.where(semantic == VOID, 0, instance).astype(np.int64)
+    ids = np.where(semantic == VOID_ID, 0, instance).astype(np.int64)
     values, first = np.unique(ids.ravel(), return_index=True)
     flat_semantic = semantic.ravel()
     segments = []
@@ -349,7 +352,7 @@ class CityscapesEvalDataset(EvalDataset):
         self.root = root
         self.records = records
         self.semantic_classes = len(cityscapes_classes())
-        self.train_id_lut = build_train_id_lut()
+        self.train_id_lut = label_id_to_train_id_table()
         self.thing_ids = frozenset(i.train_id for i in cityscapes_classes() if i.is_thing)
         if with_panoptic:
             categories, _ = open_set_categories(cityscapes_categories(), ())
@@ -510,6 +513,7 @@ def open_eval_dataset(
     root: str | Path,
     *,
     streethazards_convention: StreetHazardsConvention = 'mask2anomaly',
+    options: BenchmarkOptions | None = None,
 ) -> EvalDataset:
     """Open a dataset by its CLI name.
 
@@ -518,12 +522,17 @@ def open_eval_dataset(
         BenchmarkDatasetError, DatasetError: missing or malformed data (message lists problems).
     """
     root = Path(root)
+    options = options or BenchmarkOptions()
     if name in ANOMALY_BENCHMARKS:
-        return AnomalyEvalDataset(name, open_anomaly_benchmark(name, root))
+        return AnomalyEvalDataset(name, open_anomaly_benchmark(name, root, options))
     if name == 'synthetic':
         return _open_synthetic(root)
     if name == 'street_hazards':
-        return StreetHazardsEvalDataset(street_hazards(root, convention=streethazards_convention))
+        return StreetHazardsEvalDataset(
+            street_hazards(
+                root, convention=streethazards_convention, strict_labels=options.strict_labels
+            )
+        )
     if name == 'cityscapes':
         return _open_cityscapes(root)
     if name in COCO_SPLITS:

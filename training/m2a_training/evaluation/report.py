@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from m2a_perception.weights.checkpoint import atomic_write
 from m2a_training.evaluation.datasets import ANOMALY_BENCHMARKS, COCO_SPLITS
 from m2a_training.evaluation.runner import DatasetResult, EvaluationResult
 
@@ -279,6 +280,19 @@ def report_json(
     )
 
 
+def protocol_header(result: EvaluationResult) -> str:
+    """One line naming each dataset's pixel protocol, whose curve also gives the component
+    binarisation threshold (SMIYC's `get_thresh_p_from_curve`)."""
+    named = [f'`{r.name}` {r.protocol}' for r in result.datasets.values() if r.protocol]
+    if not named:
+        return 'Protocol: no pixel-anomaly dataset.'
+    return (
+        'Protocol (pixel curve; component metrics binarise at its best-F1 threshold): '
+        + ', '.join(named)
+        + '.'
+    )
+
+
 def report_markdown(
     result: EvaluationResult,
     tables: Sequence[Table],
@@ -294,6 +308,7 @@ def report_markdown(
         f'{result.world_size} process(es). Values in %.'
     )
     lines.append('')
+    lines += [protocol_header(result), '']
     if not tables:
         lines += ['No metric could be computed on these datasets with this model.', '']
     for table in tables:
@@ -376,5 +391,6 @@ def write_per_frame_csv(r: DatasetResult, path: Path) -> Path:
 
 
 def write_json(data: dict[str, object], path: Path) -> Path:
-    path.write_text(json.dumps(data, indent=2, allow_nan=False) + '\n')
+    text = json.dumps(data, indent=2, allow_nan=False) + '\n'
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
