@@ -23,6 +23,8 @@ setup(
     name=PACKAGE,
     version='0.1.0',
     packages=find_packages(include=[PACKAGE, f'{PACKAGE}.*']),
+    # The TensorRT ONNX operator support matrix read by deploy/tensorrt_ops.py.
+    package_data={PACKAGE: ['deploy/*.yaml']},
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml']),

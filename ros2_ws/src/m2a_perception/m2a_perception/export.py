@@ -2,7 +2,8 @@
 
 This is the path TensorRT takes, so the graph must have no graph breaks and no data-dependent
 shapes: one static input shape per engine, the static masked-attention row guard, the
-`grid_sample` deformable attention and float32 softmax are all inside the model already.
+deformable attention (`grid_sample`, or `gather` for TensorRT graphs) and float32 softmax are all
+inside the model already.
 
 Allowed dependencies: torch, onnx (imported lazily for checks).
 """
