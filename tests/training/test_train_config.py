@@ -56,7 +56,7 @@ def test_shipped_recipes_load_and_match_the_paper() -> None:
     assert stage2.data.anomaly_mix.pool_size == 300
     assert stage1.validation.selection_metric == 'miou'
     for name in ('synthetic_stage1.yaml', 'synthetic_stage2.yaml'):
-        assert load_train_config(CONFIG_DIR / name).model.config in ('tiny', None)
+        assert load_train_config(CONFIG_DIR / name).model.config in ('demo', None)
 
 
 def test_overrides_are_typed_and_nested() -> None:
@@ -187,7 +187,7 @@ def test_cli_reports_config_errors_and_prints_resolved_config(
     config = str(CONFIG_DIR / 'synthetic_stage1.yaml')
     assert main([config, 'seed=5', '--print-config', 'solver.lr=2e-3']) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed['seed'] == 5 and printed['model']['config'] == 'tiny'
+    assert printed['seed'] == 5 and printed['model']['config'] == 'demo'
     assert printed['solver']['lr'] == 2e-3
 
 

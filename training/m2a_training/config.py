@@ -72,6 +72,7 @@ class SyntheticWorldSection:
     size: tuple[int, int] = (128, 256)
     seed: int = 0
     anomaly_kinds: tuple[str, ...] | None = None
+    outlier_object_scale: tuple[float, float] = (0.25, 0.7)
 
 
 @dataclass(frozen=True)

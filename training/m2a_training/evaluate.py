@@ -61,17 +61,19 @@ from typing import Any
 import torch
 
 from m2a_perception.cli.common import setup_logging
-from m2a_perception.cli.infer import UNIT_RANGE_SCORERS
-from m2a_perception.metrics.pixel import PixelProtocol, get_pixel_protocol
+from m2a_perception.inference.backend import PRECISIONS
+from m2a_perception.metrics.pixel import PIXEL_PROTOCOLS, PixelProtocol, get_pixel_protocol
 from m2a_perception.postprocess import SCORERS, SCORING_PROTOCOLS, PostprocessConfig
 from m2a_perception.postprocess.config import (
     LABEL_UPSAMPLING,
     REFINEMENT_MODES,
     SCORING_RESOLUTIONS,
+    UNIT_RANGE_SCORERS,
 )
-from m2a_perception.weights import CheckpointError
+from m2a_perception.runtime.loader import BackendError, BackendSpec, engine_kind, load_backend
+from m2a_perception.weights import CheckpointError, WriteFailedError
+from m2a_perception.weights.checkpoint import atomic_write, write_failure
 from m2a_training.distributed import DistributedContext, init_distributed, shutdown_distributed
-from m2a_training.evaluation.backends import BackendUnavailableError, LoadedBackend, load_backend
 from m2a_training.evaluation.datasets import (
     DATASET_ERRORS,
     DATASET_NAMES,
@@ -97,7 +99,6 @@ from m2a_training.evaluation.runner import (
 
 LOGGER = logging.getLogger(__name__)
 
-PROTOCOL_NAMES = ('smiyc', 'smiyc_binned', 'fishyscapes', 'mask2anomaly')
 EXIT_USAGE = 2
 
 
@@ -110,12 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         '--engine',
         type=Path,
-        help='exported model: .onnx (onnxruntime) or .engine/.plan/.trt (TensorRT); needs '
-        '--model-config or the --checkpoint it came from',
+        help='engine from m2a-build-engine: .onnx (onnxruntime), .ep (tensorrt) or .plan '
+        '(tensorrt-onnx); opened through its sidecar, checked against --checkpoint',
     )
-    model.add_argument('--model-config', help='model config name or YAML (for --engine)')
+    model.add_argument(
+        '--backend',
+        choices=('torch', 'torch-compile'),
+        default='torch',
+        help='backend of --checkpoint without --engine',
+    )
+    model.add_argument(
+        '--allow-gate-failed',
+        action='store_true',
+        help='use an engine whose accuracy gate failed (explicit override)',
+    )
     model.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    model.add_argument('--precision', choices=('fp32', 'fp16'), default='fp32')
+    model.add_argument('--precision', choices=PRECISIONS, default='fp32')
     model.add_argument('--method-name', help='row label in the tables (default: file stem)')
 
     data = parser.add_argument_group('data')
@@ -143,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar='[DATASET=]NAME',
         help=(
             f'scoring protocol, one of {", ".join(SCORING_PROTOCOLS)} (default official), or '
-            f'pixel protocol, one of {", ".join(PROTOCOL_NAMES)} (default smiyc); repeatable'
+            f'pixel protocol, one of {", ".join(PIXEL_PROTOCOLS)} (default smiyc); repeatable'
         ),
     )
     metrics.add_argument(
@@ -224,8 +235,8 @@ def parse_protocols(specs: list[str], names: list[str]) -> dict[str, PixelProtoc
         if spec in SCORING_PROTOCOLS:
             continue
         dataset, separator, protocol = spec.rpartition('=')
-        if protocol not in PROTOCOL_NAMES:
-            raise ValueError(f'unknown protocol {protocol!r}; choose from {PROTOCOL_NAMES}')
+        if protocol not in PIXEL_PROTOCOLS:
+            raise ValueError(f'unknown protocol {protocol!r}; choose from {PIXEL_PROTOCOLS}')
         if not separator:
             default = get_pixel_protocol(protocol)
             per_dataset = {}
@@ -288,10 +299,27 @@ def write_report(
     tables = build_tables(result, run['method'])
     relative = {kind: [str(p.relative_to(out)) for p in paths] for kind, paths in files.items()}
     markdown = report_markdown(result, tables, run, relative)
-    (out / 'results.md').write_text(markdown)
+    atomic_write(out / 'results.md', lambda tmp: tmp.write_text(markdown))
     write_json(report_json(result, tables, {**run, 'files': relative}), out / 'results.json')
     files['report'] = [out / 'results.md', out / 'results.json']
     return files
+
+
+def backend_spec(args: argparse.Namespace, device: torch.device) -> BackendSpec:
+    """The loader spec of --checkpoint / --engine (the engine kind from its suffix)."""
+    if args.checkpoint is None:
+        raise ValueError(
+            'pass --checkpoint CKPT (and --engine ENGINE to evaluate an engine of it)'
+        )
+    kind = args.backend if args.engine is None else engine_kind(args.engine)
+    return BackendSpec(
+        kind=kind,
+        checkpoint=str(args.checkpoint),
+        engine_path='' if args.engine is None else str(args.engine),
+        device=str(device),
+        precision=args.precision,
+        allow_gate_failed=args.allow_gate_failed,
+    )
 
 
 def _run(args: argparse.Namespace, context: DistributedContext, device: torch.device) -> int:
@@ -306,13 +334,7 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
         raise ValueError('--limit must be at least 1')
     protocols = parse_protocols(args.protocol, names)
     base_postprocess = postprocess_from_args(args)
-    loaded: LoadedBackend = load_backend(
-        checkpoint=args.checkpoint,
-        engine=args.engine,
-        model_config=args.model_config,
-        device=device,
-        precision=args.precision,
-    )
+    loaded = load_backend(backend_spec(args, device))
     options = EvalOptions(
         protocols=protocols,
         cache_dir=args.cache_dir or args.out / 'cache',
@@ -342,7 +364,7 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
     if result is None:
         return 0
     run = {
-        'method': args.method_name or loaded.method_name,
+        'method': args.method_name or Path(loaded.spec.engine_path or loaded.spec.checkpoint).stem,
         'backend': loaded.describe(),
         'device': str(device),
         'scoring_protocol': scoring_protocol_of(args.protocol),
@@ -356,7 +378,12 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
         },
         'environment': {'python': platform.python_version(), 'torch': torch.__version__},
     }
-    files = write_report(result, args.out, run, options.gallery_size)
+    try:
+        files = write_report(result, args.out, run, options.gallery_size)
+    except WriteFailedError:
+        raise
+    except OSError as error:  # plots, gallery, CSVs; results.md/json are written atomically
+        raise (write_failure(args.out, error) or error) from error
     for path in files['report']:
         print(f'wrote {path}')
     return 0
@@ -365,7 +392,8 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
 EXPECTED_ERRORS = (
     *DATASET_ERRORS,
     CheckpointError,
-    BackendUnavailableError,
+    BackendError,
+    WriteFailedError,
     EvaluationError,
     FileNotFoundError,
     ValueError,

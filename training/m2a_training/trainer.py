@@ -183,6 +183,7 @@ def ensure_synthetic_world(config: TrainConfig, context: DistributedContext) -> 
             num_outlier_images=spec.num_outlier_images,
             size=spec.size,
             seed=spec.seed,
+            outlier_object_scale=spec.outlier_object_scale,
             **kinds,
         )
     barrier()

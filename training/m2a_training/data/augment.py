@@ -34,8 +34,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-# Semantic label of void pixels (Cityscapes ignore) and of pasted outlier pixels (AnomalyMix).
-IGNORE_LABEL = 255
+from m2a_perception.classes import VOID_ID
+
+# Semantic label of pasted outlier pixels (AnomalyMix); void pixels keep `VOID_ID`.
 OUTLIER_LABEL = 254
 
 AugmentMode = Literal['official', 'lsj']
@@ -221,7 +222,7 @@ def pad_sample(sample: AnnotatedImage, size: tuple[int, int], image_value: int) 
     return replace(
         sample,
         image=np.pad(sample.image, (*spec, (0, 0)), constant_values=image_value),
-        semantic=np.pad(sample.semantic, spec, constant_values=IGNORE_LABEL),
+        semantic=np.pad(sample.semantic, spec, constant_values=VOID_ID),
         ood_mask=np.pad(sample.ood_mask, spec, constant_values=False),
         instance=None if sample.instance is None else np.pad(sample.instance, spec),
     )

@@ -101,14 +101,23 @@ class Segmenter:
         """(H, W, 3) uint8 RGB -> (1, 3, H', W') network input on `self.device`, and its record."""
         return self.preprocessor(image, self.device)
 
-    def infer(self, images: torch.Tensor, record: PreprocessRecord | None = None) -> Prediction:
-        """Run the backend; twice, on the mirrored source too, when `postprocess_config.flip`.
+    def infer(
+        self,
+        images: torch.Tensor,
+        record: PreprocessRecord | None = None,
+        config: PostprocessConfig | None = None,
+    ) -> Prediction:
+        """Run the backend; twice, on the mirrored source too, when the config's `flip` is set.
+
+        `config` (default `postprocess_config`) is per call: callers that vary it per frame
+        pass it here instead of changing the shared segmenter.
 
         Raises:
             ValueError: flip is on and no `record` is given (the flip needs the geometry).
         """
+        config = config or self.postprocess_config
         with torch.inference_mode():
-            if self.postprocess_config.flip:
+            if config.flip:
                 if record is None:
                     raise ValueError('the flipped pass needs the pre-processing record')
                 (class_logits, mask_logits), flipped = predict_with_flip(
@@ -119,9 +128,14 @@ class Segmenter:
             return Prediction(class_logits, mask_logits)
 
     def postprocess(
-        self, prediction: Prediction, record: PreprocessRecord, index: int = 0
+        self,
+        prediction: Prediction,
+        record: PreprocessRecord,
+        index: int = 0,
+        config: PostprocessConfig | None = None,
     ) -> SegmentationOutput:
-        """Outputs of image `index` of the batch, on the backend's device."""
+        """Outputs of image `index` of the batch, on the backend's device (`config` as in
+        `infer`)."""
         flipped = None
         if prediction.flipped is not None:
             flipped = (prediction.flipped[0][index], prediction.flipped[1][index])
@@ -130,7 +144,7 @@ class Segmenter:
                 prediction.class_logits[index],
                 prediction.mask_logits[index],
                 record,
-                self.postprocess_config,
+                config or self.postprocess_config,
                 flipped,
             )
 

@@ -20,6 +20,9 @@ SCORERS = ('mask2anomaly', 'max_logit', 'rba', 'energy', 'neg_logit_sum', 'entro
 # Scorers whose values can be negative; structure-constrained fusion multiplies scores and is
 # only meaningful on non-negative ones.
 SIGNED_SCORERS = ('max_logit', 'rba', 'energy', 'neg_logit_sum')
+# Scorers whose values lie in about [0, 1], so one threshold range and one colour scale fit all
+# (the node's choices, the fixed heatmap range of m2a-infer and m2a-eval).
+UNIT_RANGE_SCORERS = tuple(name for name in SCORERS if name not in SIGNED_SCORERS)
 REFINEMENT_MODES = ('code', 'paper', 'paper_literal', 'off')
 SCF_VALIDITY = ('object', 'max_class')
 OUTPUT_RESOLUTIONS = ('source', 'model')
