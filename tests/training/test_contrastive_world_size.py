@@ -94,7 +94,7 @@ def test_loss_and_gradients_equal_the_single_process_ones(tmp_path: Path, world_
         str(tmp_path),
     ]
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=480)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     share = BATCH // world_size

@@ -22,7 +22,7 @@ The pool can also be the authors' processed outlier folder (the "ood_dataset" th
 with `ood_annotations/*.png` masks (254 on outlier pixels, 0 elsewhere) and `images/*.jpg`. The
 official mapper globs `.../ood_annotations/*.png` (`mask_former_semantic_dataset_mapper.py` line
 142, default path `mask2former/config.py` line 121) and finds each image by replacing
-`ood_annotations` with `images` and `png` with `jpg` (lines 213-215). The folder is already
+`ood_annotations` with `images` and `png` with `jpg` (lines 218-220). The folder is already
 filtered, so no class or size filter runs; masks without any 254 pixel stay in the pool as in the
 official code, where they paste nothing (`keep_empty_masks=False` leaves them out instead).
 
@@ -112,7 +112,7 @@ def read_folder_mask(path: Path) -> np.ndarray:
 
 
 def folder_image_path(mask_path: Path, root: Path) -> Path:
-    """The image of a mask, as the official mapper derives it (lines 213-215): `ood_annotations`
+    """The image of a mask, as the official mapper derives it (lines 218-220): `ood_annotations`
     -> `images` and `png` -> `jpg`, applied to the path below `root` only, so that folder names
     above it cannot be rewritten."""
     relative = str(mask_path.relative_to(root))

@@ -15,7 +15,7 @@ detectron2 does) and a horizontal flip with probability 0.5.
 The image is resized with PIL bilinear; every label map (semantic, instance ids, outlier mask)
 with one nearest-neighbour index map, so all of them, and the image, stay in register through
 every step. The index map is detectron2's: the official mapper reads the labels as float64
-(`mask_former_semantic_dataset_mapper.py` line 203, `.astype("double")`; the pasted outliers are
+(`mask_former_semantic_dataset_mapper.py` line 204, `.astype("double")`; the pasted outliers are
 label 254 in that map), so detectron2's `ResizeTransform.apply_image` resizes them with torch's
 `F.interpolate(mode='nearest')`, source index floor(i · in/out) in float32, not PIL's
 pixel-centre nearest. Randomness comes only from the `np.random.Generator`
