@@ -12,8 +12,9 @@ from launch.actions import (
     DeclareLaunchArgument,
     IncludeLaunchDescription,
     OpaqueFunction,
+    SetEnvironmentVariable,
 )
-from launch.conditions import IfCondition
+from launch.conditions import IfCondition, LaunchConfigurationNotEquals
 from launch.launch_context import LaunchContext
 from launch.launch_description import LaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
@@ -38,6 +39,12 @@ ARGUMENTS = (
     ('autostart', 'true', 'Configure and activate without a lifecycle manager.'),
     ('log_level', 'info', 'Log level of the node.'),
     ('rviz', 'false', 'Also start RViz with per-camera image displays.'),
+    (
+        'fastdds_profile',
+        PathJoinSubstitution([FindPackageShare(PACKAGE), 'config', 'fastdds_large_frames.xml']),
+        'Fast DDS XML profile for multi-MB frames (FASTDDS_DEFAULT_PROFILES_FILE of the started '
+        'processes); empty keeps the environment. Camera drivers need the same profile.',
+    ),
 )
 
 
@@ -97,6 +104,12 @@ def generate_launch_description() -> LaunchDescription:
             *(
                 DeclareLaunchArgument(name, default_value=default, description=text)
                 for name, default, text in ARGUMENTS
+            ),
+            # Before the node: shared memory sized for multi-MB frames, any discovery range.
+            SetEnvironmentVariable(
+                'FASTDDS_DEFAULT_PROFILES_FILE',
+                LaunchConfiguration('fastdds_profile'),
+                condition=LaunchConfigurationNotEquals('fastdds_profile', ''),
             ),
             OpaqueFunction(function=_node),
             rviz,

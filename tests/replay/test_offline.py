@@ -14,10 +14,10 @@ from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from m2a_perception.classes import label_ids_to_train_ids
-from m2a_perception.cli.infer import read_rgb
 from m2a_perception.metrics.component import OBSTACLE_TRACK, ComponentAccumulator
 from m2a_perception.metrics.pixel import SMIYC_PROTOCOL, PixelCurveAccumulator
 from m2a_perception.metrics.semantic import ConfusionMatrix
+from m2a_perception.pictures import read_rgb
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.ros.params import settings_from_parameters
 from m2a_perception.ros.replay.bag import BagReadError
@@ -167,7 +167,7 @@ def test_metrics_match_a_direct_computation(world, tiny_checkpoint, replayed):
 
 
 def test_metrics_match_m2a_eval(world, tiny_checkpoint, replayed, tmp_path):
-    """`m2a-eval` on the folder the bag was packed from gives the same numbers."""
+    """`m2a-eval --protocol node` on the folder the bag was packed from gives the same numbers."""
     from m2a_training.evaluate import main as eval_main
 
     out = tmp_path / 'eval'
@@ -177,7 +177,7 @@ def test_metrics_match_m2a_eval(world, tiny_checkpoint, replayed, tmp_path):
             '--dataset', f'synthetic={world.root}',
             '--out', str(out),
             '--gallery', '0', '--no-panoptic', '--workers', '0', '--no-progress',
-            '--threads', '1', '--device', 'cpu',
+            '--threads', '1', '--device', 'cpu', '--protocol', 'node',
         ]
     )  # fmt: skip
     assert status == 0

@@ -98,8 +98,12 @@ def stub_modules() -> dict[str, types.ModuleType]:
             'DeclareLaunchArgument': DeclareLaunchArgument,
             'IncludeLaunchDescription': type('IncludeLaunchDescription', (Recorded,), {}),
             'OpaqueFunction': type('OpaqueFunction', (Recorded,), {}),
+            'SetEnvironmentVariable': type('SetEnvironmentVariable', (Recorded,), {}),
         },
-        'launch.conditions': {'IfCondition': type('IfCondition', (Recorded,), {})},
+        'launch.conditions': {
+            'IfCondition': type('IfCondition', (Recorded,), {}),
+            'LaunchConfigurationNotEquals': type('LaunchConfigurationNotEquals', (Recorded,), {}),
+        },
         'launch.launch_context': {'LaunchContext': FakeContext},
         'launch.launch_description': {
             'LaunchDescription': type('LaunchDescription', (Recorded,), {})
@@ -175,7 +179,9 @@ def installed_share_file(path: str) -> Path:
     """Map a path under the package share to the repository file setup.py installs there."""
     relative = Path(path).relative_to(REPO_ROOT)
     assert relative.parts[0] in {'launch', 'config'}, path
-    patterns = {'launch': ('*.launch.py',), 'config': ('*.yaml', '*.rviz')}[relative.parts[0]]
+    patterns = {'launch': ('*.launch.py',), 'config': ('*.yaml', '*.rviz', '*.xml')}[
+        relative.parts[0]
+    ]
     assert any(relative.match(p) for p in patterns), f'{relative} is not installed by setup.py'
     return REPO_ROOT / relative
 
@@ -231,6 +237,21 @@ def test_node_launch_arguments_files_and_executable(load_launch):
         assert set(dict(include.kwargs['launch_arguments'])) <= {
             a.name for a in of_type('DeclareLaunchArgument')
         } | {'params_file'}
+
+
+def test_node_launch_loads_the_fast_dds_profile_before_the_node(load_launch):
+    module = load_launch('m2a_perception.launch.py')
+    description = module.generate_launch_description()
+    context = launch_context(description)
+    (setter,) = of_type('SetEnvironmentVariable')
+    name, value = setter.args
+    assert name == 'FASTDDS_DEFAULT_PROFILES_FILE'
+    profile = installed_share_file(perform(value, context))
+    assert profile == REPO_ROOT / 'config' / 'fastdds_large_frames.xml' and profile.is_file()
+    assert setter.kwargs['condition'].args == ('fastdds_profile', '')
+    entities = description.args[0]
+    kinds = [type(e).__name__ for e in entities]
+    assert kinds.index('SetEnvironmentVariable') < kinds.index('OpaqueFunction')
 
 
 def test_rviz_launch_renders_a_layout_per_camera(load_launch, tmp_path, monkeypatch):

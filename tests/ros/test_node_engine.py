@@ -26,10 +26,10 @@ from m2a_perception.runtime.loader import BackendError, BackendSpec, build_segme
 
 from .helpers import (
     STARTUP_TIMEOUT_S,
-    ManagedProcess,
     camera_command,
     latest_status,
     node_command,
+    start_process,
     status_values,
 )
 
@@ -148,7 +148,7 @@ def test_node_runs_the_built_engine_and_builds_in_the_background(
         'model.backend:=onnxruntime',
         f'model.engine_path:={stale}',
     )
-    node = ManagedProcess(
+    node = start_process(
         'engine_node', node_command(tiny_checkpoint, NAMESPACE, *overrides), tmp_path
     )
     camera = None
@@ -170,7 +170,7 @@ def test_node_runs_the_built_engine_and_builds_in_the_background(
         assert probe.set_parameter(NODE, 'model.engine_path', str(built_engine))[0]
         assert probe.transition(NODE, Transition.TRANSITION_CONFIGURE)
         assert probe.transition(NODE, Transition.TRANSITION_ACTIVATE)
-        camera = ManagedProcess(
+        camera = start_process(
             'camera',
             camera_command('--topic', f'{NAMESPACE}/front/image', '--rate', '5'),
             tmp_path,

@@ -19,16 +19,17 @@ from sensor_msgs.msg import Image
 from m2a_perception.ros.conversions import image_msg_to_array
 from m2a_perception.ros.diagnostics import WARN, status_level
 from m2a_perception.ros.outputs import heatmap_lut_bgr, quantize_unit
+from m2a_perception.ros.processes import ManagedProcess
 from m2a_perception_msgs.msg import InferenceStats, OpenSetPanoptic, OpenSetSegment
 
 from .fake_camera import SYNTHETIC_NSEC, SYNTHETIC_SEC
 from .helpers import (
     STARTUP_TIMEOUT_S,
-    ManagedProcess,
     camera_command,
     latest_status,
     node_command,
     stamp_key,
+    start_process,
     status_values,
 )
 
@@ -65,7 +66,7 @@ def diagnostics(probe):
 
 @pytest.fixture(scope='module')
 def node_process(tiny_checkpoint, tmp_path_factory, probe, diagnostics):
-    process = ManagedProcess(
+    process = start_process(
         'serving_node',
         node_command(tiny_checkpoint, NAMESPACE, *OVERRIDES),
         tmp_path_factory.mktemp('serving'),
@@ -91,7 +92,7 @@ def cameras(tmp_path):
     started: list[ManagedProcess] = []
 
     def start(*args: str) -> ManagedProcess:
-        process = ManagedProcess(f'camera{len(started)}', camera_command(*args), tmp_path)
+        process = start_process(f'camera{len(started)}', camera_command(*args), tmp_path)
         started.append(process)
         return process
 

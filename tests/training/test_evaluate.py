@@ -176,7 +176,8 @@ def test_writes_tables_plots_gallery_and_per_frame_files(torch_report) -> None:
 
 def test_metrics_equal_direct_computation(world: Path, checkpoint: Path, torch_report) -> None:
     _, report = torch_report
-    base = PostprocessConfig(anomaly_threshold=None, label_upsampling='bilinear')
+    # m2a-eval's default is the official scoring protocol.
+    base = PostprocessConfig.for_protocol('official', anomaly_threshold=None)
     anomaly_segmenter = Segmenter.from_checkpoint(
         checkpoint, 'cpu', replace(base, semantic=False, panoptic=False, mining=False)
     )

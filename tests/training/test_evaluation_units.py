@@ -16,9 +16,9 @@ from m2a_perception.inference import StaticShapeBackend
 from m2a_perception.metrics import PanopticSegment
 from m2a_perception.postprocess import PostprocessConfig
 from m2a_perception.runtime.loader import BackendError, BackendSpec, engine_kind, load_backend
-from m2a_training.evaluate import parse_protocols
+from m2a_training.distributed import DistributedContext, shard_indices
+from m2a_training.evaluate import build_parser, parse_protocols, postprocess_from_args
 from m2a_training.evaluation.datasets import cityscapes_panoptic_target, parse_dataset_spec
-from m2a_training.evaluation.distributed import DistributedContext, shard_indices
 from m2a_training.evaluation.report import Table, percent
 from m2a_training.evaluation.runner import (
     FrameStats,
@@ -189,3 +189,24 @@ def test_class_ids_are_checked_before_the_first_frame() -> None:
     check_class_ids(PostprocessConfig(refinement='off', panoptic=False), 5, 'synthetic')
     with pytest.raises(ValueError, match='use --no-panoptic'):
         check_class_ids(PostprocessConfig(refinement='off'), 5, 'cityscapes')
+
+
+def test_scoring_protocol_and_single_switches_from_the_command_line() -> None:
+    def config_of(*extra: str) -> PostprocessConfig:
+        args = build_parser().parse_args(
+            ['--checkpoint', 'x', '--out', 'o', '--dataset', 'synthetic=w', *extra]
+        )
+        return postprocess_from_args(args)
+
+    assert config_of() == PostprocessConfig.for_protocol('official')
+    assert config_of('--protocol', 'node') == PostprocessConfig.for_protocol('node')
+    alone = config_of('--protocol', 'node', '--scoring-resolution', 'source')
+    assert alone == PostprocessConfig.for_protocol('node', scoring_resolution='source')
+    assert config_of('--no-flip', '--refinement-min-queries', '1') == (
+        PostprocessConfig.for_protocol('official', flip=False, refinement_min_queries=1)
+    )
+    # Scoring and pixel protocols share the flag without interfering.
+    names = ['synthetic']
+    mixed = ['node', 'mask2anomaly']
+    assert parse_protocols(mixed, names)['synthetic'].name == 'mask2anomaly'
+    assert config_of('--protocol', 'node', '--protocol', 'mask2anomaly').flip is False

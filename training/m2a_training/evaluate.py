@@ -16,6 +16,13 @@ coco_k10, coco_k20. The expected folder layouts are documented in
 `m2a_training.data.benchmarks`, `m2a_training.data.cityscapes` and
 `m2a_training.evaluation.datasets`.
 
+Scoring protocol (`--protocol official` (default) or `--protocol node`): how logits become the
+anomaly map. `official` follows `anomaly_utils/anomaly_inference.py` of the official code
+(source-resolution scoring, refinement only with two or more confident queries, flip averaging
+on the mirrored source image, bilinear labels); `node` is the ROS node's fast path (mask-
+resolution scoring, refinement with one query, no flip). Each switch can be set on its own:
+`--scoring-resolution`, `--refinement-min-queries`, `--flip/--no-flip`, `--label-upsampling`.
+
 Pixel protocols (`--protocol NAME` for all datasets, `--protocol DATASET=NAME` for one):
 smiyc (default: SegmentMeIfYouCan conventions, exact float16 curve), smiyc_binned (the
 leaderboard's 768 percentile bins), fishyscapes (exact float32), mask2anomaly (the official
@@ -56,15 +63,17 @@ import torch
 from m2a_perception.cli.common import setup_logging
 from m2a_perception.inference.backend import PRECISIONS
 from m2a_perception.metrics.pixel import PIXEL_PROTOCOLS, PixelProtocol, get_pixel_protocol
-from m2a_perception.postprocess import SCORERS, PostprocessConfig
+from m2a_perception.postprocess import SCORERS, SCORING_PROTOCOLS, PostprocessConfig
 from m2a_perception.postprocess.config import (
     LABEL_UPSAMPLING,
     REFINEMENT_MODES,
+    SCORING_RESOLUTIONS,
     UNIT_RANGE_SCORERS,
 )
 from m2a_perception.runtime.loader import BackendError, BackendSpec, engine_kind, load_backend
 from m2a_perception.weights import CheckpointError, WriteFailedError
 from m2a_perception.weights.checkpoint import atomic_write, write_failure
+from m2a_training.distributed import DistributedContext, init_distributed, shutdown_distributed
 from m2a_training.evaluation.datasets import (
     DATASET_ERRORS,
     DATASET_NAMES,
@@ -72,7 +81,6 @@ from m2a_training.evaluation.datasets import (
     open_eval_dataset,
     parse_dataset_spec,
 )
-from m2a_training.evaluation.distributed import DistributedContext, init_distributed, shutdown
 from m2a_training.evaluation.plots import render_gallery_panel, save_curve_plots, write_gallery
 from m2a_training.evaluation.report import (
     build_tables,
@@ -144,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
         action='append',
         default=[],
         metavar='[DATASET=]NAME',
-        help=f'pixel protocol, one of {", ".join(PIXEL_PROTOCOLS)} (default smiyc)',
+        help=(
+            f'scoring protocol, one of {", ".join(SCORING_PROTOCOLS)} (default official), or '
+            f'pixel protocol, one of {", ".join(PIXEL_PROTOCOLS)} (default smiyc); repeatable'
+        ),
     )
     metrics.add_argument(
         '--calibrate-on',
@@ -161,16 +172,36 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument('--no-panoptic', action='store_true', help='skip PQ (faster)')
 
     post = parser.add_argument_group('post-processing')
-    post.add_argument('--scorer', choices=SCORERS, default='mask2anomaly')
-    post.add_argument('--refinement', choices=REFINEMENT_MODES, default='code')
-    post.add_argument('--flip', action='store_true', help='average with a flipped pass')
+    post.add_argument('--scorer', choices=SCORERS, help='default: the protocol (mask2anomaly)')
+    post.add_argument(
+        '--refinement', choices=REFINEMENT_MODES, help='default: the protocol (code)'
+    )
+    post.add_argument(
+        '--scoring-resolution',
+        choices=SCORING_RESOLUTIONS,
+        help='source = score at full resolution (official), mask = at 1/4 (node); '
+        'default: the protocol',
+    )
+    post.add_argument(
+        '--refinement-min-queries',
+        type=int,
+        metavar='N',
+        help='refine only with at least N confident queries (official 2, node 1)',
+    )
+    post.add_argument(
+        '--flip',
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help='average with the pass on the mirrored source image (official geometry); '
+        'default: the protocol (official on, node off)',
+    )
     post.add_argument('--scf', action='store_true', help='CSL structure-constrained fusion')
     post.add_argument('--no-mining', action='store_true', help='no unknown-instance mining')
     post.add_argument(
         '--label-upsampling',
         choices=LABEL_UPSAMPLING,
-        default='bilinear',
-        help='bilinear = the official semantic inference (default), nearest = faster',
+        help='bilinear = labels from upsampled class scores (official, with source scoring in '
+        'the official order), nearest = faster; default: the protocol',
     )
 
     output = parser.add_argument_group('output')
@@ -184,8 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def scoring_protocol_of(specs: list[str]) -> str:
+    """The scoring protocol named among the `--protocol` values (the last wins; 'official')."""
+    named = [spec for spec in specs if spec in SCORING_PROTOCOLS]
+    return named[-1] if named else 'official'
+
+
 def parse_protocols(specs: list[str], names: list[str]) -> dict[str, PixelProtocol]:
-    """`--protocol` values -> protocol per dataset name (later values win).
+    """`--protocol` values -> pixel protocol per dataset name (later values win).
+
+    Scoring-protocol names (`SCORING_PROTOCOLS`) are skipped; see `scoring_protocol_of`.
 
     Raises:
         ValueError: unknown protocol or a dataset that is not evaluated.
@@ -193,6 +232,8 @@ def parse_protocols(specs: list[str], names: list[str]) -> dict[str, PixelProtoc
     default = get_pixel_protocol('smiyc')
     per_dataset: dict[str, PixelProtocol] = {}
     for spec in specs:
+        if spec in SCORING_PROTOCOLS:
+            continue
         dataset, separator, protocol = spec.rpartition('=')
         if protocol not in PIXEL_PROTOCOLS:
             raise ValueError(f'unknown protocol {protocol!r}; choose from {PIXEL_PROTOCOLS}')
@@ -222,13 +263,21 @@ def open_datasets(specs: list[str], convention: str) -> list[EvalDataset]:
 
 
 def postprocess_from_args(args: argparse.Namespace) -> PostprocessConfig:
-    return PostprocessConfig(
-        scorer=args.scorer,
-        refinement=args.refinement,
-        flip=args.flip,
+    """The scoring protocol of `--protocol`, with every switch given on the command line."""
+    switches = {
+        'scorer': args.scorer,
+        'refinement': args.refinement,
+        'scoring_resolution': args.scoring_resolution,
+        'refinement_min_queries': args.refinement_min_queries,
+        'flip': args.flip,
+        'label_upsampling': args.label_upsampling,
+    }
+    overrides = {name: value for name, value in switches.items() if value is not None}
+    return PostprocessConfig.for_protocol(
+        scoring_protocol_of(args.protocol),
         scf=args.scf,
         mining=not args.no_mining,
-        label_upsampling=args.label_upsampling,
+        **overrides,
     )
 
 
@@ -297,7 +346,7 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
         num_workers=max(0, args.workers),
         keep_cache=args.keep_cache,
         progress=not args.no_progress,
-        heatmap_range=(0.0, 1.0) if args.scorer in UNIT_RANGE_SCORERS else None,
+        heatmap_range=(0.0, 1.0) if base_postprocess.scorer in UNIT_RANGE_SCORERS else None,
     )
     num_classes = loaded.config.num_classes
     plans = build_plans(
@@ -318,12 +367,13 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
         'method': args.method_name or Path(loaded.spec.engine_path or loaded.spec.checkpoint).stem,
         'backend': loaded.describe(),
         'device': str(device),
+        'scoring_protocol': scoring_protocol_of(args.protocol),
         'postprocess': base_postprocess.to_dict(),
         'protocols': {name: protocol.name for name, protocol in protocols.items()},
         'options': {
             'limit': args.limit,
             'calibrate_on': args.calibrate_on,
-            'label_upsampling': args.label_upsampling,
+            'label_upsampling': base_postprocess.label_upsampling,
             'panoptic': not args.no_panoptic,
         },
         'environment': {'python': platform.python_version(), 'torch': torch.__version__},
@@ -356,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    context, device = init_distributed(torch.device(args.device))
+    context = init_distributed(args.device)
+    device = context.device
     try:
         return _run(args, context, device)
     except EXPECTED_ERRORS as error:
@@ -366,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: {prefix}{error}', file=sys.stderr)
         return EXIT_USAGE
     finally:
-        shutdown(context)
+        shutdown_distributed(context)
 
 
 if __name__ == '__main__':

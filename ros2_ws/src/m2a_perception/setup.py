@@ -29,7 +29,9 @@ setup(
         (f'share/{PACKAGE}/launch', _share_files('launch', '*.launch.py')),
         (
             f'share/{PACKAGE}/config',
-            _share_files('config', '*.yaml') + _share_files('config', '*.rviz'),
+            _share_files('config', '*.yaml')
+            + _share_files('config', '*.rviz')
+            + _share_files('config', '*.xml'),
         ),
         (f'share/{PACKAGE}/config/model', _share_files('config/model', '*.yaml')),
     ],

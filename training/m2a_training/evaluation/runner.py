@@ -66,13 +66,13 @@ from m2a_perception.metrics.semantic import ConfusionMatrix, SemanticMetrics
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.postprocess import PostprocessConfig, default_refinement_class_ids
 from m2a_perception.types import SegmentationOutput, SegmentKind
-from m2a_training.evaluation.datasets import DATASET_ERRORS, EvalDataset, EvalFrame, ModelSupport
-from m2a_training.evaluation.distributed import (
+from m2a_training.distributed import (
     DistributedContext,
     broadcast_from_main,
     gather_to_main,
     shard_indices,
 )
+from m2a_training.evaluation.datasets import DATASET_ERRORS, EvalDataset, EvalFrame, ModelSupport
 
 LOGGER = logging.getLogger(__name__)
 

@@ -35,7 +35,8 @@ class Prediction:
     Attributes:
         class_logits: (B, Q, K+1) float32.
         mask_logits: (B, Q, H/4, W/4) float32.
-        flipped: the horizontally flipped pass with masks flipped back (same shapes), or None.
+        flipped: the pass on the mirrored source image, as the network returned it (same
+            shapes; `postprocess` flips it back at output resolution), or None.
     """
 
     class_logits: torch.Tensor
@@ -105,16 +106,28 @@ class Segmenter:
         dtype = getattr(self.backend, 'input_dtype', torch.float32)
         return self.preprocessor(image, self.device, dtype)
 
-    def infer(self, images: torch.Tensor, config: PostprocessConfig | None = None) -> Prediction:
-        """Run the backend, twice with horizontal flip when the config's `flip` is set.
+    def infer(
+        self,
+        images: torch.Tensor,
+        record: PreprocessRecord | None = None,
+        config: PostprocessConfig | None = None,
+    ) -> Prediction:
+        """Run the backend; twice, on the mirrored source too, when the config's `flip` is set.
 
         `config` (default `postprocess_config`) is per call: callers that vary it per frame
         pass it here instead of changing the shared segmenter.
+
+        Raises:
+            ValueError: flip is on and no `record` is given (the flip needs the geometry).
         """
         config = config or self.postprocess_config
         with torch.inference_mode():
             if config.flip:
-                (class_logits, mask_logits), flipped = predict_with_flip(self.backend, images)
+                if record is None:
+                    raise ValueError('the flipped pass needs the pre-processing record')
+                (class_logits, mask_logits), flipped = predict_with_flip(
+                    self.backend, images, record
+                )
                 return Prediction(class_logits, mask_logits, flipped)
             class_logits, mask_logits = self.backend(images)
             return Prediction(class_logits, mask_logits)
@@ -143,4 +156,4 @@ class Segmenter:
     def __call__(self, image: np.ndarray) -> SegmentationOutput:
         """Segment one (H, W, 3) uint8 RGB frame; maps stay on the backend's device."""
         images, record = self.preprocess(image)
-        return self.postprocess(self.infer(images), record)
+        return self.postprocess(self.infer(images, record), record)

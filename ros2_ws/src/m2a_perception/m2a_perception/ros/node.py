@@ -52,6 +52,7 @@ from m2a_perception.ros.diagnostics import (
 )
 from m2a_perception.ros.outputs import CameraOutputs, inference_stats_msg, postprocess_for
 from m2a_perception.ros.params import CameraSettings, NodeSettings, ParameterManager
+from m2a_perception.ros.topics import NODE_NAME
 from m2a_perception.runtime import loader
 from m2a_perception.runtime.frame import process_frame
 from m2a_perception.runtime.slots import Frame, FrameScheduler
@@ -63,7 +64,6 @@ try:  # Jazzy and newer
 except ImportError:  # Humble
     from rclpy.qos_event import SubscriptionEventCallbacks
 
-NODE_NAME = 'm2a_perception'
 ERROR_THROTTLE_S = 5.0
 WORKER_POLL_S = 0.25
 # Reliable depth 1: both reliable and best-effort subscribers (RViz, rosbag) connect, and a slow

@@ -75,7 +75,7 @@ def process_frame(
     if cuda:
         torch.cuda.synchronize(segmenter.device)
     preprocessed = time.perf_counter()
-    prediction = segmenter.infer(images, postprocess)
+    prediction = segmenter.infer(images, record, postprocess)
     if cuda:
         torch.cuda.synchronize(segmenter.device)
     inferred = time.perf_counter()

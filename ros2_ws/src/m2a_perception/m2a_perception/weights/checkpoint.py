@@ -261,7 +261,12 @@ def load_checkpoint(
             f'{path}: holds only a {contents.weights_state} initialisation, not a trained model; '
             'refusing to run inference with untrained weights'
         )
+    # Shapes first, on a meta-device model (no memory, milliseconds), so that a small file whose
+    # config asks for a huge network is refused before anything is allocated.
+    with torch.device('meta'):
+        skeleton = build_model(contents.config)
+    check_state_dict(path, skeleton, contents.state_dict)
+    del skeleton
     model = build_model(contents.config)
-    check_state_dict(path, model, contents.state_dict)
     model.load_state_dict(contents.state_dict, strict=True)
     return model.to(device).eval(), contents.config

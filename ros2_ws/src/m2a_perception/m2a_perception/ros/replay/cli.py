@@ -138,10 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parameters_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Node parameter values: the YAML, then --checkpoint/--engine/--device/--precision, then
     -p overrides (last wins)."""
-    from m2a_perception.ros.replay.offline import (
-        parse_parameter_override,
-        read_parameter_file,
-    )
+    from m2a_perception.ros.param_file import read_parameter_file
+    from m2a_perception.ros.replay.offline import parse_parameter_override
 
     values: dict[str, Any] = {}
     if args.params_file is not None:

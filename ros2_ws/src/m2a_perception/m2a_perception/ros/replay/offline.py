@@ -124,38 +124,6 @@ class ReplayOptions:
 # ------------------------------------------------------------------------------- parameters
 
 
-def read_parameter_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
-    """Dotted parameter values for `node_name` from a ROS 2 parameter YAML.
-
-    Sections keyed `/**`, `<node>`, `/<node>` or `/**/<node>` (any namespace) apply, in file
-    order.
-
-    Raises:
-        ValueError: the file is not a parameter file.
-    """
-    data = parse_yaml(Path(path).read_text(), str(path))
-    if not isinstance(data, dict):
-        raise ValueError(f'{path} is not a ROS 2 parameter file')
-    values: dict[str, Any] = {}
-    for key, section in data.items():
-        name = str(key).rstrip('/').rpartition('/')[2]
-        if name not in ('**', node_name) or not isinstance(section, dict):
-            continue
-        values.update(_flatten(section.get('ros__parameters', {})))
-    return values
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f'{prefix}{key}'
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f'{name}.'))
-        else:
-            flat[name] = value
-    return flat
-
-
 def parse_parameter_override(text: str) -> tuple[str, Any]:
     """'name:=value' (ROS `-p` syntax; the value is YAML) -> (name, value).
 
@@ -585,7 +553,7 @@ def replay_bag(
         segmenter: a loaded pipeline (e.g. the demo's); its post-processing config is replaced
             per frame by the node's, from `parameters`. None loads `model.checkpoint` (and
             `model.engine_path` for the tensorrt backend) from `parameters` as the node does.
-        parameters: node parameter values by dotted name (`read_parameter_file` +
+        parameters: node parameter values by dotted name (`param_file.read_parameter_file` +
             overrides); missing ones take the node's defaults. Camera parameters come from the
             bag.
         options: cameras, rate, evaluation protocol, progress bar.

@@ -43,7 +43,7 @@ from std_msgs.msg import Header
 
 from m2a_perception.classes import VOID_ID, label_ids_to_train_ids
 from m2a_perception.cli.common import setup_logging
-from m2a_perception.cli.infer import read_rgb
+from m2a_perception.pictures import read_rgb
 from m2a_perception.ros.conversions import array_to_image_msg, rgb_to_compressed_msg
 from m2a_perception.ros.replay.bag import (
     COMPRESSED_TYPE,
