@@ -177,6 +177,35 @@ def test_graph_backend_turns_normalised_input_back_into_uint8(micro_model, micro
         backend(torch.zeros(1, 3, 64, 96, dtype=torch.uint8))
 
 
+def test_uint8_frames_go_straight_to_a_uint8_graph(micro_model, micro_config):
+    """A uint8 graph gets the frame as uint8 (no float round trip) and matches the float path."""
+    import dataclasses
+
+    from m2a_perception.pipeline import Segmenter
+    from m2a_perception.postprocess import PostprocessConfig
+
+    preprocess = dataclasses.replace(micro_config.preprocess, short_side=48, max_size=64)
+    backend = GraphBackend(
+        _graph(micro_model, micro_config, FP32), 'cpu', SHAPE, preprocess.pixel_mean,
+        preprocess.pixel_std,
+    )  # fmt: skip
+    seen: list[torch.dtype] = []
+    run = backend.run
+    backend.run = lambda images: (seen.append(images.dtype), run(images))[1]
+    frame = synthetic_gate_images((48, 64), count=1)[0].permute(1, 2, 0).contiguous().numpy()
+    post = PostprocessConfig(output_resolution='model')
+    images, record = Segmenter(backend, preprocess, post).preprocess(frame)
+    assert images.dtype == torch.uint8 and record.padded_size == SIZE  # 48x64 padded to 64x64
+    # The padding is the mean colour, so it normalises to about zero as in the float route.
+    assert images[0, :, 48:, :].flatten(1).unique(dim=1).tolist() == [[124], [116], [104]]
+    graph_output = Segmenter(backend, preprocess, post)(frame)
+    torch_output = Segmenter(TorchBackend(micro_model), preprocess, post)(frame)
+    assert seen == [torch.uint8]
+    torch.testing.assert_close(
+        graph_output.anomaly_map, torch_output.anomaly_map, atol=2e-3, rtol=0
+    )
+
+
 def test_deploy_graphs_sample_with_gather_and_leave_the_model_alone(micro_model, micro_config):
     from m2a_perception.model.ms_deform_attn import deform_samplings_in
 

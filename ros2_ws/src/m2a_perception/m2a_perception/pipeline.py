@@ -98,8 +98,13 @@ class Segmenter:
         return cls(backend, config.preprocess, postprocess_config)
 
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, PreprocessRecord]:
-        """(H, W, 3) uint8 RGB -> (1, 3, H', W') network input on `self.device`, and its record."""
-        return self.preprocessor(image, self.device)
+        """(H, W, 3) uint8 RGB -> (1, 3, H', W') network input on `self.device`, and its record.
+
+        The input has the backend's `input_dtype`: normalised float32, or uint8 for graphs that
+        normalise inside (no uint8 -> float -> uint8 round trip).
+        """
+        dtype = getattr(self.backend, 'input_dtype', torch.float32)
+        return self.preprocessor(image, self.device, dtype)
 
     def infer(
         self,

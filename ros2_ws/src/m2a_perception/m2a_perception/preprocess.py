@@ -92,6 +92,28 @@ def normalize_and_pad(
     return F.pad(normalized, (0, target_w - int(width), 0, target_h - int(height)), value=0.0)
 
 
+def mean_colour(pixel_mean: tuple[float, float, float]) -> tuple[int, int, int]:
+    """The uint8 colour that normalises to (about) zero: the padding of uint8 network input."""
+    return tuple(round(v) for v in pixel_mean)  # type: ignore[return-value]
+
+
+def pad_uint8(
+    images: torch.Tensor, fill: tuple[int, int, int], height: int, width: int
+) -> torch.Tensor:
+    """(B, 3, h, w) uint8 -> (B, 3, height, width) uint8, padded bottom/right with `fill`.
+
+    `fill` is the mean colour: after the graph's normalisation the padding is within 0.5/std
+    of the zero padding of the float route, and graphs that know their valid size zero it.
+    """
+    batch, channels, h, w = images.shape
+    if (h, w) == (height, width):
+        return images.contiguous()
+    colour = torch.tensor(fill, dtype=torch.uint8, device=images.device).view(1, 3, 1, 1)
+    padded = colour.expand(batch, channels, height, width).clone()
+    padded[..., :h, :w] = images
+    return padded
+
+
 class Preprocessor:
     """Turns camera frames into network input. Pure: holds only its configuration."""
 
@@ -108,14 +130,20 @@ class Preprocessor:
         )
 
     def __call__(
-        self, image: np.ndarray, device: torch.device | str = 'cpu'
+        self,
+        image: np.ndarray,
+        device: torch.device | str = 'cpu',
+        dtype: torch.dtype = torch.float32,
     ) -> tuple[torch.Tensor, PreprocessRecord]:
         """Args:
             image: (H, W, 3) uint8 RGB.
-            device: where the network input should live.
+            device: where the network input should live (padding and normalisation run there).
+            dtype: the network's input type: float32 (normalised here) or uint8 (graphs that
+                normalise inside, e.g. TensorRT engines: the frame goes in as uint8, padded
+                with the mean colour, with no float round trip).
 
         Returns:
-            (1, 3, H', W') float32 normalised and padded input, and its record.
+            (1, 3, H', W') padded network input of `dtype`, and its record.
         """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(
@@ -128,6 +156,9 @@ class Preprocessor:
             resized = resized.copy()
         tensor = torch.from_numpy(resized).to(device)
         tensor = tensor.permute(2, 0, 1)[None]
+        if dtype == torch.uint8:
+            height, width = record.padded_size
+            return pad_uint8(tensor, mean_colour(self.config.pixel_mean), height, width), record
         images = normalize_and_pad(
             tensor, self.config.pixel_mean, self.config.pixel_std, self.config.size_divisibility
         )

@@ -5,7 +5,7 @@ it (as detectron2 pads a batch; for normalised input zero is the padding the mod
 with, for uint8 graphs the graph itself zeroes everything outside its valid size) and the mask
 logits are cropped back; a frame larger than the engine is an error that names both sizes.
 
-Allowed dependencies: torch.
+Allowed dependencies: torch, `m2a_perception.preprocess`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import logging
 
 import torch
 import torch.nn.functional as F
+
+from m2a_perception.preprocess import pad_uint8
 
 LOGGER = logging.getLogger(__name__)
 
@@ -29,10 +31,17 @@ class StaticShapeBackend:
     Args:
         backend: the engine backend; must accept exactly `input_shape`.
         input_shape: (B, 3, H, W) the engine was built for.
+        uint8_fill: padding colour of uint8 input (the model's mean colour).
     """
 
-    def __init__(self, backend: object, input_shape: tuple[int, int, int, int]) -> None:
+    def __init__(
+        self,
+        backend: object,
+        input_shape: tuple[int, int, int, int],
+        uint8_fill: tuple[int, int, int] = (0, 0, 0),
+    ) -> None:
         self.backend = backend
+        self.uint8_fill = uint8_fill
         self.input_shape = tuple(int(v) for v in input_shape)
         self.name = getattr(backend, 'name', 'engine')
         self.device = getattr(backend, 'device', torch.device('cpu'))
@@ -64,6 +73,9 @@ class StaticShapeBackend:
                 engine_width,
             )
             self._warned = True
-        padded = F.pad(images, (0, engine_width - width, 0, engine_height - height))
+        if images.dtype == torch.uint8:  # the mean colour, as `preprocess.pad_uint8` pads
+            padded = pad_uint8(images, self.uint8_fill, engine_height, engine_width)
+        else:
+            padded = F.pad(images, (0, engine_width - width, 0, engine_height - height))
         class_logits, mask_logits = self.backend(padded)  # type: ignore[operator]
         return class_logits, mask_logits[..., : height // MASK_STRIDE, : width // MASK_STRIDE]

@@ -45,6 +45,7 @@ from m2a_perception.inference import Backend, StaticShapeBackend, TorchBackend
 from m2a_perception.inference.backend import PRECISIONS
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.postprocess.config import PostprocessConfig
+from m2a_perception.preprocess import mean_colour, padded_size
 from m2a_perception.weights import CheckpointError, load_checkpoint, read_checkpoint
 
 KINDS = ('torch', 'torch-compile', 'onnxruntime', 'tensorrt', 'tensorrt-onnx')
@@ -227,7 +228,6 @@ def torch_backend(
 
 
 def _engine_size(spec: BackendSpec, config: ModelConfig) -> tuple[int, int]:
-    from m2a_perception.preprocess import padded_size
 
     if spec.engine_size is not None:
         return spec.engine_size
@@ -342,7 +342,8 @@ def _load_engine(
     backend = provisioned.backend
     shape = getattr(backend, 'input_shape', None)
     if shape is not None and len(shape) == 4:
-        backend = StaticShapeBackend(backend, tuple(int(v) for v in shape))
+        fill = mean_colour(config.preprocess.pixel_mean)
+        backend = StaticShapeBackend(backend, tuple(int(v) for v in shape), fill)
     return LoadedBackend(backend, config, spec, provisioned.sidecar, provisioned.built)
 
 
