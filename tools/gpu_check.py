@@ -213,7 +213,7 @@ def latency(checkpoint: Path, config_name: str, sizes: list[str], iters: int, de
     """`m2a-bench` per-stage latency and memory for each torch precision and torch-compile."""
     from m2a_perception.cli import bench
 
-    wanted = ['torch', 'torch-fp16', 'torch-bf16', 'torch-compile']
+    wanted = ['torch', 'torch-fp16', 'torch-bf16', 'torch-compile', 'torch-compile-fp16']
     backends = [name for name in wanted if name in bench.BACKENDS]
     argv_single = [
         '--backend',
