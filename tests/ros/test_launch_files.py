@@ -375,3 +375,22 @@ def test_camera_names_from_params(tmp_path):
     path = tmp_path / 'p.yaml'
     path.write_text('/**/m2a_perception:\n  ros__parameters:\n    cameras:\n      names: [a, b]\n')
     assert camera_names_from_params(path) == ['a', 'b']
+
+
+def test_systemd_unit_stops_launch_with_sigint_and_restarts_on_failure():
+    unit = (REPO_ROOT / 'config' / 'm2a_perception.service').read_text()
+    settings = dict(
+        line.split('=', 1) for line in unit.splitlines() if '=' in line and line[0] != '#'
+    )
+    # SIGTERM would end launch at once and orphan the node.
+    assert settings['KillSignal'] == 'SIGINT'
+    assert settings['KillMode'] == 'mixed' and int(settings['TimeoutStopSec']) >= 10
+    assert settings['Restart'] == 'on-failure'
+    assert 'exec ros2 launch m2a_perception m2a_perception.launch.py' in settings['ExecStart']
+    assert (LAUNCH_DIR / 'm2a_perception.launch.py').is_file()
+    for argument in ('checkpoint', 'params_file'):
+        assert f' {argument}:=' in settings['ExecStart'] and argument in REQUIRED_ARGUMENTS | {
+            'checkpoint'
+        }
+    docs = (REPO_ROOT / 'docs' / 'vehicle_deployment.md').read_text()
+    assert 'config/m2a_perception.service' in docs and 'KillSignal=SIGINT' in docs
