@@ -35,7 +35,7 @@ export CMAKE_PREFIX_PATH := $(abspath $(VENV))
 
 help:
 	@echo "make setup   create .venv, install pinned deps, build messages, install m2a (idempotent)"
-	@echo "make demo    run Mask2Anomaly on a synthetic road frame and write a heatmap PNG"
+	@echo "make demo    train the demo model (both stages), replay a bag through the node, gallery + figures"
 	@echo "make test    run the test suite (CPU; gpu tests skip loudly)"
 	@echo "make test-slow   run the slow tests too (full-size model export and parity)"
 	@echo "make lint    ruff over the whole repository"

@@ -21,7 +21,9 @@ from launch.actions import (
     LogInfo,
     OpaqueFunction,
     RegisterEventHandler,
+    SetEnvironmentVariable,
 )
+from launch.conditions import LaunchConfigurationNotEquals
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
 from launch.events.process import ProcessExited
@@ -56,6 +58,12 @@ ARGUMENTS = (
     ('autostart', 'true', 'Configure and activate without a lifecycle manager.'),
     ('log_level', 'info', 'Log level of the node.'),
     ('rviz', 'false', 'Also start RViz with per-camera image displays.'),
+    (
+        'fastdds_profile',
+        PathJoinSubstitution([FindPackageShare(PACKAGE), 'config', 'fastdds_large_frames.xml']),
+        'Fast DDS XML profile for multi-MB frames (FASTDDS_DEFAULT_PROFILES_FILE of the started '
+        'processes); empty keeps the environment. Camera drivers need the same profile.',
+    ),
 )
 
 
@@ -167,6 +175,13 @@ def generate_launch_description() -> LaunchDescription:
             *(
                 DeclareLaunchArgument(name, default_value=default, description=text)
                 for name, default, text in ARGUMENTS
+            ),
+            # Before the node and RViz: shared memory sized for multi-MB frames, any discovery
+            # range.
+            SetEnvironmentVariable(
+                'FASTDDS_DEFAULT_PROFILES_FILE',
+                LaunchConfiguration('fastdds_profile'),
+                condition=LaunchConfigurationNotEquals('fastdds_profile', ''),
             ),
             # RViz first: whatever fails while launch resolves it, the node is not running yet.
             OpaqueFunction(function=_rviz),

@@ -74,3 +74,29 @@ def fast_onnxruntime_kind(monkeypatch, tiny_onnx):
 
     monkeypatch.setattr(OnnxRuntimeKind, 'build', build)
     return calls
+
+
+@pytest.fixture(scope='session')
+def deploy_onnx(tmp_path_factory, tiny_config) -> dict[str, Path]:
+    """The two deploy graphs of the seed-0 tiny model at TINY_SIZE, as TensorRT gets them:
+    uint8 input, FP32 and FP16 precision recipes, exported once per session."""
+    from m2a_perception.deploy.precision import (
+        build_inference_graph,
+        export_graph_onnx,
+        get_recipe,
+    )
+    from m2a_perception.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config).eval()
+    folder = tmp_path_factory.mktemp('deploy_onnx')
+    preprocess = tiny_config.preprocess
+    paths = {}
+    for precision in ('fp32', 'fp16'):
+        graph = build_inference_graph(
+            model, get_recipe(precision), preprocess.pixel_mean, preprocess.pixel_std
+        )
+        paths[precision] = export_graph_onnx(
+            graph, folder / f'tiny-{precision}.onnx', (1, 3, *TINY_SIZE)
+        )
+    return paths

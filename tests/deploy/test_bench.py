@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -64,12 +63,7 @@ def test_eager_fp32_is_added_as_the_speedup_reference(tmp_path, capsys):
     assert results['sizes'][SIZE_ARG] == {}
 
 
-def test_onnxruntime_row_and_no_postprocess(tmp_path, capsys, monkeypatch, tiny_onnx):
-    def export_onnx(model, path, size):
-        shutil.copyfile(tiny_onnx, path)
-        return path
-
-    monkeypatch.setattr(bench, 'export_onnx', export_onnx)
+def test_onnxruntime_row_and_no_postprocess(tmp_path, capsys, fast_onnxruntime_kind):
     results, _ = _run(tmp_path, capsys, '--backend', 'onnxruntime,torch', '--no-postprocess')
     backends = {run['backend'] for run in results['runs']}
     assert backends == {'onnxruntime', 'torch'}

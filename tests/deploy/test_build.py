@@ -11,14 +11,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from m2a_perception.cli.build_engine import ProgressPrinter, main
 from m2a_perception.deploy import build as build_module
 from m2a_perception.deploy import tensorrt_backend
-from m2a_perception.deploy.build import (
-    ProgressPrinter,
-    main,
-    open_prebuilt_engine,
-    provision_from_checkpoint,
-)
+from m2a_perception.deploy.build import open_prebuilt_engine, provision_from_checkpoint
 from m2a_perception.deploy.cache import EngineCorruptError, EngineStaleError, write_json_atomic
 from m2a_perception.deploy.precision import FP16
 from m2a_perception.deploy.tensorrt_backend import (

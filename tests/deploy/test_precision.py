@@ -175,3 +175,31 @@ def test_graph_backend_turns_normalised_input_back_into_uint8(micro_model, micro
         assert torch.equal(out, ref)
     with pytest.raises(ValueError, match='built for input'):
         backend(torch.zeros(1, 3, 64, 96, dtype=torch.uint8))
+
+
+def test_deploy_graphs_sample_with_gather_and_leave_the_model_alone(micro_model, micro_config):
+    from m2a_perception.model.ms_deform_attn import deform_samplings_in
+
+    assert deform_samplings_in(micro_model) == {'grid_sample'}
+    for recipe in (FP32, FP16):
+        graph = _graph(micro_model, micro_config, recipe)
+        assert deform_samplings_in(graph) == {'gather'}
+    assert deform_samplings_in(micro_model) == {'grid_sample'}
+    official = _graph(micro_model, micro_config, FP32, deform_sampling='grid_sample')
+    assert deform_samplings_in(official) == {'grid_sample'}
+    images = example_uint8_input(SHAPE, seed=3)
+    with torch.no_grad():
+        gathered, reference = _graph(micro_model, micro_config, FP32)(images), official(images)
+    for out, ref in zip(gathered, reference, strict=True):
+        assert (out - ref).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize('precision', ['fp32', 'fp16'])
+def test_exported_deploy_onnx_has_no_grid_sample(deploy_onnx, precision):
+    import onnx
+
+    model = onnx.load(str(deploy_onnx[precision]))
+    ops = {node.op_type for node in model.graph.node}
+    assert 'GridSample' not in ops
+    assert {'Gather', 'Floor'} <= ops  # the gather sampler is there instead
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8

@@ -9,12 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from m2a_perception.metrics.semantic import (
-    CITYSCAPES_CLASS_NAMES,
-    CITYSCAPES_EVAL_LABEL_IDS,
-    ConfusionMatrix,
-    cityscapes_label_ids_to_train_ids,
-)
+from m2a_perception.classes import class_names, label_id_to_train_id_table, label_ids_to_train_ids
+from m2a_perception.metrics.semantic import ConfusionMatrix
 
 
 def test_three_classes_by_hand() -> None:
@@ -53,9 +49,9 @@ def test_bad_targets_raise() -> None:
 
 def test_label_id_mapping() -> None:
     ids = np.array([[7, 8, 0, 33, 29, 26]], dtype=np.int32)
-    assert cityscapes_label_ids_to_train_ids(ids).tolist() == [[0, 1, 255, 18, 255, 13]]
-    assert cityscapes_label_ids_to_train_ids(np.array([[-1]])).tolist() == [[255]]
-    assert len(CITYSCAPES_CLASS_NAMES) == len(CITYSCAPES_EVAL_LABEL_IDS) == 19
+    assert label_ids_to_train_ids(ids).tolist() == [[0, 1, 255, 18, 255, 13]]
+    assert label_ids_to_train_ids(np.array([[-1]])).tolist() == [[255]]
+    assert len(class_names()) == (label_id_to_train_id_table() < 255).sum() == 19
 
 
 def test_label_ids_agree_with_cityscapesscripts() -> None:
@@ -64,9 +60,9 @@ def test_label_ids_agree_with_cityscapesscripts() -> None:
     train_ids = {label.id: label.trainId for label in labels if label.id >= 0}
     ids = np.arange(34, dtype=np.uint8)[None]
     expected = [train_ids[i] if train_ids[i] not in (-1, 255) else 255 for i in range(34)]
-    assert cityscapes_label_ids_to_train_ids(ids)[0].tolist() == expected
+    assert label_ids_to_train_ids(ids)[0].tolist() == expected
     names = {label.trainId: label.name for label in labels if 0 <= label.trainId < 19}
-    assert tuple(names[i] for i in range(19)) == CITYSCAPES_CLASS_NAMES
+    assert tuple(names[i] for i in range(19)) == class_names()
 
 
 def test_miou_matches_cityscapesscripts(tmp_path: Path) -> None:
@@ -86,16 +82,14 @@ def test_miou_matches_cityscapesscripts(tmp_path: Path) -> None:
         prediction_files.append(str(tmp_path / f'{name}_pred.png'))
         Image.fromarray(gt).save(gt_files[-1])
         Image.fromarray(prediction).save(prediction_files[-1])
-        matrix.update(
-            cityscapes_label_ids_to_train_ids(prediction), cityscapes_label_ids_to_train_ids(gt)
-        )
+        matrix.update(label_ids_to_train_ids(prediction), label_ids_to_train_ids(gt))
     args = copy.copy(evalPixelLevelSemanticLabeling.args)
     args.evalInstLevelScore = False  # needs instance PNGs (and np.in1d, gone in numpy 2)
     args.JSONOutput = False
     args.quiet = True
     reference = evalPixelLevelSemanticLabeling.evaluateImgLists(prediction_files, gt_files, args)
     ours = matrix.compute()
-    for train_id, name in enumerate(CITYSCAPES_CLASS_NAMES):
+    for train_id, name in enumerate(class_names()):
         assert ours.iou[train_id] == pytest.approx(reference['classScores'][name], abs=1e-12)
     assert ours.miou == pytest.approx(reference['averageScoreClasses'], abs=1e-12)
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from m2a_perception.config import PreprocessConfig, load_model_config
 from m2a_perception.preprocess import (
+    DegenerateResizeError,
     Preprocessor,
     PreprocessRecord,
     compute_resized_size,
@@ -86,3 +87,17 @@ def test_map_to_source_without_padding_is_one_resize():
         maps, size=(1024, 2048), mode='bilinear', align_corners=False
     )
     torch.testing.assert_close(map_to_source(maps, record), expected)
+
+
+@pytest.mark.parametrize(
+    ('height', 'width', 'short_side', 'max_size', 'resized'),
+    [(1, 4096, 256, 512, '512x0'), (4096, 1, 256, 512, '0x512'), (1, 65535, 512, 1024, '1024x0')],
+)
+def test_extreme_aspect_ratios_are_refused_before_resizing(
+    height: int, width: int, short_side: int, max_size: int, resized: str
+) -> None:
+    message = f'a {width}x{height} frame would be resized to {resized} pixels'
+    with pytest.raises(DegenerateResizeError, match=message):
+        compute_resized_size(height, width, short_side, max_size)
+    # A 1-row frame max_size wide still keeps its one row.
+    assert compute_resized_size(1, max_size, short_side, max_size) == (1, max_size)

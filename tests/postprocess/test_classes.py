@@ -42,3 +42,11 @@ def test_unknown_and_void_ids_and_palette():
     assert tuple(palette[0]) == (128, 64, 128)  # road
     assert tuple(palette[classes.UNKNOWN_ID]) == classes.UNKNOWN_COLOR
     assert tuple(palette[classes.VOID_ID]) == (0, 0, 0)
+
+
+def test_label_ids_of_void_and_known_labels():
+    assert classes.label_id_of('ego vehicle') == 1
+    assert classes.label_id_of('road') == 7
+    assert classes.label_id_of('license plate') == -1
+    with pytest.raises(ValueError, match='not a Cityscapes label'):
+        classes.label_id_of('giraffe')

@@ -13,6 +13,7 @@ from m2a_perception.postprocess import (
     postprocess,
     predict_with_flip,
 )
+from m2a_perception.preprocess import PreprocessRecord
 from tests.postprocess.postprocess_builders import (
     NUM_CLASSES,
     ROAD,
@@ -28,25 +29,31 @@ from tests.postprocess.postprocess_builders import (
 SIZE = (8, 12)
 
 
-def test_predict_with_flip_flips_the_input_and_the_masks_back():
+def test_predict_with_flip_mirrors_the_resized_region_and_keeps_the_padding_right():
     calls = []
 
     def predict(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         calls.append(images.clone())
-        # 4x4 average pooling commutes with a horizontal flip (width divisible by 4), so the
-        # flipped pass, flipped back, must equal the plain pass exactly.
         masks = torch.nn.functional.avg_pool2d(images, 4)
         return torch.zeros(images.shape[0], 3, NUM_CLASSES + 1), masks
 
+    # 16x24 resized image padded to 16x32: the official script mirrors the source image, so
+    # the padding stays on the right of the mirrored input.
+    record = PreprocessRecord(source_size=(16, 24), resized_size=(16, 24), padded_size=(16, 32))
     images = torch.rand(2, 3, 16, 32)
-    (class_logits, masks), (flip_class, flip_masks) = predict_with_flip(predict, images)
+    images[..., 24:] = 0.0
+    (class_logits, _), (flip_class, flip_masks) = predict_with_flip(predict, images, record)
     assert len(calls) == 2
     torch.testing.assert_close(calls[0], images)
-    torch.testing.assert_close(calls[1], images.flip(-1))
+    torch.testing.assert_close(calls[1][..., :24], images[..., :24].flip(-1))
+    assert bool((calls[1][..., 24:] == 0).all())
     assert class_logits.shape == flip_class.shape == (2, 3, NUM_CLASSES + 1)
-    torch.testing.assert_close(flip_masks, masks)
+    # The flipped pass comes back as the network returned it (postprocess flips it back).
+    torch.testing.assert_close(flip_masks, torch.nn.functional.avg_pool2d(calls[1], 4))
     with pytest.raises(ValueError, match='B, 3, H, W'):
-        predict_with_flip(predict, images[0])
+        predict_with_flip(predict, images[0], record)
+    with pytest.raises(ValueError, match='padded size'):
+        predict_with_flip(predict, images[..., :24], record)
 
 
 def _two_passes():
@@ -69,7 +76,9 @@ def test_flip_averages_the_anomaly_maps_of_both_passes():
         *plain, record, quiet_config(refinement='off', flip=True), flipped=other
     )
     torch.testing.assert_close(averaged.anomaly_map, 0.5 * (single + second))
-    same = postprocess(*plain, record, quiet_config(flip=True), flipped=plain)
+    # The pass on the mirrored image of the same scene, flipped back, changes nothing.
+    mirrored = (plain[0], plain[1].flip(-1))
+    same = postprocess(*plain, record, quiet_config(flip=True), flipped=mirrored)
     torch.testing.assert_close(
         same.anomaly_map, postprocess(*plain, record, quiet_config()).anomaly_map
     )

@@ -59,7 +59,7 @@ def test_segmenter_with_flip_calls_the_backend_twice(tiny_model, tiny_config, fr
 def test_stages_compose_to_the_same_result(tiny_model, tiny_config, frame):
     segmenter = Segmenter.from_model(tiny_model, tiny_config)
     images, record = segmenter.preprocess(frame)
-    prediction = segmenter.infer(images)
+    prediction = segmenter.infer(images, record)
     staged = segmenter.postprocess(prediction, record)
     torch.testing.assert_close(staged.anomaly_map, segmenter(frame).anomaly_map)
 

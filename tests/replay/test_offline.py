@@ -13,18 +13,19 @@ from mcap_ros2.decoder import DecoderFactory
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from m2a_perception.cli.infer import read_rgb
+from m2a_perception.classes import label_ids_to_train_ids
 from m2a_perception.metrics.component import OBSTACLE_TRACK, ComponentAccumulator
 from m2a_perception.metrics.pixel import SMIYC_PROTOCOL, PixelCurveAccumulator
-from m2a_perception.metrics.semantic import ConfusionMatrix, cityscapes_label_ids_to_train_ids
+from m2a_perception.metrics.semantic import ConfusionMatrix
+from m2a_perception.pictures import read_rgb
 from m2a_perception.pipeline import Segmenter
-from m2a_perception.ros.outputs import OUTPUT_TOPICS
 from m2a_perception.ros.params import settings_from_parameters
 from m2a_perception.ros.replay.bag import BagReadError
 from m2a_perception.ros.replay.cli import main as replay_main
 from m2a_perception.ros.replay.evaluation import EvaluationSettings, evaluate_recorded_bag
 from m2a_perception.ros.replay.offline import ReplayOptions, replay_bag
 from m2a_perception.ros.replay.pack import PackOptions, pack_images
+from m2a_perception.ros.topics import OUTPUT_TOPICS
 
 from .conftest import NUM_ANOMALY_SCENES, SOURCE_RESOLUTION, write_pngs
 
@@ -166,7 +167,7 @@ def test_metrics_match_a_direct_computation(world, tiny_checkpoint, replayed):
 
 
 def test_metrics_match_m2a_eval(world, tiny_checkpoint, replayed, tmp_path):
-    """`m2a-eval` on the folder the bag was packed from gives the same numbers."""
+    """`m2a-eval --protocol node` on the folder the bag was packed from gives the same numbers."""
     from m2a_training.evaluate import main as eval_main
 
     out = tmp_path / 'eval'
@@ -176,7 +177,7 @@ def test_metrics_match_m2a_eval(world, tiny_checkpoint, replayed, tmp_path):
             '--dataset', f'synthetic={world.root}',
             '--out', str(out),
             '--gallery', '0', '--no-panoptic', '--workers', '0', '--no-progress',
-            '--threads', '1', '--device', 'cpu',
+            '--threads', '1', '--device', 'cpu', '--protocol', 'node',
         ]
     )  # fmt: skip
     assert status == 0
@@ -234,7 +235,7 @@ def test_semantic_ground_truth(world, tiny_checkpoint, node_parameters, tmp_path
             / path.parent.name
             / path.name.replace('_leftImg8bit', '_gtFine_labelIds')
         )
-        truth = cityscapes_label_ids_to_train_ids(np.asarray(Image.open(label_path)))
+        truth = label_ids_to_train_ids(np.asarray(Image.open(label_path)))
         matrix.update(segmenter(read_rgb(path)).semantic.numpy(), truth)
     expected = matrix.compute()
     assert same(semantic['confusion'], expected.as_dict())

@@ -8,8 +8,8 @@ from PIL import Image
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
-from m2a_perception.cli.infer import read_rgb
-from m2a_perception.metrics.semantic import cityscapes_label_ids_to_train_ids
+from m2a_perception.classes import label_ids_to_train_ids
+from m2a_perception.pictures import read_rgb
 from m2a_perception.ros.conversions import compressed_msg_to_rgb, image_msg_to_rgb
 from m2a_perception.ros.replay.pack import PackOptions, main, pack_images
 
@@ -98,7 +98,7 @@ def test_cityscapes_layout_with_semantic_label_ids(world, tmp_path):
     labels = read_bag(tmp_path / 'bag')['/front/ground_truth/semantic']
     label_files = sorted((root / 'gtFine' / 'val').rglob('*_gtFine_labelIds.png'))
     for (_, label), path in zip(labels, label_files, strict=True):
-        expected = cityscapes_label_ids_to_train_ids(np.asarray(Image.open(path)))
+        expected = label_ids_to_train_ids(np.asarray(Image.open(path)))
         np.testing.assert_array_equal(label.data.reshape(label.height, label.width), expected)
 
 

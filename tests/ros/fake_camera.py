@@ -33,7 +33,16 @@ from m2a_perception.ros.conversions import array_to_image_msg, rgb_to_compressed
 
 SYNTHETIC_SEC = 1_000_000
 SYNTHETIC_NSEC = 500
-BAD_KINDS = ('encoding', 'step', 'data_size', 'zero_size', 'too_large', 'non_finite')
+BAD_KINDS = (
+    'encoding',
+    'step',
+    'data_size',
+    'zero_size',
+    'too_large',
+    'non_finite',
+    'aspect_wide',
+    'aspect_tall',
+)
 
 
 def make_rgb(index: int, height: int, width: int) -> np.ndarray:
@@ -78,6 +87,10 @@ def bad_image(kind: str, height: int, width: int) -> Image:
         return raw_msg('rgb8', 0, 0, 0, b'')
     if kind == 'too_large':
         return raw_msg('mono8', 2, 5000, 5000, bytes(10000))
+    if kind == 'aspect_wide':  # inside the 4096x4096 limits, but resizes to 0 rows
+        return raw_msg('mono8', 1, 4096, 4096, bytes(4096))
+    if kind == 'aspect_tall':
+        return raw_msg('mono8', 4096, 1, 1, bytes(4096))
     if kind == 'non_finite':
         values = np.full((height, width), 0.5, dtype=np.float32)
         values[0, 0] = np.nan

@@ -1,8 +1,9 @@
 """Helpers for the multi-process ROS tests: subprocesses that always die, and a probe node.
 
-Subprocesses inherit the test environment (ROS_DOMAIN_ID from tests/ros/conftest.py, Fast DDS
-LARGE_DATA transport, and LD_LIBRARY_PATH together with the wheel bootstrapper's marker) and run
-in their own process group, so teardown can SIGINT and then SIGKILL the whole group.
+Subprocesses (`m2a_perception.ros.processes.ManagedProcess`) inherit the test environment
+(ROS_DOMAIN_ID from tests/ros/conftest.py, Fast DDS LARGE_DATA transport, and LD_LIBRARY_PATH
+together with the wheel bootstrapper's marker) and run in their own process group, so teardown
+can SIGINT and then SIGKILL the whole group.
 
 The probe node is spun from the test thread only (`RosProbe.wait_for`), never from a background
 thread, so entity creation and spinning never race.
@@ -10,10 +11,7 @@ thread, so entity creation and spinning never race.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +27,13 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
+from m2a_perception.ros.processes import (
+    ManagedProcess,
+    perception_node_arguments,
+    perception_node_command,
+    ros_environment,
+)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PARAMS_FILE = REPO_ROOT / 'config' / 'm2a_perception.yaml'
 FAKE_CAMERA = Path(__file__).with_name('fake_camera.py')
@@ -41,84 +46,38 @@ T = TypeVar('T')
 
 
 def ros_env() -> dict[str, str]:
-    """Environment for ROS subprocesses (see shared/reference/environment.md §0 and §3)."""
-    env = dict(os.environ)
-    env['FASTDDS_BUILTIN_TRANSPORTS'] = 'LARGE_DATA'
+    """Environment for ROS subprocesses: `ros_environment` with Fast DDS LARGE_DATA forced."""
+    env = ros_environment({'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA'})
     env.setdefault('ROS_DOMAIN_ID', '40')
-    env['PYTHONUNBUFFERED'] = '1'
-    env['RCUTILS_COLORIZED_OUTPUT'] = '0'
-    # The bootstrapper marker without its LD_LIBRARY_PATH breaks `import rclpy`: keep both or none.
-    if 'LD_LIBRARY_PATH' not in env:
-        env.pop('_ROS_WHEELS_BOOTSTRAP_COMPLETE', None)
     return env
 
 
-class ManagedProcess:
-    """A subprocess in its own process group, logging to a file.
+def start_process(
+    name: str, command: list[str], log_dir: Path, env: dict[str, str] | None = None
+) -> ManagedProcess:
+    """`command` in its own process group from the repository root, logging to
+    `<log_dir>/<name>.log`, with `env` (default `ros_env()`)."""
+    return ManagedProcess(
+        name, command, log_dir / f'{name}.log', ros_env() if env is None else env, cwd=REPO_ROOT
+    )
 
-    Args:
-        name: for messages and the log file name.
-        args: command line.
-        log_dir: folder of `<name>.log`.
-    """
 
-    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f'{name}.log'
-        self._log = self.log_path.open('w')
-        self.process = subprocess.Popen(
-            args,
-            cwd=REPO_ROOT,
-            env=ros_env(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log_text(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors='replace')
-
-    def stop(self, timeout_s: float = 10.0) -> int | None:
-        """SIGINT the group, then SIGKILL it if it has not exited within `timeout_s`."""
-        if self.alive():
-            self._signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self._signal(signal.SIGKILL)
-                self.process.wait(10.0)
-        # Children (none expected) must not outlive the test either.
-        self._signal(signal.SIGKILL)
-        self._log.close()
-        return self.process.returncode
-
-    def _signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, sig)
+def node_arguments(checkpoint: Path, namespace: str, *overrides: str) -> list[str]:
+    """ROS arguments of the node with the shipped YAML, the checkpoint and `-p` overrides."""
+    return perception_node_arguments(
+        namespace=namespace,
+        params_file=PARAMS_FILE,
+        overrides=[f'model.checkpoint:={checkpoint}', *overrides],
+    )
 
 
 def node_command(checkpoint: Path, namespace: str, *overrides: str) -> list[str]:
     """Command line of the node with the shipped YAML plus `-p` overrides."""
-    args = [
-        sys.executable,
-        '-m',
-        'm2a_perception.ros.main',
-        '--ros-args',
-        '-r',
-        f'__ns:={namespace}',
-        '--params-file',
-        str(PARAMS_FILE),
-        '-p',
-        f'model.checkpoint:={checkpoint}',
-    ]
-    for override in overrides:
-        args += ['-p', override]
-    return args
+    return perception_node_command(
+        namespace=namespace,
+        params_file=PARAMS_FILE,
+        overrides=[f'model.checkpoint:={checkpoint}', *overrides],
+    )
 
 
 def camera_command(*args: str) -> list[str]:
@@ -263,18 +222,6 @@ def latest_status(recorder: Recorder, name: str) -> DiagnosticStatus | None:
 
 def status_values(status: DiagnosticStatus) -> dict[str, str]:
     return {kv.key: kv.value for kv in status.values}
-
-
-def flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-    """Nested YAML mapping -> dotted ROS parameter names."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f'{prefix}{key}'
-        if isinstance(value, dict):
-            flat.update(flatten(value, f'{name}.'))
-        else:
-            flat[name] = value
-    return flat
 
 
 def stamp_key(header: Any) -> tuple[int, int]:

@@ -20,11 +20,11 @@ import pytest
 from lifecycle_msgs.msg import Transition
 
 from .helpers import (
-    PARAMS_FILE,
     REPO_ROOT,
     STARTUP_TIMEOUT_S,
-    ManagedProcess,
+    node_arguments,
     ros_env,
+    start_process,
 )
 
 pytestmark = pytest.mark.ros
@@ -87,20 +87,6 @@ def sourced(install: Path, command: str) -> list[str]:
     return ['bash', '-c', f'source {shlex.quote(str(install / "setup.bash"))} && {command}']
 
 
-def node_arguments(namespace: str, checkpoint: Path) -> list[str]:
-    return [
-        '--ros-args',
-        '-r',
-        f'__ns:={namespace}',
-        '--params-file',
-        str(PARAMS_FILE),
-        '-p',
-        f'model.checkpoint:={checkpoint}',
-        '-p',
-        'autostart:=false',
-    ]
-
-
 def test_colcon_install_has_both_packages(colcon_install):
     executable = colcon_install / 'm2a_perception' / 'lib' / 'm2a_perception' / 'perception_node'
     assert executable.is_file() and executable.stat().st_mode & 0o111
@@ -133,19 +119,25 @@ def test_node_runs_from_the_install_and_as_console_script(
 ):
     assert CONSOLE_SCRIPT.is_file(), f'{CONSOLE_SCRIPT} missing: run `make setup`'
     executable = colcon_install / 'm2a_perception' / 'lib' / 'm2a_perception' / 'perception_node'
+    manual = ('autostart:=false',)
     runs = {
         '/colcon_install': sourced(
             colcon_install,
             'exec '
-            + shlex.join([str(executable), *node_arguments('/colcon_install', tiny_checkpoint)]),
+            + shlex.join(
+                [
+                    str(executable),
+                    *node_arguments(tiny_checkpoint, '/colcon_install', 'autostart:=false'),
+                ]
+            ),
         ),
         '/console_script': [
             str(CONSOLE_SCRIPT),
-            *node_arguments('/console_script', tiny_checkpoint),
+            *node_arguments(tiny_checkpoint, '/console_script', *manual),
         ],
     }
     processes = {
-        namespace: ManagedProcess(namespace.strip('/'), command, tmp_path)
+        namespace: start_process(namespace.strip('/'), command, tmp_path)
         for namespace, command in runs.items()
     }
     try:

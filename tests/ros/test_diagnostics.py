@@ -21,8 +21,8 @@ from m2a_perception.ros.diagnostics import (
     status_level,
 )
 from m2a_perception.ros.params import DiagnosticsSettings
-from m2a_perception.ros.slots import SlotCounters
-from m2a_perception.ros.throttle import KeyedThrottle
+from m2a_perception.runtime.slots import SlotCounters
+from m2a_perception.runtime.throttle import KeyedThrottle
 
 pytestmark = pytest.mark.ros
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from m2a_perception.model import build_model
-from m2a_perception.ros.engine import EngineError, build_segmenter, warm_up
 from m2a_perception.ros.params import settings_from_parameters
+from m2a_perception.runtime.loader import BackendError as EngineError
+from m2a_perception.runtime.loader import build_segmenter, warm_up
 from m2a_perception.weights import save_checkpoint
 
 pytestmark = pytest.mark.ros
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.ros
 
 def engine_for(**values):
     settings = settings_from_parameters({f'model.{k}': v for k, v in values.items()})
-    return settings.engine, settings.postprocess
+    return settings.engine.spec(), settings.postprocess
 
 
 def test_valid_checkpoint_builds_and_warms_up(tiny_checkpoint):

@@ -101,8 +101,12 @@ def stub_modules() -> dict[str, types.ModuleType]:
             'EmitEvent': type('EmitEvent', (Recorded,), {}),
             'LogInfo': type('LogInfo', (Recorded,), {}),
             'RegisterEventHandler': type('RegisterEventHandler', (Recorded,), {}),
+            'SetEnvironmentVariable': type('SetEnvironmentVariable', (Recorded,), {}),
         },
-        'launch.conditions': {'IfCondition': type('IfCondition', (Recorded,), {})},
+        'launch.conditions': {
+            'IfCondition': type('IfCondition', (Recorded,), {}),
+            'LaunchConfigurationNotEquals': type('LaunchConfigurationNotEquals', (Recorded,), {}),
+        },
         'launch.event_handlers': {'OnProcessExit': type('OnProcessExit', (Recorded,), {})},
         'launch.events': {'Shutdown': type('Shutdown', (Recorded,), {})},
         'launch.events.process': {'ProcessExited': type('ProcessExited', (Recorded,), {})},
@@ -181,7 +185,9 @@ def installed_share_file(path: str) -> Path:
     """Map a path under the package share to the repository file setup.py installs there."""
     relative = Path(path).relative_to(REPO_ROOT)
     assert relative.parts[0] in {'launch', 'config'}, path
-    patterns = {'launch': ('*.launch.py',), 'config': ('*.yaml', '*.rviz')}[relative.parts[0]]
+    patterns = {'launch': ('*.launch.py',), 'config': ('*.yaml', '*.rviz', '*.xml')}[
+        relative.parts[0]
+    ]
     assert any(relative.match(p) for p in patterns), f'{relative} is not installed by setup.py'
     return REPO_ROOT / relative
 
@@ -301,6 +307,21 @@ def test_transports_argument(load_launch):
     for bad in ('rear', 'rear:jpeg', ':raw'):
         with pytest.raises(ValueError, match='<camera>:raw or <camera>:compressed'):
             module.camera_transports(bad)
+
+
+def test_node_launch_loads_the_fast_dds_profile_before_the_node(load_launch):
+    module = load_launch('m2a_perception.launch.py')
+    description = module.generate_launch_description()
+    context = launch_context(description)
+    (setter,) = of_type('SetEnvironmentVariable')
+    name, value = setter.args
+    assert name == 'FASTDDS_DEFAULT_PROFILES_FILE'
+    profile = installed_share_file(perform(value, context))
+    assert profile == REPO_ROOT / 'config' / 'fastdds_large_frames.xml' and profile.is_file()
+    assert setter.kwargs['condition'].args == ('fastdds_profile', '')
+    entities = description.args[0]
+    kinds = [type(e).__name__ for e in entities]
+    assert kinds.index('SetEnvironmentVariable') < kinds.index('OpaqueFunction')
 
 
 def test_rviz_launch_renders_a_layout_per_camera(load_launch, tmp_path, monkeypatch):

@@ -7,21 +7,21 @@ it to the lifecycle state it needs.
 from __future__ import annotations
 
 import pytest
-import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
 from sensor_msgs.msg import Image
 
 from m2a_perception.ros.diagnostics import ERROR, OK, status_level
+from m2a_perception.ros.param_file import read_parameter_file
+from m2a_perception.ros.processes import ManagedProcess
 
 from .helpers import (
     PARAMS_FILE,
     STARTUP_TIMEOUT_S,
-    ManagedProcess,
     camera_command,
-    flatten,
     latest_status,
     node_command,
+    start_process,
     status_values,
 )
 
@@ -35,7 +35,7 @@ OVERRIDES = ('autostart:=false', 'diagnostics.period_s:=0.5')
 
 @pytest.fixture(scope='module')
 def node_process(tiny_checkpoint, tmp_path_factory, probe):
-    process = ManagedProcess(
+    process = start_process(
         'lifecycle_node',
         node_command(tiny_checkpoint, NAMESPACE, *OVERRIDES),
         tmp_path_factory.mktemp('lifecycle'),
@@ -58,7 +58,7 @@ def cameras(tmp_path):
     started: list[ManagedProcess] = []
 
     def start(*args: str) -> ManagedProcess:
-        process = ManagedProcess(f'camera{len(started)}', camera_command(*args), tmp_path)
+        process = start_process(f'camera{len(started)}', camera_command(*args), tmp_path)
         started.append(process)
         return process
 
@@ -95,7 +95,7 @@ def backend(diagnostics):
 def test_every_yaml_parameter_is_accepted_through_params_file(
     node_process, probe, tiny_checkpoint
 ):
-    from_yaml = flatten(yaml.safe_load(PARAMS_FILE.read_text())['/**']['ros__parameters'])
+    from_yaml = read_parameter_file(PARAMS_FILE)
     declared = set(probe.parameter_names(NODE))
     assert not set(from_yaml) - declared, 'YAML parameters the node does not declare'
     values = probe.parameter_values(NODE, sorted(from_yaml))

@@ -19,16 +19,17 @@ from sensor_msgs.msg import Image
 from m2a_perception.ros.conversions import image_msg_to_array
 from m2a_perception.ros.diagnostics import WARN, status_level
 from m2a_perception.ros.outputs import heatmap_lut_bgr, quantize_unit
+from m2a_perception.ros.processes import ManagedProcess
 from m2a_perception_msgs.msg import InferenceStats, OpenSetPanoptic, OpenSetSegment
 
 from .fake_camera import SYNTHETIC_NSEC, SYNTHETIC_SEC
 from .helpers import (
     STARTUP_TIMEOUT_S,
-    ManagedProcess,
     camera_command,
     latest_status,
     node_command,
     stamp_key,
+    start_process,
     status_values,
 )
 
@@ -65,7 +66,7 @@ def diagnostics(probe):
 
 @pytest.fixture(scope='module')
 def node_process(tiny_checkpoint, tmp_path_factory, probe, diagnostics):
-    process = ManagedProcess(
+    process = start_process(
         'serving_node',
         node_command(tiny_checkpoint, NAMESPACE, *OVERRIDES),
         tmp_path_factory.mktemp('serving'),
@@ -91,7 +92,7 @@ def cameras(tmp_path):
     started: list[ManagedProcess] = []
 
     def start(*args: str) -> ManagedProcess:
-        process = ManagedProcess(f'camera{len(started)}', camera_command(*args), tmp_path)
+        process = start_process(f'camera{len(started)}', camera_command(*args), tmp_path)
         started.append(process)
         return process
 
@@ -232,15 +233,17 @@ def test_bad_inputs_are_survived(node_process, probe, diagnostics, cameras):
         '--rate',
         '8',
     )
-    reasons = ('encoding', 'step', 'data_size', 'zero_size', 'too_large', 'non_finite')
+    reasons = ('encoding', 'step', 'data_size', 'zero_size', 'too_large', 'non_finite', 'aspect')
 
     def all_rejected() -> bool:
         rear, comp = camera_status(diagnostics, 'rear'), camera_status(diagnostics, 'comp')
         if rear is None or comp is None:
             return False
         rear_values, comp_values = status_values(rear), status_values(comp)
-        return all(int(rear_values.get(f'invalid_{r}', 0)) >= 1 for r in reasons) and (
-            int(comp_values.get('invalid_corrupt', 0)) >= 2
+        return (
+            int(rear_values.get('invalid_aspect', 0)) >= 2
+            and all(int(rear_values.get(f'invalid_{r}', 0)) >= 1 for r in reasons)
+            and (int(comp_values.get('invalid_corrupt', 0)) >= 2)
         )
 
     probe.wait_for(all_rejected, 90.0, 'every kind of bad input counted in diagnostics')
@@ -258,6 +261,9 @@ def test_bad_inputs_are_survived(node_process, probe, diagnostics, cameras):
     assert re.search(r'camera comp: dropped invalid frame \[corrupt, \d+ so far\]: .*JPEG', log)
     assert "unsupported encoding 'bayer_rggb8'" in log
     assert '5000x2 frame exceeds the limit 4096x4096' in log
+    # Extreme aspect ratios inside the limits are rejected before inference, never a crash.
+    assert 'a 4096x1 frame would be resized to 512x0 pixels' in log
+    assert 'processing failed' not in log
 
 
 def test_overload_keeps_latency_bounded_and_counts_drops(node_process, probe, cameras):

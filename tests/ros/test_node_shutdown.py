@@ -10,12 +10,14 @@ import pytest
 from lifecycle_msgs.msg import Transition
 from sensor_msgs.msg import Image
 
+from m2a_perception.ros.processes import ManagedProcess
+
 from .helpers import (
     STARTUP_TIMEOUT_S,
     WAIT_TIMEOUT_S,
-    ManagedProcess,
     camera_command,
     node_command,
+    start_process,
 )
 
 pytestmark = pytest.mark.ros
@@ -38,8 +40,8 @@ def test_integer_doubles_are_accepted_and_ctrl_c_with_frames_flowing_is_clean(
     params.write_text('/**:\n  ros__parameters:\n    max_input_age_ms: 500\n')
     command = node_command(tiny_checkpoint, '/sd', 'diagnostics.period_s:=0.5')
     command += ['--params-file', str(params)]
-    node = ManagedProcess('node', command, tmp_path)
-    camera = ManagedProcess(
+    node = start_process('node', command, tmp_path)
+    camera = start_process(
         'camera', camera_command('--topic', '/sd/front/image', '--rate', '10'), tmp_path
     )
     try:
@@ -61,7 +63,7 @@ def test_integer_doubles_are_accepted_and_ctrl_c_with_frames_flowing_is_clean(
 
 
 def test_lifecycle_shutdown_ends_the_process(tiny_checkpoint, tmp_path, probe):
-    node = ManagedProcess('node', node_command(tiny_checkpoint, '/fin'), tmp_path)
+    node = start_process('node', node_command(tiny_checkpoint, '/fin'), tmp_path)
     try:
         _wait_active(probe, '/fin/m2a_perception', node)
         assert probe.transition('/fin/m2a_perception', Transition.TRANSITION_ACTIVE_SHUTDOWN)

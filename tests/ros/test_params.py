@@ -10,17 +10,17 @@ import yaml
 from rcl_interfaces.msg import ParameterType
 from rclpy.parameter import Parameter
 
+from m2a_perception.ros.param_file import flatten_parameters
 from m2a_perception.ros.params import (
     CAMERAS_PARAMETER,
     NODE_PARAMETERS,
     ParameterManager,
     all_specs,
-    default_values,
     descriptor_for,
     settings_from_parameters,
 )
 
-from .helpers import PARAMS_FILE, flatten
+from .helpers import PARAMS_FILE
 
 pytestmark = pytest.mark.ros
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.ros
 def yaml_parameters() -> dict[str, Any]:
     data = yaml.safe_load(PARAMS_FILE.read_text())
     assert list(data) == ['/**'], 'the YAML must be keyed /** to work in any namespace'
-    return flatten(data['/**']['ros__parameters'])
+    return flatten_parameters(data['/**']['ros__parameters'])
 
 
 def test_every_parameter_has_a_description_and_a_range_or_choices():
@@ -42,18 +42,6 @@ def test_every_parameter_has_a_description_and_a_range_or_choices():
             assert descriptor.integer_range, spec.name
         if spec.engine:
             assert 'unconfigured' in descriptor.additional_constraints
-
-
-def test_yaml_sets_every_parameter_to_its_declared_default():
-    from_yaml = yaml_parameters()
-    cameras = from_yaml[CAMERAS_PARAMETER]
-    declared = default_values(cameras)
-    assert sorted(from_yaml) == sorted(declared)
-    for name, value in from_yaml.items():
-        default = declared[name]
-        expected = list(default) if isinstance(default, tuple) else default
-        assert value == expected, name
-        assert type(value) is type(expected), f'{name}: YAML type must match the ROS type'
 
 
 def test_defaults_and_yaml_give_valid_settings():

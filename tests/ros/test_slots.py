@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from m2a_perception.ros.slots import FrameScheduler, LatestFrameSlot
+from m2a_perception.runtime.slots import FrameScheduler, LatestFrameSlot
 
 pytestmark = pytest.mark.ros
 

@@ -10,17 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
+from m2a_perception.classes import class_names, label_id_to_train_id_table, thing_train_ids
 from m2a_perception.config import PIXEL_MEAN_RGB, PIXEL_STD_RGB
 from m2a_training.data.augment import AugmentConfig, Augmenter
 from m2a_training.data.cityscapes import (
     CityscapesDataset,
     DatasetError,
     build_mask_targets,
-    build_train_id_lut,
-    class_names,
     collate_training_batch,
     find_cityscapes_records,
-    thing_train_ids,
 )
 from m2a_training.data.synthetic import generate_synthetic_world
 
@@ -47,14 +45,14 @@ def broken_root(cityscapes_root: Path, tmp_path: Path) -> Path:
 
 
 def test_label_table_and_class_names() -> None:
-    lut = build_train_id_lut()
+    lut = label_id_to_train_id_table()
     assert lut[7] == 0  # road
     assert lut[8] == 1  # sidewalk
     assert lut[26] == 13  # car
     assert lut[1] == 255  # ego vehicle is void
     assert lut[0] == 255
     assert (lut < 19).sum() == 19
-    assert thing_train_ids() == frozenset(range(11, 19))
+    assert thing_train_ids() == tuple(range(11, 19))
     assert class_names()[0] == 'road'
     assert class_names()[18] == 'bicycle'
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from m2a_perception.classes import label_id_to_train_id_table
 from m2a_perception.config import load_model_config
 from m2a_perception.metrics import (
     FISHYSCAPES_PROTOCOL,
@@ -41,7 +42,6 @@ from m2a_perception.types import SegmentKind
 from m2a_perception.weights import save_checkpoint
 from m2a_training.data.benchmarks import smiyc_road_anomaly21
 from m2a_training.data.cityscapes import (
-    build_train_id_lut,
     find_cityscapes_records,
     read_cityscapes_sample,
 )
@@ -176,7 +176,8 @@ def test_writes_tables_plots_gallery_and_per_frame_files(torch_report) -> None:
 
 def test_metrics_equal_direct_computation(world: Path, checkpoint: Path, torch_report) -> None:
     _, report = torch_report
-    base = PostprocessConfig(anomaly_threshold=None, label_upsampling='bilinear')
+    # m2a-eval's default is the official scoring protocol.
+    base = PostprocessConfig.for_protocol('official', anomaly_threshold=None)
     anomaly_segmenter = Segmenter.from_checkpoint(
         checkpoint, 'cpu', replace(base, semantic=False, panoptic=False, mining=False)
     )
@@ -210,7 +211,7 @@ def test_metrics_equal_direct_computation(world: Path, checkpoint: Path, torch_r
     assert synthetic['transfer']['fpr'] == negatives / expected_pixel.num_negative_pixels
 
     # Closed-set mIoU, open-IoU at the transferred threshold and PQ on Cityscapes val.
-    lut = build_train_id_lut()
+    lut = label_id_to_train_id_table()
     categories = [
         PanopticCategory(train_id, f'c{train_id}', train_id >= 11) for train_id in range(19)
     ]
@@ -283,11 +284,18 @@ def _table_numbers(report: dict) -> list[float]:
 
 
 def test_onnx_backend_gives_the_torch_tables(world, checkpoint, torch_report, tmp_path) -> None:
-    from m2a_perception.export import export_onnx
-    from m2a_perception.weights import load_checkpoint
+    from m2a_perception.deploy.build import provision_from_checkpoint
 
-    model, _ = load_checkpoint(checkpoint)
-    engine = export_onnx(model, tmp_path / 'tiny.onnx', PADDED_SIZE)
+    # An engine as m2a-build-engine makes it: the ONNX file plus its sidecar (m2a-eval opens
+    # engines only through their sidecar).
+    engine = provision_from_checkpoint(
+        checkpoint,
+        backend='onnxruntime',
+        precision='fp32',
+        size=PADDED_SIZE,
+        device='cpu',
+        cache_dir=tmp_path / 'engines',
+    ).paths.engine
     out = tmp_path / 'eval_onnx'
     args = ['--engine', str(engine), '--checkpoint', str(checkpoint), '--workers', '0']
     assert main([*args, *_eval_args(world, out)]) == 0

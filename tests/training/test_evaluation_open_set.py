@@ -88,9 +88,10 @@ def test_street_hazards_cross_town_protocol(tmp_path: Path) -> None:
     report = json.loads((out / 'results.json').read_text())
 
     # Direct computation: each town's threshold comes from the other town's curve.
-    config = PostprocessConfig(
+    # m2a-eval's default is the official scoring protocol.
+    config = PostprocessConfig.for_protocol(
+        'official',
         anomaly_threshold=None,
-        label_upsampling='bilinear',
         panoptic=False,
         mining=False,
         thing_class_ids=STREETHAZARDS_THING_IDS,
@@ -209,11 +210,11 @@ def test_coco_open_set_panoptic(tmp_path: Path) -> None:
     report = json.loads((out / 'results.json').read_text())
 
     dataset = coco_panoptic(tmp_path / 'coco', unknown_percent=5)
-    config = PostprocessConfig(
+    config = PostprocessConfig.for_protocol(
+        'official',
         anomaly_threshold=None,
         refinement='off',
         semantic=False,
-        label_upsampling='bilinear',
         thing_class_ids=(0,),
     )
     segmenter = Segmenter.from_checkpoint(checkpoint, 'cpu', config)

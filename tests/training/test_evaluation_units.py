@@ -4,24 +4,21 @@ Cityscapes panoptic targets, sharding, per-frame errors and table formatting."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from m2a_perception.deploy import tensorrt_backend
+from m2a_perception.inference import StaticShapeBackend
 from m2a_perception.metrics import PanopticSegment
 from m2a_perception.postprocess import PostprocessConfig
-from m2a_training.evaluate import parse_protocols
-from m2a_training.evaluation import backends
-from m2a_training.evaluation.backends import (
-    BackendUnavailableError,
-    StaticShapeBackend,
-    engine_kind,
-    load_backend,
-)
+from m2a_perception.runtime.loader import BackendError, BackendSpec, engine_kind, load_backend
+from m2a_training.distributed import DistributedContext, shard_indices
+from m2a_training.evaluate import build_parser, parse_protocols, postprocess_from_args
 from m2a_training.evaluation.datasets import cityscapes_panoptic_target, parse_dataset_spec
-from m2a_training.evaluation.distributed import DistributedContext, shard_indices
 from m2a_training.evaluation.report import Table, percent
 from m2a_training.evaluation.runner import (
     FrameStats,
@@ -72,22 +69,52 @@ def test_engine_dispatch_and_clear_errors(tmp_path: Path, monkeypatch) -> None:
     assert engine_kind(Path('m.ep')) == 'tensorrt'
     with pytest.raises(ValueError, match=r'cannot tell the backend of .m\.pt'):
         engine_kind(Path('m.pt'))
-    cpu = torch.device('cpu')
-    with pytest.raises(ValueError, match='pass --checkpoint CKPT or --engine ENGINE'):
-        load_backend(checkpoint=None, engine=None, model_config=None, device=cpu)
-    with pytest.raises(FileNotFoundError, match='engine file not found'):
-        load_backend(checkpoint=None, engine=tmp_path / 'x.onnx', model_config='tiny', device=cpu)
-    engine = tmp_path / 'model.engine'
-    engine.write_bytes(b'not an engine')
-    with pytest.raises(ValueError, match=r'--model-config NAME\|YAML or the --checkpoint'):
-        load_backend(checkpoint=None, engine=engine, model_config=None, device=cpu)
-    with pytest.raises(BackendUnavailableError, match='needs --device cuda'):
-        load_backend(checkpoint=None, engine=engine, model_config='tiny', device=cpu)
-    monkeypatch.setattr(backends, 'TENSORRT_MODULE', 'm2a_perception.inference.no_such_module')
-    with pytest.raises(BackendUnavailableError, match='TensorRT backend is not available'):
+    with pytest.raises(BackendError, match=r'model\.checkpoint is empty'):
+        load_backend(BackendSpec(kind='onnxruntime', engine_path=str(tmp_path / 'x.onnx')))
+    checkpoint = tmp_path / 'tiny.safetensors'
+    _tiny_checkpoint(checkpoint)
+    with pytest.raises(BackendError, match='onnxruntime engine not found'):
         load_backend(
-            checkpoint=None, engine=engine, model_config='tiny', device=torch.device('cuda')
+            BackendSpec('onnxruntime', str(checkpoint), engine_path=str(tmp_path / 'x.onnx'))
         )
+    engine = tmp_path / 'model.plan'
+    engine.write_bytes(b'not an engine')
+    with pytest.raises(BackendError, match='cannot be checked against the checkpoint'):
+        load_backend(BackendSpec('tensorrt-onnx', str(checkpoint), engine_path=str(engine)))
+    with pytest.raises(BackendError, match='TensorRT engines run on CUDA devices'):
+        load_backend(
+            BackendSpec(
+                'tensorrt-onnx',
+                str(checkpoint),
+                engine_path=str(engine),
+                engine_policy='build_if_missing',
+            )
+        )
+    # With CUDA present but no TensorRT installed (as here), the error names the package.
+    monkeypatch.setattr(tensorrt_backend.torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
+    (tmp_path / 'model.ep').write_bytes(b'not an engine')
+    for kind, module in (('tensorrt-onnx', "'tensorrt'"), ('tensorrt', "'torch_tensorrt'")):
+        engine = tmp_path / ('model.plan' if kind == 'tensorrt-onnx' else 'model.ep')
+        with pytest.raises(BackendError, match=f'needs the Python module {re.escape(module)}'):
+            load_backend(
+                BackendSpec(
+                    kind,
+                    str(checkpoint),
+                    engine_path=str(engine),
+                    device='cuda',
+                    engine_policy='build_if_missing',
+                )
+            )
+
+
+def _tiny_checkpoint(path: Path) -> None:
+    from m2a_perception.config import load_model_config
+    from m2a_perception.model import build_model
+    from m2a_perception.weights import save_checkpoint
+
+    config = load_model_config('tiny')
+    save_checkpoint(path, build_model(config).state_dict(), config)
 
 
 def test_parse_protocols_global_then_per_dataset() -> None:
@@ -162,3 +189,24 @@ def test_class_ids_are_checked_before_the_first_frame() -> None:
     check_class_ids(PostprocessConfig(refinement='off', panoptic=False), 5, 'synthetic')
     with pytest.raises(ValueError, match='use --no-panoptic'):
         check_class_ids(PostprocessConfig(refinement='off'), 5, 'cityscapes')
+
+
+def test_scoring_protocol_and_single_switches_from_the_command_line() -> None:
+    def config_of(*extra: str) -> PostprocessConfig:
+        args = build_parser().parse_args(
+            ['--checkpoint', 'x', '--out', 'o', '--dataset', 'synthetic=w', *extra]
+        )
+        return postprocess_from_args(args)
+
+    assert config_of() == PostprocessConfig.for_protocol('official')
+    assert config_of('--protocol', 'node') == PostprocessConfig.for_protocol('node')
+    alone = config_of('--protocol', 'node', '--scoring-resolution', 'source')
+    assert alone == PostprocessConfig.for_protocol('node', scoring_resolution='source')
+    assert config_of('--no-flip', '--refinement-min-queries', '1') == (
+        PostprocessConfig.for_protocol('official', flip=False, refinement_min_queries=1)
+    )
+    # Scoring and pixel protocols share the flag without interfering.
+    names = ['synthetic']
+    mixed = ['node', 'mask2anomaly']
+    assert parse_protocols(mixed, names)['synthetic'].name == 'mask2anomaly'
+    assert config_of('--protocol', 'node', '--protocol', 'mask2anomaly').flip is False

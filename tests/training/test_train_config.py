@@ -51,12 +51,12 @@ def test_shipped_recipes_load_and_match_the_paper() -> None:
     assert stage2.checkpoint.period == 500 and stage2.validation.period == 500
     assert stage2.validation.selection_metric == 'anomaly_auprc'
     assert stage2.validation.anomaly_sets
-    assert stage2.loss.contrastive is not None and stage2.loss.contrastive.margin == 0.75
+    assert stage2.loss.contrastive is not None and stage2.loss.contrastive.margin == 1.0
     assert stage2.data.anomaly_mix is not None and stage2.data.anomaly_mix.probability == 0.2
     assert stage2.data.anomaly_mix.pool_size == 300
     assert stage1.validation.selection_metric == 'miou'
     for name in ('synthetic_stage1.yaml', 'synthetic_stage2.yaml'):
-        assert load_train_config(CONFIG_DIR / name).model.config in ('tiny', None)
+        assert load_train_config(CONFIG_DIR / name).model.config in ('demo', None)
 
 
 def test_overrides_are_typed_and_nested() -> None:
@@ -65,7 +65,7 @@ def test_overrides_are_typed_and_nested() -> None:
         [
             'solver.lr=1e-5',  # YAML reads this as a string; the float field converts it
             'data.augment.crop_size=[512, 1024]',
-            'loss.contrastive.margin=1.0',  # creates the section the file leaves null
+            'loss.contrastive.margin=paper',  # creates the section the file leaves null
             'data.anomaly_mix.probability=0.3',
             'validation.anomaly_sets=[{name: smiyc_ra21, root: smiyc/RoadAnomaly21}]',
             'checkpoint.keep_last=null',
@@ -74,7 +74,7 @@ def test_overrides_are_typed_and_nested() -> None:
     )
     assert config.solver.lr == 1e-5 and isinstance(config.solver.lr, float)
     assert config.data.augment.crop_size == (512, 1024)
-    assert config.loss.contrastive is not None and config.loss.contrastive.margin == 1.0
+    assert config.loss.contrastive is not None and config.loss.contrastive.margin == 0.75
     assert config.loss.contrastive.variant == 'reference'
     assert config.data.anomaly_mix is not None and config.data.anomaly_mix.probability == 0.3
     assert config.validation.anomaly_sets[0].name == 'smiyc_ra21'
@@ -187,7 +187,7 @@ def test_cli_reports_config_errors_and_prints_resolved_config(
     config = str(CONFIG_DIR / 'synthetic_stage1.yaml')
     assert main([config, 'seed=5', '--print-config', 'solver.lr=2e-3']) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed['seed'] == 5 and printed['model']['config'] == 'tiny'
+    assert printed['seed'] == 5 and printed['model']['config'] == 'demo'
     assert printed['solver']['lr'] == 2e-3
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -41,7 +42,12 @@ import torch
 
 from m2a_perception.config import ModelConfig
 from m2a_perception.weights import save_checkpoint
-from m2a_perception.weights.checkpoint import atomic_write, fsync_directory
+from m2a_perception.weights.checkpoint import (
+    WriteFailedError,
+    atomic_write,
+    fsync_directory,
+    write_failure,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -212,8 +218,13 @@ def save_training_checkpoint(
         else:
             os.replace(staging, final)
         fsync_directory(root)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        # Name the checkpoint, not the staging folder; the last complete checkpoint is intact.
+        cause = error.__cause__ if isinstance(error, WriteFailedError) else error
+        failure = write_failure(final, cause) if cause is not None else None
+        if failure is not None:
+            raise failure from error
         raise
     atomic_write(root / POINTER_FILE, lambda tmp: tmp.write_text(final.name + '\n'))
     if keep_last is not None:
@@ -310,8 +321,23 @@ def load_training_state(folder: Path) -> dict[str, Any]:
     path = folder / STATE_FILE
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as error:
-        raise TrainingCheckpointError(f'{path}: cannot read training state ({error})') from error
+    except pickle.UnpicklingError as error:
+        # weights_only refused the file before anything ran.
+        if 'GLOBAL' in str(error):
+            raise TrainingCheckpointError(
+                f'{path}: refused: the training state references Python code or objects other '
+                'than tensors and plain containers (never loaded; nothing was run)'
+            ) from None
+        raise TrainingCheckpointError(
+            f'{path}: cannot read training state, the file is corrupt or not a torch file'
+        ) from None
+    except (OSError, RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError) as error:
+        text = str(error).strip()
+        first_line = text.splitlines()[0] if text else type(error).__name__
+        raise TrainingCheckpointError(
+            f'{path}: cannot read training state, the file is corrupt or not a torch file '
+            f'({first_line})'
+        ) from None
     if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
         raise TrainingCheckpointError(f'{path}: not an m2a training state')
     if state.get('version') != STATE_VERSION:

@@ -72,18 +72,22 @@ class SyntheticWorldSection:
     size: tuple[int, int] = (128, 256)
     seed: int = 0
     anomaly_kinds: tuple[str, ...] | None = None
+    outlier_object_scale: tuple[float, float] = (0.25, 0.7)
 
 
 @dataclass(frozen=True)
 class AnomalyMixSection:
-    """AnomalyMix outliers from a COCO instances file (stage 2).
+    """AnomalyMix outliers from a COCO instances file or the authors' folder (stage 2).
 
     Attributes:
-        annotation_file: COCO `instances_*.json`, relative to `data.root`.
-        image_dir: folder of the COCO images, relative to `data.root`.
+        annotation_file: COCO `instances_*.json`, or the authors' processed outlier folder
+            (holding `images/` and `ood_annotations/*.png`), relative to `data.root`.
+        image_dir: folder of the COCO images, relative to `data.root` (unused for a folder).
         probability: chance that a training image gets a pasted object (0.2).
         pool_size: random pool of eligible COCO images (paper: 300); None keeps all.
-        min_side: minimum height and width of a pool image (meta-OOD: 480).
+        min_side: minimum height and width of a pool image (meta-OOD: 480; COCO json only).
+        keep_empty_masks: folder layout: keep masks without outlier pixels, as the official
+            pool does (they paste nothing); false leaves them out.
     """
 
     annotation_file: str = 'coco/annotations/instances_train2017.json'
@@ -91,6 +95,7 @@ class AnomalyMixSection:
     probability: float = 0.2
     pool_size: int | None = 300
     min_side: int = 480
+    keep_empty_masks: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """Process-group set-up for `torchrun` (one process per device) and the single-process case.
 
-Under `torchrun` the environment carries RANK, WORLD_SIZE and LOCAL_RANK; the process group uses
-NCCL on CUDA and gloo on CPU, and each rank drives `cuda:LOCAL_RANK`. Without those variables the
-same code runs as one process with no process group, so every collective below is a no-op.
+One context serves training and evaluation. Under `torchrun` the environment carries RANK,
+WORLD_SIZE and LOCAL_RANK; the default process group uses NCCL on CUDA and gloo on CPU, and each
+rank drives `cuda:LOCAL_RANK`. Pickled-object collectives (evaluation metric states, validation
+results) run over a gloo group, so CPU objects travel whatever the default backend is. Without
+those variables the same code runs as one process with no process group, and every collective
+below is a no-op.
 
 Allowed dependencies: standard library, torch.
 """
@@ -29,34 +32,46 @@ class DistributedContext:
         rank: global rank (0 in a single-process run).
         world_size: number of processes.
         local_rank: rank on this node (selects the CUDA device).
-        device: the device this rank trains on.
-        initialized: whether this call created a process group (and must destroy it).
+        device: the device this rank runs on.
+        owns_group: this context created the default process group (and destroys it).
+        object_group: gloo group for pickled-object collectives (None in a single process).
     """
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device('cpu'))
-    initialized: bool = False
+    owns_group: bool = False
+    object_group: Any = None
 
     @property
     def is_main(self) -> bool:
-        """Rank 0 writes checkpoints, logs and TensorBoard events."""
+        """Rank 0 writes checkpoints, reports, logs and TensorBoard events."""
         return self.rank == 0
 
     @property
-    def distributed(self) -> bool:
+    def is_distributed(self) -> bool:
         return self.world_size > 1
 
 
-def resolve_device(preference: str, local_rank: int) -> torch.device:
-    """'auto' -> CUDA if available, else CPU; 'cuda' -> cuda:LOCAL_RANK (error if absent)."""
+def resolve_device(preference: str | torch.device, local_rank: int) -> torch.device:
+    """'auto' -> CUDA if available, else CPU; 'cuda' -> cuda:LOCAL_RANK (error if absent).
+
+    A `torch.device` (or 'cuda:N') with an explicit index is kept as is.
+    """
+    if isinstance(preference, torch.device) or ':' in str(preference):
+        device = torch.device(preference)
+        if device.type == 'cuda' and device.index is None:
+            return resolve_device('cuda', local_rank)
+        if device.type == 'cuda' and not torch.cuda.is_available():
+            raise RuntimeError(f'device {device} requested but no CUDA device is available')
+        return device
     if preference not in ('auto', 'cpu', 'cuda'):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {preference!r}")
     if preference == 'cpu' or (preference == 'auto' and not torch.cuda.is_available()):
         return torch.device('cpu')
     if not torch.cuda.is_available():
-        raise RuntimeError("runtime.device is 'cuda' but no CUDA device is available")
+        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
     if local_rank >= torch.cuda.device_count():
         raise RuntimeError(
             f'LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices'
@@ -65,37 +80,46 @@ def resolve_device(preference: str, local_rank: int) -> torch.device:
 
 
 def init_distributed(
-    device_preference: str = 'auto', timeout_minutes: float = 30.0
+    device_preference: str | torch.device = 'auto', timeout_minutes: float = 30.0
 ) -> DistributedContext:
     """Join the torchrun process group if the environment describes one.
 
     Returns:
-        The context; `initialized` is True if a process group was created here.
+        The context; `owns_group` is True if a process group was created here.
     """
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     rank = int(os.environ.get('RANK', '0'))
     local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-    device = resolve_device(device_preference, local_rank)
     if world_size <= 1:
-        return DistributedContext(0, 1, 0, device, False)
-    if dist.is_initialized():
-        return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, device)
+        return DistributedContext(device=resolve_device(device_preference, 0))
+    device = resolve_device(device_preference, local_rank)
     if device.type == 'cuda':
-        torch.cuda.set_device(device)
-    backend = 'nccl' if device.type == 'cuda' else 'gloo'
-    dist.init_process_group(
-        backend,
-        init_method='env://',
-        timeout=datetime.timedelta(minutes=timeout_minutes),
-        **({'device_id': device} if device.type == 'cuda' else {}),
+        # Several ranks on a node: each takes its own GPU.
+        device = torch.device('cuda', local_rank)
+    owns = False
+    if not dist.is_initialized():
+        if device.type == 'cuda':
+            torch.cuda.set_device(device)
+        backend = 'nccl' if device.type == 'cuda' else 'gloo'
+        dist.init_process_group(
+            backend,
+            init_method='env://',
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+            **({'device_id': device} if device.type == 'cuda' else {}),
+        )
+        owns = True
+        logger.info(
+            'rank %d/%d joined the %s process group on %s', rank, world_size, backend, device
+        )
+    group = dist.new_group(backend='gloo') if device.type == 'cuda' else dist.group.WORLD
+    return DistributedContext(
+        dist.get_rank(), dist.get_world_size(), local_rank, device, owns, group
     )
-    logger.info('rank %d/%d joined the %s process group on %s', rank, world_size, backend, device)
-    return DistributedContext(rank, world_size, local_rank, device, True)
 
 
 def shutdown_distributed(context: DistributedContext) -> None:
     """Destroy the process group this job created."""
-    if context.initialized and dist.is_initialized():
+    if context.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -103,28 +127,55 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def barrier() -> None:
+def barrier(context: DistributedContext | None = None) -> None:
     """Wait for every rank (no-op in a single process)."""
     if is_distributed():
-        dist.barrier()
+        group = context.object_group if context is not None else None
+        dist.barrier(group=group)
 
 
-def all_gather_objects(value: Any) -> list[Any]:
+def shard_indices(num_items: int, context: DistributedContext) -> list[int]:
+    """Indices this rank handles: a strided split, so ranks get near-equal shares of each
+    dataset whatever its order."""
+    return list(range(context.rank, num_items, context.world_size))
+
+
+def all_gather_objects(value: Any, context: DistributedContext | None = None) -> list[Any]:
     """Every rank's `value` (picklable), in rank order; `[value]` in a single process."""
     if not is_distributed():
         return [value]
     gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
+    group = context.object_group if context is not None else None
+    dist.all_gather_object(gathered, value, group=group)
     return gathered
 
 
-def broadcast_object(value: Any, source: int = 0) -> Any:
+def gather_to_main(obj: Any, context: DistributedContext) -> list[Any] | None:
+    """Objects of all ranks in rank order on rank 0; None elsewhere."""
+    if not context.is_distributed:
+        return [obj]
+    gathered: list[Any] | None = [None] * context.world_size if context.is_main else None
+    dist.gather_object(obj, gathered, dst=0, group=context.object_group)
+    return gathered
+
+
+def broadcast_object(
+    value: Any, source: int = 0, context: DistributedContext | None = None
+) -> Any:
     """Rank `source`'s `value` on every rank."""
     if not is_distributed():
         return value
     holder = [value]
-    dist.broadcast_object_list(holder, src=source)
+    group = context.object_group if context is not None else None
+    dist.broadcast_object_list(holder, src=source, group=group)
     return holder[0]
+
+
+def broadcast_from_main(obj: Any, context: DistributedContext) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not context.is_distributed:
+        return obj
+    return broadcast_object(obj if context.is_main else None, 0, context)
 
 
 def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:

@@ -16,6 +16,13 @@ coco_k10, coco_k20. The expected folder layouts are documented in
 `m2a_training.data.benchmarks`, `m2a_training.data.cityscapes` and
 `m2a_training.evaluation.datasets`.
 
+Scoring protocol (`--protocol official` (default) or `--protocol node`): how logits become the
+anomaly map. `official` follows `anomaly_utils/anomaly_inference.py` of the official code
+(source-resolution scoring, refinement only with two or more confident queries, flip averaging
+on the mirrored source image, bilinear labels); `node` is the ROS node's fast path (mask-
+resolution scoring, refinement with one query, no flip). Each switch can be set on its own:
+`--scoring-resolution`, `--refinement-min-queries`, `--flip/--no-flip`, `--label-upsampling`.
+
 Pixel protocols (`--protocol NAME` for all datasets, `--protocol DATASET=NAME` for one):
 smiyc (default: SegmentMeIfYouCan conventions, exact float16 curve), smiyc_binned (the
 leaderboard's 768 percentile bins), fishyscapes (exact float32), mask2anomaly (the official
@@ -54,12 +61,19 @@ from typing import Any
 import torch
 
 from m2a_perception.cli.common import setup_logging
-from m2a_perception.cli.infer import UNIT_RANGE_SCORERS
-from m2a_perception.metrics.pixel import PixelProtocol, get_pixel_protocol
-from m2a_perception.postprocess import SCORERS, PostprocessConfig
-from m2a_perception.postprocess.config import LABEL_UPSAMPLING, REFINEMENT_MODES
-from m2a_perception.weights import CheckpointError
-from m2a_training.evaluation.backends import BackendUnavailableError, LoadedBackend, load_backend
+from m2a_perception.inference.backend import PRECISIONS
+from m2a_perception.metrics.pixel import PIXEL_PROTOCOLS, PixelProtocol, get_pixel_protocol
+from m2a_perception.postprocess import SCORERS, SCORING_PROTOCOLS, PostprocessConfig
+from m2a_perception.postprocess.config import (
+    LABEL_UPSAMPLING,
+    REFINEMENT_MODES,
+    SCORING_RESOLUTIONS,
+    UNIT_RANGE_SCORERS,
+)
+from m2a_perception.runtime.loader import BackendError, BackendSpec, engine_kind, load_backend
+from m2a_perception.weights import CheckpointError, WriteFailedError
+from m2a_perception.weights.checkpoint import atomic_write, write_failure
+from m2a_training.distributed import DistributedContext, init_distributed, shutdown_distributed
 from m2a_training.evaluation.datasets import (
     DATASET_ERRORS,
     DATASET_NAMES,
@@ -67,7 +81,6 @@ from m2a_training.evaluation.datasets import (
     open_eval_dataset,
     parse_dataset_spec,
 )
-from m2a_training.evaluation.distributed import DistributedContext, init_distributed, shutdown
 from m2a_training.evaluation.plots import render_gallery_panel, save_curve_plots, write_gallery
 from m2a_training.evaluation.report import (
     build_tables,
@@ -86,7 +99,6 @@ from m2a_training.evaluation.runner import (
 
 LOGGER = logging.getLogger(__name__)
 
-PROTOCOL_NAMES = ('smiyc', 'smiyc_binned', 'fishyscapes', 'mask2anomaly')
 EXIT_USAGE = 2
 
 
@@ -99,12 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         '--engine',
         type=Path,
-        help='exported model: .onnx (onnxruntime) or .engine/.plan/.trt (TensorRT); needs '
-        '--model-config or the --checkpoint it came from',
+        help='engine from m2a-build-engine: .onnx (onnxruntime), .ep (tensorrt) or .plan '
+        '(tensorrt-onnx); opened through its sidecar, checked against --checkpoint',
     )
-    model.add_argument('--model-config', help='model config name or YAML (for --engine)')
+    model.add_argument(
+        '--backend',
+        choices=('torch', 'torch-compile'),
+        default='torch',
+        help='backend of --checkpoint without --engine',
+    )
+    model.add_argument(
+        '--allow-gate-failed',
+        action='store_true',
+        help='use an engine whose accuracy gate failed (explicit override)',
+    )
     model.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    model.add_argument('--precision', choices=('fp32', 'fp16'), default='fp32')
+    model.add_argument('--precision', choices=PRECISIONS, default='fp32')
     model.add_argument('--method-name', help='row label in the tables (default: file stem)')
 
     data = parser.add_argument_group('data')
@@ -130,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
         action='append',
         default=[],
         metavar='[DATASET=]NAME',
-        help=f'pixel protocol, one of {", ".join(PROTOCOL_NAMES)} (default smiyc)',
+        help=(
+            f'scoring protocol, one of {", ".join(SCORING_PROTOCOLS)} (default official), or '
+            f'pixel protocol, one of {", ".join(PIXEL_PROTOCOLS)} (default smiyc); repeatable'
+        ),
     )
     metrics.add_argument(
         '--calibrate-on',
@@ -147,16 +172,36 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument('--no-panoptic', action='store_true', help='skip PQ (faster)')
 
     post = parser.add_argument_group('post-processing')
-    post.add_argument('--scorer', choices=SCORERS, default='mask2anomaly')
-    post.add_argument('--refinement', choices=REFINEMENT_MODES, default='code')
-    post.add_argument('--flip', action='store_true', help='average with a flipped pass')
+    post.add_argument('--scorer', choices=SCORERS, help='default: the protocol (mask2anomaly)')
+    post.add_argument(
+        '--refinement', choices=REFINEMENT_MODES, help='default: the protocol (code)'
+    )
+    post.add_argument(
+        '--scoring-resolution',
+        choices=SCORING_RESOLUTIONS,
+        help='source = score at full resolution (official), mask = at 1/4 (node); '
+        'default: the protocol',
+    )
+    post.add_argument(
+        '--refinement-min-queries',
+        type=int,
+        metavar='N',
+        help='refine only with at least N confident queries (official 2, node 1)',
+    )
+    post.add_argument(
+        '--flip',
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help='average with the pass on the mirrored source image (official geometry); '
+        'default: the protocol (official on, node off)',
+    )
     post.add_argument('--scf', action='store_true', help='CSL structure-constrained fusion')
     post.add_argument('--no-mining', action='store_true', help='no unknown-instance mining')
     post.add_argument(
         '--label-upsampling',
         choices=LABEL_UPSAMPLING,
-        default='bilinear',
-        help='bilinear = the official semantic inference (default), nearest = faster',
+        help='bilinear = labels from upsampled class scores (official, with source scoring in '
+        'the official order), nearest = faster; default: the protocol',
     )
 
     output = parser.add_argument_group('output')
@@ -170,8 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def scoring_protocol_of(specs: list[str]) -> str:
+    """The scoring protocol named among the `--protocol` values (the last wins; 'official')."""
+    named = [spec for spec in specs if spec in SCORING_PROTOCOLS]
+    return named[-1] if named else 'official'
+
+
 def parse_protocols(specs: list[str], names: list[str]) -> dict[str, PixelProtocol]:
-    """`--protocol` values -> protocol per dataset name (later values win).
+    """`--protocol` values -> pixel protocol per dataset name (later values win).
+
+    Scoring-protocol names (`SCORING_PROTOCOLS`) are skipped; see `scoring_protocol_of`.
 
     Raises:
         ValueError: unknown protocol or a dataset that is not evaluated.
@@ -179,9 +232,11 @@ def parse_protocols(specs: list[str], names: list[str]) -> dict[str, PixelProtoc
     default = get_pixel_protocol('smiyc')
     per_dataset: dict[str, PixelProtocol] = {}
     for spec in specs:
+        if spec in SCORING_PROTOCOLS:
+            continue
         dataset, separator, protocol = spec.rpartition('=')
-        if protocol not in PROTOCOL_NAMES:
-            raise ValueError(f'unknown protocol {protocol!r}; choose from {PROTOCOL_NAMES}')
+        if protocol not in PIXEL_PROTOCOLS:
+            raise ValueError(f'unknown protocol {protocol!r}; choose from {PIXEL_PROTOCOLS}')
         if not separator:
             default = get_pixel_protocol(protocol)
             per_dataset = {}
@@ -208,13 +263,21 @@ def open_datasets(specs: list[str], convention: str) -> list[EvalDataset]:
 
 
 def postprocess_from_args(args: argparse.Namespace) -> PostprocessConfig:
-    return PostprocessConfig(
-        scorer=args.scorer,
-        refinement=args.refinement,
-        flip=args.flip,
+    """The scoring protocol of `--protocol`, with every switch given on the command line."""
+    switches = {
+        'scorer': args.scorer,
+        'refinement': args.refinement,
+        'scoring_resolution': args.scoring_resolution,
+        'refinement_min_queries': args.refinement_min_queries,
+        'flip': args.flip,
+        'label_upsampling': args.label_upsampling,
+    }
+    overrides = {name: value for name, value in switches.items() if value is not None}
+    return PostprocessConfig.for_protocol(
+        scoring_protocol_of(args.protocol),
         scf=args.scf,
         mining=not args.no_mining,
-        label_upsampling=args.label_upsampling,
+        **overrides,
     )
 
 
@@ -236,10 +299,27 @@ def write_report(
     tables = build_tables(result, run['method'])
     relative = {kind: [str(p.relative_to(out)) for p in paths] for kind, paths in files.items()}
     markdown = report_markdown(result, tables, run, relative)
-    (out / 'results.md').write_text(markdown)
+    atomic_write(out / 'results.md', lambda tmp: tmp.write_text(markdown))
     write_json(report_json(result, tables, {**run, 'files': relative}), out / 'results.json')
     files['report'] = [out / 'results.md', out / 'results.json']
     return files
+
+
+def backend_spec(args: argparse.Namespace, device: torch.device) -> BackendSpec:
+    """The loader spec of --checkpoint / --engine (the engine kind from its suffix)."""
+    if args.checkpoint is None:
+        raise ValueError(
+            'pass --checkpoint CKPT (and --engine ENGINE to evaluate an engine of it)'
+        )
+    kind = args.backend if args.engine is None else engine_kind(args.engine)
+    return BackendSpec(
+        kind=kind,
+        checkpoint=str(args.checkpoint),
+        engine_path='' if args.engine is None else str(args.engine),
+        device=str(device),
+        precision=args.precision,
+        allow_gate_failed=args.allow_gate_failed,
+    )
 
 
 def _run(args: argparse.Namespace, context: DistributedContext, device: torch.device) -> int:
@@ -254,13 +334,7 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
         raise ValueError('--limit must be at least 1')
     protocols = parse_protocols(args.protocol, names)
     base_postprocess = postprocess_from_args(args)
-    loaded: LoadedBackend = load_backend(
-        checkpoint=args.checkpoint,
-        engine=args.engine,
-        model_config=args.model_config,
-        device=device,
-        precision=args.precision,
-    )
+    loaded = load_backend(backend_spec(args, device))
     options = EvalOptions(
         protocols=protocols,
         cache_dir=args.cache_dir or args.out / 'cache',
@@ -272,7 +346,7 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
         num_workers=max(0, args.workers),
         keep_cache=args.keep_cache,
         progress=not args.no_progress,
-        heatmap_range=(0.0, 1.0) if args.scorer in UNIT_RANGE_SCORERS else None,
+        heatmap_range=(0.0, 1.0) if base_postprocess.scorer in UNIT_RANGE_SCORERS else None,
     )
     num_classes = loaded.config.num_classes
     plans = build_plans(
@@ -290,20 +364,26 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
     if result is None:
         return 0
     run = {
-        'method': args.method_name or loaded.method_name,
+        'method': args.method_name or Path(loaded.spec.engine_path or loaded.spec.checkpoint).stem,
         'backend': loaded.describe(),
         'device': str(device),
+        'scoring_protocol': scoring_protocol_of(args.protocol),
         'postprocess': base_postprocess.to_dict(),
         'protocols': {name: protocol.name for name, protocol in protocols.items()},
         'options': {
             'limit': args.limit,
             'calibrate_on': args.calibrate_on,
-            'label_upsampling': args.label_upsampling,
+            'label_upsampling': base_postprocess.label_upsampling,
             'panoptic': not args.no_panoptic,
         },
         'environment': {'python': platform.python_version(), 'torch': torch.__version__},
     }
-    files = write_report(result, args.out, run, options.gallery_size)
+    try:
+        files = write_report(result, args.out, run, options.gallery_size)
+    except WriteFailedError:
+        raise
+    except OSError as error:  # plots, gallery, CSVs; results.md/json are written atomically
+        raise (write_failure(args.out, error) or error) from error
     for path in files['report']:
         print(f'wrote {path}')
     return 0
@@ -312,7 +392,8 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
 EXPECTED_ERRORS = (
     *DATASET_ERRORS,
     CheckpointError,
-    BackendUnavailableError,
+    BackendError,
+    WriteFailedError,
     EvaluationError,
     FileNotFoundError,
     ValueError,
@@ -325,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    context, device = init_distributed(torch.device(args.device))
+    context = init_distributed(args.device)
+    device = context.device
     try:
         return _run(args, context, device)
     except EXPECTED_ERRORS as error:
@@ -335,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: {prefix}{error}', file=sys.stderr)
         return EXIT_USAGE
     finally:
-        shutdown(context)
+        shutdown_distributed(context)
 
 
 if __name__ == '__main__':

@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from m2a_perception.weights import CheckpointError
+from m2a_perception.weights import CheckpointError, WriteFailedError
 from m2a_training.checkpointing import TrainingCheckpointError
 from m2a_training.config import ConfigError, load_train_config
 from m2a_training.data.benchmarks import BenchmarkDatasetError
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         BenchmarkDatasetError,
         CheckpointError,
         TrainingCheckpointError,
+        WriteFailedError,
         FileExistsError,
         FileNotFoundError,
     ) as error:

@@ -162,6 +162,7 @@ def build_train_transform(config: TrainConfig) -> Transform:
         pool_size=mix.pool_size,
         min_side=mix.min_side,
         seed=config.seed,
+        keep_empty_masks=mix.keep_empty_masks,
     )
     logger.info('AnomalyMix: %d outlier images, probability %.2f', len(pool), mix.probability)
     return compose_transforms(AnomalyMix(pool, mix.probability), augment)
@@ -182,6 +183,7 @@ def ensure_synthetic_world(config: TrainConfig, context: DistributedContext) -> 
             num_outlier_images=spec.num_outlier_images,
             size=spec.size,
             seed=spec.seed,
+            outlier_object_scale=spec.outlier_object_scale,
             **kinds,
         )
     barrier()
@@ -233,7 +235,7 @@ class Trainer:
         )
         self.criterion = SetCriterion(config.loss).to(self.device)
         self.train_model: torch.nn.Module = self.model
-        if context.distributed:
+        if context.is_distributed:
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None
             )

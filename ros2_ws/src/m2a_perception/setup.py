@@ -30,7 +30,9 @@ setup(
         (f'share/{PACKAGE}/launch', _share_files('launch', '*.launch.py')),
         (
             f'share/{PACKAGE}/config',
-            _share_files('config', '*.yaml') + _share_files('config', '*.rviz'),
+            _share_files('config', '*.yaml')
+            + _share_files('config', '*.rviz')
+            + _share_files('config', '*.xml'),
         ),
         (f'share/{PACKAGE}/config/model', _share_files('config/model', '*.yaml')),
     ],
@@ -49,7 +51,7 @@ setup(
             'm2a-bench = m2a_perception.cli.bench:main',
             'm2a-infer = m2a_perception.cli.infer:main',
             'm2a-metrics-bench = m2a_perception.metrics.bench:main',
-            'm2a-build-engine = m2a_perception.deploy.build:main',
+            'm2a-build-engine = m2a_perception.cli.build_engine:main',
             # The ROS node: `ros2 run m2a_perception perception_node`, or without ROS tooling.
             'perception_node = m2a_perception.ros.main:main',
             'm2a-perception-node = m2a_perception.ros.main:main',

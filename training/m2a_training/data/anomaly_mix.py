@@ -18,6 +18,14 @@ sides must be at least `min_side` (480), and a random subset of `pool_size` imag
 paper: 300; None keeps all, like the official code). Images without any annotation are left out
 as well, because pasting them would be a no-op.
 
+The pool can also be the authors' processed outlier folder (the "ood_dataset" they ship): a root
+with `ood_annotations/*.png` masks (254 on outlier pixels, 0 elsewhere) and `images/*.jpg`. The
+official mapper globs `.../ood_annotations/*.png` (`mask_former_semantic_dataset_mapper.py` line
+142, default path `mask2former/config.py` line 121) and finds each image by replacing
+`ood_annotations` with `images` and `png` with `jpg` (lines 213-215). The folder is already
+filtered, so no class or size filter runs; masks without any 254 pixel stay in the pool as in the
+official code, where they paste nothing (`keep_empty_masks=False` leaves them out instead).
+
 Allowed dependencies: numpy, Pillow, pycocotools.
 """
 
@@ -53,15 +61,21 @@ CITYSCAPES_OVERLAP_CATEGORIES = (
 )
 
 
+# The label value of outlier pixels in the authors' `ood_annotations/*.png` masks.
+FOLDER_OUTLIER_VALUE = 254
+
+
 @dataclass(frozen=True)
 class OutlierEntry:
-    """One pool image: where it is and the COCO segmentations of all its annotations."""
+    """One pool image: where it is and either the COCO segmentations of all its annotations or
+    (authors' folder layout) the path of its mask PNG."""
 
     image_id: int
     image_path: Path
     height: int
     width: int
     segmentations: tuple[Any, ...]
+    mask_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,89 @@ class OutlierPool:
                 f'{entry.image_path}: image is {rgb.shape[:2]}, annotation says '
                 f'{(entry.height, entry.width)}'
             )
+        if entry.mask_path is not None:
+            return rgb, read_folder_mask(entry.mask_path)
         return rgb, decode_union_mask(entry.segmentations, entry.height, entry.width)
+
+
+def read_folder_mask(path: Path) -> np.ndarray:
+    """(H, W) bool outlier mask of an `ood_annotations/*.png` file (pixels equal to 254)."""
+    with Image.open(path) as mask:
+        values = np.asarray(mask)
+    if values.ndim != 2:
+        raise ValueError(f'{path}: outlier mask must be single-channel, got shape {values.shape}')
+    return values == FOLDER_OUTLIER_VALUE
+
+
+def folder_image_path(mask_path: Path, root: Path) -> Path:
+    """The image of a mask, as the official mapper derives it (lines 213-215): `ood_annotations`
+    -> `images` and `png` -> `jpg`, applied to the path below `root` only, so that folder names
+    above it cannot be rewritten."""
+    relative = str(mask_path.relative_to(root))
+    return root / relative.replace('ood_annotations', 'images').replace('png', 'jpg')
+
+
+def build_folder_outlier_pool(
+    root: str | Path,
+    *,
+    pool_size: int | None = None,
+    seed: int = 0,
+    keep_empty_masks: bool = True,
+) -> OutlierPool:
+    """Outlier pool from the authors' processed folder (`images/`, `ood_annotations/*.png`).
+
+    Args:
+        root: the folder holding `ood_annotations/` and `images/`.
+        pool_size: random subset size (seeded), or None for all masks (official).
+        seed: seed of the subset selection.
+        keep_empty_masks: keep masks without outlier pixels (official: they stay in the glob and
+            paste nothing); False leaves them out (reads every mask once).
+
+    Returns:
+        The pool in sorted mask-name order (image ids 0..N-1 in that order).
+
+    Raises:
+        FileNotFoundError: no `ood_annotations/*.png`, or a mask without its image.
+        ValueError: a non-positive pool size, an image whose size differs from its mask, or no
+            mask left.
+    """
+    root = Path(root)
+    if pool_size is not None and pool_size <= 0:
+        raise ValueError(f'pool_size must be positive or None, got {pool_size}')
+    masks = sorted((root / 'ood_annotations').glob('*.png'))
+    if not masks:
+        raise FileNotFoundError(f'no outlier masks: {root / "ood_annotations"}/*.png is empty')
+    entries: list[OutlierEntry] = []
+    empty = 0
+    for mask_path in masks:
+        image_path = folder_image_path(mask_path, root)
+        if not image_path.is_file():
+            raise FileNotFoundError(f'outlier mask {mask_path} has no image {image_path}')
+        with Image.open(mask_path) as mask, Image.open(image_path) as image:
+            if mask.size != image.size:
+                raise ValueError(
+                    f'{image_path} is {image.size[1]}x{image.size[0]} but its mask {mask_path} '
+                    f'is {mask.size[1]}x{mask.size[0]}'
+                )
+            width, height = mask.size
+        if not keep_empty_masks and not read_folder_mask(mask_path).any():
+            empty += 1
+            continue
+        entries.append(OutlierEntry(len(entries), image_path, height, width, (), mask_path))
+    if not entries:
+        raise ValueError(
+            f'no outlier mask with a pixel equal to 254 in {root / "ood_annotations"}'
+        )
+    if pool_size is not None and pool_size < len(entries):
+        keep = np.sort(np.random.default_rng(seed).choice(len(entries), pool_size, replace=False))
+        entries = [entries[i] for i in keep]
+    logger.info(
+        'outlier pool (folder layout): %d images from %s; %d empty masks left out',
+        len(entries),
+        root,
+        empty,
+    )
+    return OutlierPool(tuple(entries))
 
 
 def decode_union_mask(segmentations: Sequence[Any], height: int, width: int) -> np.ndarray:
@@ -111,22 +207,26 @@ def decode_union_mask(segmentations: Sequence[Any], height: int, width: int) -> 
 
 def build_outlier_pool(
     annotation_file: str | Path,
-    image_dir: str | Path,
+    image_dir: str | Path | None,
     *,
     pool_size: int | None = 300,
     excluded_categories: Sequence[str] = CITYSCAPES_OVERLAP_CATEGORIES,
     min_side: int = 480,
     seed: int = 0,
+    keep_empty_masks: bool = True,
 ) -> OutlierPool:
-    """Select the outlier pool from a COCO instances file (read with pycocotools).
+    """Select the outlier pool from a COCO instances file (read with pycocotools), or read the
+    authors' processed folder when `annotation_file` is a folder (`build_folder_outlier_pool`).
 
     Args:
-        annotation_file: COCO `instances_*.json`.
-        image_dir: folder holding the images named by `file_name`.
+        annotation_file: COCO `instances_*.json`, or the authors' folder holding
+            `ood_annotations/` and `images/`.
+        image_dir: folder holding the images named by `file_name` (unused for a folder).
         pool_size: number of images to keep (random, seeded), or None for all eligible ones.
         excluded_categories: category names whose presence excludes an image.
         min_side: minimum height and width of an eligible image.
         seed: seed of the subset selection.
+        keep_empty_masks: folder layout only (see `build_folder_outlier_pool`).
 
     Returns:
         The pool, in ascending image-id order. It keeps only the segmentations of the selected
@@ -136,7 +236,14 @@ def build_outlier_pool(
         FileNotFoundError: the annotation file or the image folder is missing.
         ValueError: no eligible image, or a non-positive pool size.
     """
-    annotation_file, image_dir = Path(annotation_file), Path(image_dir)
+    annotation_file = Path(annotation_file)
+    if annotation_file.is_dir():
+        return build_folder_outlier_pool(
+            annotation_file, pool_size=pool_size, seed=seed, keep_empty_masks=keep_empty_masks
+        )
+    if image_dir is None:
+        raise ValueError('a COCO annotation file needs the image folder (image_dir)')
+    image_dir = Path(image_dir)
     if not annotation_file.is_file():
         raise FileNotFoundError(f'COCO annotation file not found: {annotation_file}')
     if not image_dir.is_dir():

@@ -13,8 +13,12 @@ saturation [0.5, 1.5] + hue ±18 in random order, each with probability 0.5, com
 detectron2 does) and a horizontal flip with probability 0.5.
 
 The image is resized with PIL bilinear; every label map (semantic, instance ids, outlier mask)
-with one nearest-neighbour index map (pixel-centre convention), so all of them, and the image,
-stay in register through every step. Randomness comes only from the `np.random.Generator`
+with one nearest-neighbour index map, so all of them, and the image, stay in register through
+every step. The index map is detectron2's: the official mapper reads the labels as float64
+(`mask_former_semantic_dataset_mapper.py` line 203, `.astype("double")`; the pasted outliers are
+label 254 in that map), so detectron2's `ResizeTransform.apply_image` resizes them with torch's
+`F.interpolate(mode='nearest')`, source index floor(i · in/out) in float32, not PIL's
+pixel-centre nearest. Randomness comes only from the `np.random.Generator`
 passed in.
 
 Allowed dependencies: numpy, Pillow, OpenCV (colour-space conversion only).
@@ -30,11 +34,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-# Semantic label of void pixels (Cityscapes ignore) and of pasted outlier pixels (AnomalyMix).
-IGNORE_LABEL = 255
+from m2a_perception.classes import VOID_ID
+
+# Semantic label of pasted outlier pixels (AnomalyMix); void pixels keep `VOID_ID`.
 OUTLIER_LABEL = 254
 
 AugmentMode = Literal['official', 'lsj']
+LabelResize = Literal['detectron2', 'pixel_centre']
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,10 @@ class AugmentConfig:
         color_jitter: apply ColorAugSSD.
         flip_probability: horizontal flip probability.
         image_pad_value: 'lsj' fill of padded image pixels (detectron2's FixedSizeCrop uses 128).
+        label_resize: nearest index rule for label maps and the outlier mask. 'detectron2'
+            (official, default): floor(i · in/out) as torch's nearest interpolation, which
+            shifts labels up to half a source pixel towards the top-left of the bilinear image;
+            'pixel_centre': floor((i + 0.5) · in/out), in register with the image.
     """
 
     mode: AugmentMode = 'official'
@@ -105,8 +115,13 @@ class AugmentConfig:
     color_jitter: bool = True
     flip_probability: float = 0.5
     image_pad_value: int = 128
+    label_resize: LabelResize = 'detectron2'
 
     def __post_init__(self) -> None:
+        if self.label_resize not in ('detectron2', 'pixel_centre'):
+            raise ValueError(
+                f"label_resize must be 'detectron2' or 'pixel_centre', got {self.label_resize!r}"
+            )
         object.__setattr__(self, 'crop_size', tuple(int(v) for v in self.crop_size))
         if self.mode not in ('official', 'lsj'):
             raise ValueError(f"augment mode must be 'official' or 'lsj', got {self.mode!r}")
@@ -141,13 +156,29 @@ def resize_shortest_edge_size(
     return int(new_h + 0.5), int(new_w + 0.5)
 
 
-def nearest_indices(source: int, target: int) -> np.ndarray:
-    """Source index of every target pixel for a nearest resize (pixel-centre convention)."""
-    positions = (np.arange(target) + 0.5) * (source / target)
+def nearest_indices(source: int, target: int, rule: LabelResize = 'detectron2') -> np.ndarray:
+    """Source index of every target pixel, as torch's nearest interpolation picks it.
+
+    torch (`UpSample.h`, `nearest_idx`) computes min(floor(i · (in / out)), in - 1) in float32,
+    with exact shortcuts for equal sizes and for doubling (i >> 1), which the float formula
+    reproduces. This is what detectron2 applies to the float64 label maps of the official mapper.
+
+    `rule='pixel_centre'` gives floor((i + 0.5) · in/out) instead (PIL's nearest).
+
+    Returns:
+        (target,) int64 source indices.
+    """
+    if rule == 'pixel_centre':
+        centres = (np.arange(target) + 0.5) * (source / target)
+        return np.minimum(np.floor(centres).astype(np.int64), source - 1)
+    scale = np.float32(source) / np.float32(target)
+    positions = np.arange(target, dtype=np.float32) * scale
     return np.minimum(np.floor(positions).astype(np.int64), source - 1)
 
 
-def resize_sample(sample: AnnotatedImage, size: tuple[int, int]) -> AnnotatedImage:
+def resize_sample(
+    sample: AnnotatedImage, size: tuple[int, int], label_resize: LabelResize = 'detectron2'
+) -> AnnotatedImage:
     """Resize: image bilinear (PIL), every label map nearest with the same index map."""
     if sample.size == tuple(size):
         return sample
@@ -155,8 +186,8 @@ def resize_sample(sample: AnnotatedImage, size: tuple[int, int]) -> AnnotatedIma
     image = np.asarray(
         Image.fromarray(sample.image).resize((width, height), Image.Resampling.BILINEAR)
     )
-    rows = nearest_indices(sample.size[0], height)[:, None]
-    cols = nearest_indices(sample.size[1], width)[None, :]
+    rows = nearest_indices(sample.size[0], height, label_resize)[:, None]
+    cols = nearest_indices(sample.size[1], width, label_resize)[None, :]
     return replace(
         sample,
         image=image,
@@ -191,7 +222,7 @@ def pad_sample(sample: AnnotatedImage, size: tuple[int, int], image_value: int) 
     return replace(
         sample,
         image=np.pad(sample.image, (*spec, (0, 0)), constant_values=image_value),
-        semantic=np.pad(sample.semantic, spec, constant_values=IGNORE_LABEL),
+        semantic=np.pad(sample.semantic, spec, constant_values=VOID_ID),
         ood_mask=np.pad(sample.ood_mask, spec, constant_values=False),
         instance=None if sample.instance is None else np.pad(sample.instance, spec),
     )
@@ -281,7 +312,7 @@ def resize_official(
     size = resize_shortest_edge_size(
         *sample.size, short_side, config.max_size_factor * config.short_side_base
     )
-    return resize_sample(sample, size)
+    return resize_sample(sample, size, config.label_resize)
 
 
 def resize_lsj(
@@ -292,7 +323,7 @@ def resize_lsj(
     height, width = sample.size
     factor = scale * min(config.crop_size[0] / height, config.crop_size[1] / width)
     size = (max(1, round(height * factor)), max(1, round(width * factor)))
-    return resize_sample(sample, size)
+    return resize_sample(sample, size, config.label_resize)
 
 
 def augment_sample(

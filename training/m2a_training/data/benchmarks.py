@@ -35,6 +35,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 from PIL import Image
 
+from m2a_perception.classes import VOID_ID
 from m2a_perception.metrics.component import ANOMALY_TRACK, OBSTACLE_TRACK, ComponentTrack
 from m2a_perception.metrics.panoptic import (
     UNKNOWN_CATEGORY_ID,
@@ -45,7 +46,6 @@ from m2a_perception.metrics.panoptic import (
     rgb_to_panoptic_id,
 )
 
-VOID = 255
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp')
 # A broken dataset of thousands of files is best described by its first few problems.
 _MAX_LISTED = 10
@@ -208,7 +208,7 @@ def remap_label(
                     'pass strict_labels=False to treat them as void'
                 ],
             )
-        mapped[unexpected] = VOID
+        mapped[unexpected] = VOID_ID
     return mapped.astype(np.uint8)
 
 
@@ -314,7 +314,7 @@ def _finish(
     return AnomalyDataset(name, root, frames, _lut(mapping), track, strict_labels)
 
 
-_BINARY = {0: 0, 1: 1, VOID: VOID}
+_BINARY = {0: 0, 1: 1, VOID_ID: VOID_ID}
 
 
 def road_anomaly(root: str | Path, *, strict_labels: bool = True) -> AnomalyDataset:
@@ -545,7 +545,7 @@ def lost_and_found(
         problems += _list(absent, 'requested frame not found')
     if not frames and not problems:
         problems = [f'no */*{suffix} images in {images_dir}']
-    mapping = {0: VOID, 1: 0, **dict.fromkeys(range(2, 201), 1)}
+    mapping = {0: VOID_ID, 1: 0, **dict.fromkeys(range(2, 201), 1)}
     return _finish(
         f'lost_and_found_{split}', root, frames, problems, mapping, OBSTACLE_TRACK, strict_labels
     )
@@ -561,9 +561,9 @@ def streethazards_anomaly_mapping(convention: StreetHazardsConvention) -> dict[i
     """
     mapping = {**dict.fromkeys(range(1, 14), 0), 14: 1}
     if convention == 'mask2anomaly':
-        mapping.update({1: VOID, 4: VOID})
+        mapping.update({1: VOID_ID, 4: VOID_ID})
     elif convention == 'densehybrid':
-        mapping[4] = VOID
+        mapping[4] = VOID_ID
     elif convention != 'caos':
         raise ValueError(
             f"convention must be 'mask2anomaly', 'densehybrid' or 'caos', got {convention!r}"
@@ -574,7 +574,7 @@ def streethazards_anomaly_mapping(convention: StreetHazardsConvention) -> dict[i
 def _streethazards_open_set_lut() -> np.ndarray:
     # DenseHybrid: raw - 1, "other" (raw 4) ignored, classes above it shifted down by one, so
     # the anomaly (raw 14) lands on index 12 = K.
-    mapping = {1: 0, 2: 1, 3: 2, 4: VOID, **{raw: raw - 2 for raw in range(5, 15)}}
+    mapping = {1: 0, 2: 1, 3: 2, 4: VOID_ID, **{raw: raw - 2 for raw in range(5, 15)}}
     return _lut(mapping)
 
 

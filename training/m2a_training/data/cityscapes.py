@@ -6,9 +6,9 @@ Standard on-disk layout (what `cityscapesscripts` and the official download prod
     root/gtFine/<split>/<city>/<stem>_gtFine_labelIds.png
     root/gtFine/<split>/<city>/<stem>_gtFine_instanceIds.png   (panoptic mode)
 
-Label ids are mapped to the 19 train ids with the label table of
-`cityscapesscripts.helpers.labels` (everything else becomes 255, void). A missing or malformed
-dataset raises one `DatasetError` that lists every problem found.
+Label ids are mapped to the 19 train ids with `m2a_perception.classes.label_id_to_train_id_table`
+(the `cityscapesscripts.helpers.labels` table; everything else becomes 255, void). A missing or
+malformed dataset raises one `DatasetError` that lists every problem found.
 
 Target modes (`TargetMode`):
 - 'semantic': one mask per train id present (the official mapper);
@@ -19,13 +19,14 @@ Target modes (`TargetMode`):
   as in Mask2Former's panoptic mapper.
 Void (255) and pasted outlier pixels (254) are in no target mask in any mode.
 
-Allowed dependencies: numpy, Pillow, scipy, torch, cityscapesscripts, m2a_perception.preprocess.
+Allowed dependencies: numpy, Pillow, scipy, torch, m2a_perception.classes,
+m2a_perception.preprocess.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,19 +34,23 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cityscapesscripts.helpers.labels import labels as cityscapes_labels
 from PIL import Image
 from scipy import ndimage
 
+from m2a_perception.classes import (
+    NUM_CITYSCAPES_CLASSES,
+    VOID_ID,
+    label_id_to_train_id_table,
+    thing_train_ids,
+)
 from m2a_perception.preprocess import normalize_and_pad
-from m2a_training.data.augment import IGNORE_LABEL, OUTLIER_LABEL, AnnotatedImage, Transform
+from m2a_training.data.augment import OUTLIER_LABEL, AnnotatedImage, Transform
 from m2a_training.losses.targets import MaskTargets
 
 logger = logging.getLogger(__name__)
 
 TargetMode = Literal['semantic', 'mask_split', 'panoptic']
 TARGET_MODES = ('semantic', 'mask_split', 'panoptic')
-NUM_CLASSES = 19
 IMAGE_SUFFIX = '_leftImg8bit.png'
 LABEL_SUFFIX = '_gtFine_labelIds.png'
 INSTANCE_SUFFIX = '_gtFine_instanceIds.png'
@@ -72,34 +77,6 @@ class CityscapesRecord:
     image_path: Path
     label_path: Path
     instance_path: Path | None
-
-
-def build_train_id_lut() -> np.ndarray:
-    """(256,) uint8 map from Cityscapes label id to train id (255 for ignored labels)."""
-    lut = np.full(256, IGNORE_LABEL, dtype=np.uint8)
-    for label in cityscapes_labels:
-        if 0 <= label.id < 256 and 0 <= label.trainId < IGNORE_LABEL:
-            lut[label.id] = label.trainId
-    return lut
-
-
-def thing_train_ids() -> frozenset[int]:
-    """Train ids of classes with instances (person .. bicycle: 11..18)."""
-    return frozenset(
-        label.trainId
-        for label in cityscapes_labels
-        if label.hasInstances and 0 <= label.trainId < IGNORE_LABEL
-    )
-
-
-def class_names() -> tuple[str, ...]:
-    """The 19 train-id class names in train-id order."""
-    names = {
-        label.trainId: label.name
-        for label in cityscapes_labels
-        if 0 <= label.trainId < IGNORE_LABEL
-    }
-    return tuple(names[i] for i in range(NUM_CLASSES))
 
 
 def _list_problems(paths: Sequence[Path], what: str) -> list[str]:
@@ -247,8 +224,8 @@ def build_mask_targets(
     instance: np.ndarray | None = None,
     mode: TargetMode = 'semantic',
     *,
-    num_classes: int = NUM_CLASSES,
-    things: frozenset[int] | None = None,
+    num_classes: int = NUM_CITYSCAPES_CLASSES,
+    things: Collection[int] | None = None,
 ) -> MaskTargets:
     """Per-segment binary masks from a train-id map.
 
@@ -265,7 +242,7 @@ def build_mask_targets(
     if mode not in TARGET_MODES:
         raise ValueError(f'target mode must be one of {TARGET_MODES}, got {mode!r}')
     size = (int(semantic.shape[0]), int(semantic.shape[1]))
-    present = [int(c) for c in np.unique(semantic) if c not in (IGNORE_LABEL, OUTLIER_LABEL)]
+    present = [int(c) for c in np.unique(semantic) if c not in (VOID_ID, OUTLIER_LABEL)]
     if present and max(present) >= num_classes:
         raise ValueError(f'semantic map holds class {max(present)} >= num_classes {num_classes}')
     labels: list[int] = []
@@ -361,7 +338,7 @@ class CityscapesDataset(torch.utils.data.Dataset):
         self.records = find_cityscapes_records(
             root, split, need_instances=mode == 'panoptic', check_headers=check_headers
         )
-        self.train_id_lut = build_train_id_lut()
+        self.train_id_lut = label_id_to_train_id_table()
         logger.info('Cityscapes %s: %d images from %s', split, len(self.records), root)
 
     def __len__(self) -> int:
@@ -440,7 +417,7 @@ def collate_training_batch(
         padded_masks = F.pad(sample.targets.masks, (0, pad_w - width, 0, pad_h - height))
         targets.append(MaskTargets(sample.targets.labels, padded_masks))
         semantic.append(
-            F.pad(sample.semantic, (0, pad_w - width, 0, pad_h - height), value=IGNORE_LABEL)
+            F.pad(sample.semantic, (0, pad_w - width, 0, pad_h - height), value=VOID_ID)
         )
         ood_masks.append(F.pad(sample.ood_mask, (0, max_w - width, 0, max_h - height)))
     return TrainingBatch(

@@ -25,7 +25,7 @@ pool must exclude. Anomaly scenes put objects on the road: by default both held-
 Deterministic given the seed: image i of a split uses its own generator seeded from
 (seed, split, i), so changing one count leaves the other splits' images unchanged.
 
-Allowed dependencies: numpy, Pillow, pycocotools, cityscapesscripts.
+Allowed dependencies: numpy, Pillow, pycocotools, m2a_perception.classes.
 """
 
 from __future__ import annotations
@@ -39,13 +39,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from cityscapesscripts.helpers.labels import name2label
 from PIL import Image, ImageDraw, ImageFilter
 from pycocotools import mask as mask_utils
+
+from m2a_perception.classes import label_id_of
 
 logger = logging.getLogger(__name__)
 
 OUTLIER_KINDS = ('crate', 'ball', 'animal', 'star', 'suitcase')
+# Object height in an outlier image, as a fraction of that image's height (96-160 px): the
+# default draws COCO-like large objects; smaller values give road-obstacle-sized outliers.
+DEFAULT_OUTLIER_OBJECT_SCALE = (0.25, 0.7)
 HELD_OUT_KINDS = ('rock', 'barrel', 'tyre', 'cone')
 # COCO category names of the probe objects; they overlap Cityscapes and must be filtered out.
 PROBE_KINDS = ('person', 'car')
@@ -75,6 +79,7 @@ class SyntheticWorld:
     seed: int
     outlier_kinds: tuple[str, ...] = OUTLIER_KINDS
     anomaly_kinds: tuple[str, ...] = HELD_OUT_KINDS + OUTLIER_KINDS
+    outlier_object_scale: tuple[float, float] = DEFAULT_OUTLIER_OBJECT_SCALE
 
 
 @dataclass(frozen=True)
@@ -93,14 +98,14 @@ class _LabelIds:
 
 def _label_ids() -> _LabelIds:
     return _LabelIds(
-        road=name2label['road'].id,
-        sidewalk=name2label['sidewalk'].id,
-        building=name2label['building'].id,
-        vegetation=name2label['vegetation'].id,
-        sky=name2label['sky'].id,
-        person=name2label['person'].id,
-        car=name2label['car'].id,
-        ego_vehicle=name2label['ego vehicle'].id,
+        road=label_id_of('road'),
+        sidewalk=label_id_of('sidewalk'),
+        building=label_id_of('building'),
+        vegetation=label_id_of('vegetation'),
+        sky=label_id_of('sky'),
+        person=label_id_of('person'),
+        car=label_id_of('car'),
+        ego_vehicle=label_id_of('ego vehicle'),
     )
 
 
@@ -1008,13 +1013,16 @@ def render_road_scene(
 
 
 def render_outlier_image(
-    rng: np.random.Generator, kinds: Sequence[str]
+    rng: np.random.Generator,
+    kinds: Sequence[str],
+    object_scale: tuple[float, float] = DEFAULT_OUTLIER_OBJECT_SCALE,
 ) -> tuple[np.ndarray, list[tuple[str, list[list[Point]]]]]:
     """Render a non-road image with 1–3 objects.
 
     Args:
         rng: the only source of randomness.
         kinds: object kinds to draw from.
+        object_scale: range of an object's size as a fraction of the image height.
 
     Returns:
         image (h, w, 3) uint8 RGB and, per object, its kind and polygons (image coordinates).
@@ -1033,7 +1041,7 @@ def render_outlier_image(
     objects = []
     for _ in range(int(rng.integers(1, 4))):
         kind = str(kinds[int(rng.integers(len(kinds)))])
-        scale = height * rng.uniform(0.25, 0.7)
+        scale = height * rng.uniform(*object_scale)
         cx = rng.uniform(0.2, 0.8) * width
         bottom = rng.uniform(max(floor_y, scale * 0.9), height - 2)
         primitives = _object_primitives(kind, cx, bottom, scale, 1.0, rng)
@@ -1124,7 +1132,12 @@ def _write_anomaly_split(
 
 
 def _write_coco_set(
-    image_dir: Path, annotation_file: Path, count: int, seed: int, kinds: Sequence[str]
+    image_dir: Path,
+    annotation_file: Path,
+    count: int,
+    seed: int,
+    kinds: Sequence[str],
+    object_scale: tuple[float, float],
 ) -> None:
     categories = list(kinds) + list(PROBE_KINDS)
     category_ids = {name: k + 1 for k, name in enumerate(categories)}
@@ -1133,7 +1146,7 @@ def _write_coco_set(
         rng = _rng_for(seed, 'coco', index)
         # About one image in eight is a probe that the pool filter has to reject.
         pool = [*kinds, *PROBE_KINDS] if rng.uniform() < 0.125 else list(kinds)
-        image, objects = render_outlier_image(rng, pool)
+        image, objects = render_outlier_image(rng, pool, object_scale)
         image_id = index + 1
         file_name = f'{image_id:012d}.png'
         _save_png(image, image_dir / file_name)
@@ -1167,6 +1180,7 @@ def generate_synthetic_world(
     size: tuple[int, int] = (128, 256),
     seed: int = 0,
     anomaly_kinds: Sequence[str] = HELD_OUT_KINDS + OUTLIER_KINDS,
+    outlier_object_scale: tuple[float, float] = DEFAULT_OUTLIER_OBJECT_SCALE,
 ) -> SyntheticWorld:
     """Write the synthetic world under `root` (existing files of the same names are replaced).
 
@@ -1178,6 +1192,9 @@ def generate_synthetic_world(
         size: (H, W) of the road scenes (multiples of 32 avoid padding in the model).
         seed: world seed.
         anomaly_kinds: object kinds used in the anomaly scenes.
+        outlier_object_scale: (min, max) object size in the outlier images as a fraction of
+            the image height; AnomalyMix pastes objects without rescaling, so this sets the
+            scale of the stage-2 outliers relative to the road scenes.
 
     Returns:
         The paths and parameters of the world.
@@ -1189,6 +1206,11 @@ def generate_synthetic_world(
     unknown = sorted(set(anomaly_kinds) - set(_SHAPES) | set(anomaly_kinds) & set(PROBE_KINDS))
     if unknown or not anomaly_kinds:
         raise ValueError(f'anomaly_kinds must be non-empty unseen kinds; bad: {unknown}')
+    low, high = outlier_object_scale
+    if not 0.0 < low <= high <= 1.0:
+        raise ValueError(
+            f'outlier_object_scale must satisfy 0 < min <= max <= 1, got {low}, {high}'
+        )
     root = Path(root)
     world = SyntheticWorld(
         root=root,
@@ -1203,6 +1225,7 @@ def generate_synthetic_world(
         size=(int(size[0]), int(size[1])),
         seed=seed,
         anomaly_kinds=tuple(anomaly_kinds),
+        outlier_object_scale=(float(low), float(high)),
     )
     _write_cityscapes_split(world.cityscapes_root, 'train', num_train, world.size, seed)
     _write_cityscapes_split(world.cityscapes_root, 'val', num_val, world.size, seed)
@@ -1217,6 +1240,7 @@ def generate_synthetic_world(
         num_outlier_images,
         seed,
         world.outlier_kinds,
+        world.outlier_object_scale,
     )
     manifest = {
         'seed': seed,
@@ -1228,6 +1252,7 @@ def generate_synthetic_world(
         'outlier_kinds': list(world.outlier_kinds),
         'anomaly_kinds': list(world.anomaly_kinds),
         'probe_kinds': list(PROBE_KINDS),
+        'outlier_object_scale': list(world.outlier_object_scale),
     }
     (root / 'manifest.json').write_text(json.dumps(manifest, indent=1, sort_keys=True))
     logger.info('synthetic world written to %s', root)
@@ -1262,6 +1287,9 @@ def load_synthetic_world(root: str | Path) -> SyntheticWorld:
         seed=int(manifest['seed']),
         outlier_kinds=tuple(manifest['outlier_kinds']),
         anomaly_kinds=tuple(manifest['anomaly_kinds']),
+        outlier_object_scale=tuple(  # type: ignore[arg-type]
+            manifest.get('outlier_object_scale', DEFAULT_OUTLIER_OBJECT_SCALE)
+        ),
     )
 
 

@@ -3,7 +3,7 @@
 Modules (imported explicitly; this package imports nothing so that each stays cheap to load):
 - `datasets`: `NAME=PATH` specs -> `EvalDataset`s yielding `EvalFrame`s (anomaly, semantic and
   panoptic ground truth as each benchmark defines it);
-- `backends`: `--checkpoint` / `--engine` -> a backend and the model config (suffix dispatch);
+- (backends come from `m2a_perception.runtime.loader`, the one loader);
 - `distributed`: torchrun sharding and the gathering of metric states;
 - `runner`: the two-pass streaming evaluation (inference + pixel metrics, then the metrics that
   need a dataset-level threshold, from a float16/float32 score cache on disk);

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from m2a_perception.classes import cityscapes_classes
+from m2a_perception.classes import VOID_ID, cityscapes_classes, label_id_to_train_id_table
 from m2a_perception.metrics.component import OBSTACLE_TRACK, ComponentTrack
 from m2a_perception.metrics.panoptic import (
     UNKNOWN_CATEGORY_ID,
@@ -54,12 +54,9 @@ from m2a_training.data.cityscapes import (
     LABEL_SUFFIX,
     CityscapesRecord,
     DatasetError,
-    build_train_id_lut,
     find_cityscapes_records,
     read_cityscapes_sample,
 )
-
-VOID = 255
 
 ANOMALY_BENCHMARKS = (
     'smiyc_ra21',
@@ -322,7 +319,7 @@ def cityscapes_panoptic_target(
         segments: category = trainId, crowd = thing pixels without an instance id (< 1000), area
         counted from the map (the script writes the mask's pixel count).
     """
-    ids = np.where(semantic == VOID, 0, instance).astype(np.int64)
+    ids = np.where(semantic == VOID_ID, 0, instance).astype(np.int64)
     values, first = np.unique(ids.ravel(), return_index=True)
     flat_semantic = semantic.ravel()
     segments = []
@@ -349,7 +346,7 @@ class CityscapesEvalDataset(EvalDataset):
         self.root = root
         self.records = records
         self.semantic_classes = len(cityscapes_classes())
-        self.train_id_lut = build_train_id_lut()
+        self.train_id_lut = label_id_to_train_id_table()
         self.thing_ids = frozenset(i.train_id for i in cityscapes_classes() if i.is_thing)
         if with_panoptic:
             categories, _ = open_set_categories(cityscapes_categories(), ())

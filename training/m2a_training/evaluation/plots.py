@@ -25,7 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from m2a_perception.classes import UNKNOWN_ID
+from m2a_perception.classes import UNKNOWN_ID, VOID_ID
 from m2a_perception.metrics.pixel import PixelCurve
 from m2a_perception.visualize import blend, colorize_labels, colorize_scalar, resize_to
 from m2a_training.evaluation.datasets import EvalFrame
@@ -43,7 +43,6 @@ PANEL_WIDTH = 768
 MIN_PANEL_WIDTH = 384
 CAPTION_HEIGHT = 22
 ANOMALY_COLOR = np.array([255, 0, 0], dtype=np.uint8)
-VOID_LABEL = 255
 
 
 def _subsample(count: int) -> np.ndarray:
@@ -146,7 +145,7 @@ def render_gallery_panel(
     dataset = plan.dataset
     if 'label' in arrays:
         label = arrays['label']
-        truth = _overlay(image, label == VOID_LABEL, np.zeros(3, np.uint8), 0.6)
+        truth = _overlay(image, label == VOID_ID, np.zeros(3, np.uint8), 0.6)
         truth = _overlay(truth, label == 1, ANOMALY_COLOR, 0.6)
         threshold = thresholds.component.get(plan.name, math.nan)
         predicted = score > threshold if math.isfinite(threshold) else np.zeros_like(label, bool)

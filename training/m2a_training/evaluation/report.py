@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from m2a_perception.weights.checkpoint import atomic_write
 from m2a_training.evaluation.datasets import ANOMALY_BENCHMARKS, COCO_SPLITS
 from m2a_training.evaluation.runner import DatasetResult, EvaluationResult
 
@@ -376,5 +377,6 @@ def write_per_frame_csv(r: DatasetResult, path: Path) -> Path:
 
 
 def write_json(data: dict[str, object], path: Path) -> Path:
-    path.write_text(json.dumps(data, indent=2, allow_nan=False) + '\n')
+    text = json.dumps(data, indent=2, allow_nan=False) + '\n'
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     return path

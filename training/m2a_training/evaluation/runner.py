@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from m2a_perception.classes import VOID_ID
 from m2a_perception.metrics.component import ComponentAccumulator, ComponentMetrics
 from m2a_perception.metrics.open_set import (
     OpenSetConfusion,
@@ -65,17 +66,16 @@ from m2a_perception.metrics.semantic import ConfusionMatrix, SemanticMetrics
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.postprocess import PostprocessConfig, default_refinement_class_ids
 from m2a_perception.types import SegmentationOutput, SegmentKind
-from m2a_training.evaluation.datasets import DATASET_ERRORS, EvalDataset, EvalFrame, ModelSupport
-from m2a_training.evaluation.distributed import (
+from m2a_training.distributed import (
     DistributedContext,
     broadcast_from_main,
     gather_to_main,
     shard_indices,
 )
+from m2a_training.evaluation.datasets import DATASET_ERRORS, EvalDataset, EvalFrame, ModelSupport
 
 LOGGER = logging.getLogger(__name__)
 
-VOID = 255
 CALIBRATION_GROUP = 'all'
 
 
@@ -406,7 +406,7 @@ def open_set_binary_label(semantic_label: np.ndarray, num_known: int) -> np.ndar
     """(H, W) open-set labels -> anomaly labels: K -> 1, ignore -> 255, known -> 0."""
     label = np.zeros(semantic_label.shape, dtype=np.uint8)
     label[semantic_label == num_known] = 1
-    label[semantic_label == VOID] = VOID
+    label[semantic_label == VOID_ID] = VOID_ID
     return label
 
 
@@ -416,7 +416,7 @@ def predicted_panoptic(
     """The output's panoptic ids and segments in dataset categories.
 
     Unknown things take `unknown_category_id`; without one (closed-set ground truth) they are
-    dropped to VOID.
+    dropped to VOID (segment id 0).
     """
     assert output.panoptic is not None
     ids = output.panoptic.cpu().numpy().astype(np.int64)

@@ -18,8 +18,13 @@ Variants (`ContrastiveLossConfig.variant`):
 Shared by all variants, as in the official code: all queries (no matching), the score is
 computed at mask resolution and resampled to the outlier mask's size, void pixels count as
 inliers (only pasted pixels are outliers), means are pooled over all pixels of the batch, and the
-outlier term is skipped when the batch has no outlier pixel. The margin is explicit: the paper's
-best is 0.75, while the official config silently used 1.0.
+outlier term is skipped when the batch has no outlier pixel. The margin defaults to the official
+code's 1.0 (`mask2former/config.py` line 119, `MARGIN = 1.0`, which produced the released
+checkpoints); the paper's 0.75 is the named variant `margin: paper`.
+
+Across processes (`torchrun`) the per-pixel sums and counts of both terms are all-reduced before
+the division (`pool_across_ranks`), so every world size gives the single-process loss and
+gradients: the official code trained on one GPU, whose batch pools all images.
 
 Allowed dependencies: torch.
 """
@@ -33,6 +38,9 @@ import torch
 import torch.nn.functional as F
 
 ContrastiveVariant = Literal['reference', 'hinge_on_score', 'bce']
+MarginName = Literal['official', 'paper']
+# `mask2former/config.py` line 119 of the official code; the paper reports 0.75 as its best.
+MARGINS: dict[str, float] = {'official': 1.0, 'paper': 0.75}
 ResampleMode = Literal['stretch', 'crop']
 _VARIANTS = ('reference', 'hinge_on_score', 'bce')
 _RESAMPLE_MODES = ('stretch', 'crop')
@@ -44,7 +52,8 @@ class ContrastiveLossConfig:
 
     Attributes:
         variant: 'reference' (official code), 'hinge_on_score' (corrected) or 'bce' (Eq. 26).
-        margin: m of Eq. 11 (paper 0.75; the official config used 1.0). Unused by 'bce'.
+        margin: m of Eq. 11, a number or a name in `MARGINS`: 'official' (1.0, the default,
+            as the official code) or 'paper' (0.75). Stored as the number. Unused by 'bce'.
         resample: how the 1/4-resolution score reaches the outlier mask. 'stretch' is the
             official behaviour: bilinear with align_corners=True from the (padded) mask
             resolution straight to the unpadded outlier-mask size, which stretches the padding
@@ -55,7 +64,7 @@ class ContrastiveLossConfig:
     """
 
     variant: ContrastiveVariant = 'reference'
-    margin: float = 0.75
+    margin: float | MarginName = MARGINS['official']
     resample: ResampleMode = 'stretch'
     weight: float = 1.0
 
@@ -68,6 +77,12 @@ class ContrastiveLossConfig:
             raise ValueError(f'resample must be one of {_RESAMPLE_MODES}, got {self.resample!r}')
         if self.weight < 0:
             raise ValueError(f'contrastive weight must be non-negative, got {self.weight}')
+        if isinstance(self.margin, str):
+            if self.margin not in MARGINS:
+                raise ValueError(
+                    f'margin must be a number or one of {sorted(MARGINS)}, got {self.margin!r}'
+                )
+            object.__setattr__(self, 'margin', MARGINS[self.margin])
 
 
 def compute_negative_likelihood(
@@ -120,17 +135,37 @@ def resample_to_outlier_mask(
     raise ValueError(f'resample must be one of {_RESAMPLE_MODES}, got {mode!r}')
 
 
-def _pooled_mean(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor | None:
-    """Mean of `values[where]`, or None when `where` selects nothing."""
-    if not bool(where.any()):
-        return None
-    return values[where].mean()
+def pool_across_ranks(totals: torch.Tensor) -> torch.Tensor:
+    """Sum per-rank totals over the process group, differentiably; identity in one process.
+
+    The backward of `torch.distributed.nn.functional.all_reduce` all-reduces the incoming
+    gradients too, so each rank's local sums receive world_size times the single-process
+    gradient; DistributedDataParallel's mean over ranks then gives exactly the single-process
+    parameter gradient.
+
+    Args:
+        totals: (N,) float tensor of per-rank sums and counts.
+
+    Returns:
+        (N,) the sums over all ranks.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return totals
+    if torch.distributed.get_world_size() == 1:
+        return totals
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(totals)
 
 
 def combine_terms(
     inlier_loss: torch.Tensor, outlier_loss: torch.Tensor, ood_masks: torch.Tensor
 ) -> torch.Tensor:
     """0.5 · (pooled inlier mean + pooled outlier mean), skipping an empty side.
+
+    The means pool every pixel of the batch on every rank: per-pixel sums and counts are
+    all-reduced (`pool_across_ranks`) before the division, so the value and the gradients do not
+    depend on how the batch is split over processes.
 
     Args:
         inlier_loss: (B, H, W) per-pixel loss used where the outlier mask is False.
@@ -139,18 +174,31 @@ def combine_terms(
 
     Returns:
         Scalar loss. The official code skips only the outlier term when it is empty (an
-        all-outlier batch would give NaN there); an empty inlier side is skipped as well.
+        all-outlier batch would give NaN there); an empty inlier side is skipped as well. The
+        decision uses the global counts, so all ranks take it together.
     """
-    terms = [
-        term
-        for term in (
-            _pooled_mean(inlier_loss, ~ood_masks),
-            _pooled_mean(outlier_loss, ood_masks),
+    outlier = ood_masks.to(inlier_loss.dtype)
+    inlier = 1.0 - outlier
+    totals = pool_across_ranks(
+        torch.stack(
+            [
+                (inlier_loss * inlier).sum(),
+                (outlier_loss * outlier).sum(),
+                inlier.sum(),
+                outlier.sum(),
+            ]
         )
-        if term is not None
-    ]
+    )
+    inlier_sum, outlier_sum, inlier_count, outlier_count = totals.unbind()
+    # One host sync for both emptiness tests.
+    has_inlier, has_outlier = (totals[2:] > 0).tolist()
+    terms = []
+    if has_inlier:
+        terms.append(inlier_sum / inlier_count)
+    if has_outlier:
+        terms.append(outlier_sum / outlier_count)
     if not terms:
-        return inlier_loss.sum() * 0.0
+        return totals[0] * 0.0
     return 0.5 * torch.stack(terms).sum()
 
 

@@ -17,6 +17,59 @@ import yaml
 PIXEL_MEAN_RGB = (123.675, 116.280, 103.530)
 PIXEL_STD_RGB = (58.395, 57.120, 57.375)
 
+# Upper bounds of the sizes a config may ask for: generous (several times the largest published
+# Mask2Former/Mask2Anomaly variants: 200 queries, 9 decoder layers, hidden 256, Swin-L widths),
+# but a config from an untrusted checkpoint can no longer make the loader allocate gigabytes.
+SIZE_LIMITS: dict[str, int] = {
+    'num_classes': 2000,
+    'backbone.blocks_per_stage': 64,
+    'backbone.stem_channels': 1024,
+    'backbone.res2_out_channels': 2048,
+    'backbone.bottleneck_channels': 1024,
+    'pixel_decoder.conv_dim': 2048,
+    'pixel_decoder.mask_dim': 2048,
+    'pixel_decoder.encoder_layers': 24,
+    'pixel_decoder.encoder_heads': 64,
+    'pixel_decoder.encoder_points': 32,
+    'pixel_decoder.encoder_ffn_dim': 16384,
+    'transformer_decoder.hidden_dim': 2048,
+    'transformer_decoder.num_queries': 1000,
+    'transformer_decoder.num_heads': 64,
+    'transformer_decoder.ffn_dim': 16384,
+    'transformer_decoder.num_layers': 32,
+    'preprocess.short_side': 8192,
+    'preprocess.max_size': 16384,
+    'preprocess.size_divisibility': 1024,
+}
+
+
+def _check_sizes(section: str, values: dict[str, Any]) -> None:
+    """Raise ValueError if an integer size is not an int or lies outside [0, SIZE_LIMITS]."""
+    for name, value in values.items():
+        key = f'{section}.{name}' if section else name
+        limit = SIZE_LIMITS.get(key)
+        if limit is None:
+            continue
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise ValueError(f'{key} must be an integer, got {item!r}')
+            if not 0 <= item <= limit:
+                raise ValueError(f'{key} = {item} is outside the allowed range [0, {limit}]')
+
+
+# How MSDeformAttn samples its value maps (model/ms_deform_attn.py): the official `grid_sample`
+# fallback, or the same bilinear sampling from Gather and index arithmetic (no GridSample op).
+GRID_SAMPLE = 'grid_sample'
+GATHER = 'gather'
+DEFORM_SAMPLINGS = (GRID_SAMPLE, GATHER)
+
+
+def check_deform_sampling(name: str) -> str:
+    """`name` if it is a known sampler ('grid_sample' or 'gather'), else ValueError."""
+    if name not in DEFORM_SAMPLINGS:
+        raise ValueError(f'unknown deform_sampling {name!r}; choose from {list(DEFORM_SAMPLINGS)}')
+    return name
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -33,7 +86,8 @@ class BackboneConfig:
     freeze_at: int = 5
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, 'blocks_per_stage', tuple(int(n) for n in self.blocks_per_stage))
+        object.__setattr__(self, 'blocks_per_stage', tuple(self.blocks_per_stage))
+        _check_sizes('backbone', dataclasses.asdict(self))
         if len(self.blocks_per_stage) != 4 or min(self.blocks_per_stage) < 1:
             raise ValueError(
                 f'backbone.blocks_per_stage needs 4 positive counts, got {self.blocks_per_stage}'
@@ -53,8 +107,16 @@ class PixelDecoderConfig:
     encoder_heads: int = 8
     encoder_points: int = 4
     encoder_ffn_dim: int = 1024
+    # 'grid_sample' (official, the eager default) or 'gather' (no GridSample in exported graphs;
+    # TensorRT exports always use it, see deploy/precision.py). Changes no parameter.
+    deform_sampling: str = GRID_SAMPLE
 
     def __post_init__(self) -> None:
+        _check_sizes('pixel_decoder', dataclasses.asdict(self))
+        if min(self.num_groups, self.encoder_heads) <= 0:
+            raise ValueError('pixel_decoder.num_groups and encoder_heads must be positive')
+
+        check_deform_sampling(self.deform_sampling)
         if self.conv_dim % self.num_groups:
             raise ValueError('pixel_decoder.conv_dim must be divisible by num_groups')
         if self.conv_dim % self.encoder_heads:
@@ -75,6 +137,9 @@ class TransformerDecoderConfig:
     num_feature_levels: int = 3
 
     def __post_init__(self) -> None:
+        _check_sizes('transformer_decoder', dataclasses.asdict(self))
+        if self.num_heads <= 0:
+            raise ValueError('transformer_decoder.num_heads must be positive')
         if self.hidden_dim % self.num_heads:
             raise ValueError('transformer_decoder.hidden_dim must be divisible by num_heads')
         if self.num_feature_levels != 3:
@@ -93,6 +158,8 @@ class PreprocessConfig:
     pixel_std: tuple[float, float, float] = PIXEL_STD_RGB
 
     def __post_init__(self) -> None:
+        _check_sizes('preprocess', {k: getattr(self, k) for k in ('short_side', 'max_size')})
+        _check_sizes('preprocess', {'size_divisibility': self.size_divisibility})
         if self.short_side < 0 or self.max_size <= 0 or self.size_divisibility <= 0:
             raise ValueError('preprocess sizes must be positive (short_side may be 0)')
         object.__setattr__(self, 'pixel_mean', tuple(float(v) for v in self.pixel_mean))
@@ -117,6 +184,7 @@ class ModelConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def __post_init__(self) -> None:
+        _check_sizes('', {'num_classes': self.num_classes})
         if self.num_classes <= 0:
             raise ValueError(f'num_classes must be positive, got {self.num_classes}')
         if self.pixel_decoder.conv_dim != self.transformer_decoder.hidden_dim:
@@ -189,8 +257,33 @@ def load_model_config(name_or_path: str | os.PathLike[str]) -> ModelConfig:
             raise FileNotFoundError(f'model config {str(name_or_path)!r} not found in: {searched}')
     if not path.is_file():
         raise FileNotFoundError(f'model config file not found: {path}')
-    with path.open() as handle:
-        data = yaml.safe_load(handle)
+    data = parse_yaml(path.read_text(), str(path))
     if not isinstance(data, dict):
         raise ValueError(f'model config {path} must be a YAML mapping')
     return ModelConfig.from_dict(data)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Plain YAML data (never Python objects) from `text`; `source` names it in errors.
+
+    Every YAML file or value a user hands m2a goes through here: model configs, parameter files,
+    `-p name:=value` overrides.
+
+    Raises:
+        ValueError: one sentence naming `source` and the line, e.g. for a `!!python/object` tag
+            (refused without constructing anything) or a syntax error.
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f'{source} line {mark.line + 1}' if mark is not None else source
+        problem = error.problem or 'invalid YAML'
+        if isinstance(error, yaml.constructor.ConstructorError) and 'tag' in problem:
+            tag = problem.rpartition('tag ')[2].strip("'").replace('tag:yaml.org,2002:', '!!')
+            raise ValueError(
+                f'{where}: the YAML tag {tag} is refused (only plain data is allowed)'
+            ) from None
+        raise ValueError(f'{where}: invalid YAML: {problem}') from None
+    except yaml.YAMLError as error:
+        raise ValueError(f'{source}: invalid YAML: {error}') from None

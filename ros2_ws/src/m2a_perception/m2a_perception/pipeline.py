@@ -35,7 +35,8 @@ class Prediction:
     Attributes:
         class_logits: (B, Q, K+1) float32.
         mask_logits: (B, Q, H/4, W/4) float32.
-        flipped: the horizontally flipped pass with masks flipped back (same shapes), or None.
+        flipped: the pass on the mirrored source image, as the network returned it (same
+            shapes; `postprocess` flips it back at output resolution), or None.
     """
 
     class_logits: torch.Tensor
@@ -100,19 +101,41 @@ class Segmenter:
         """(H, W, 3) uint8 RGB -> (1, 3, H', W') network input on `self.device`, and its record."""
         return self.preprocessor(image, self.device)
 
-    def infer(self, images: torch.Tensor) -> Prediction:
-        """Run the backend, twice with horizontal flip when `postprocess_config.flip` is set."""
+    def infer(
+        self,
+        images: torch.Tensor,
+        record: PreprocessRecord | None = None,
+        config: PostprocessConfig | None = None,
+    ) -> Prediction:
+        """Run the backend; twice, on the mirrored source too, when the config's `flip` is set.
+
+        `config` (default `postprocess_config`) is per call: callers that vary it per frame
+        pass it here instead of changing the shared segmenter.
+
+        Raises:
+            ValueError: flip is on and no `record` is given (the flip needs the geometry).
+        """
+        config = config or self.postprocess_config
         with torch.inference_mode():
-            if self.postprocess_config.flip:
-                (class_logits, mask_logits), flipped = predict_with_flip(self.backend, images)
+            if config.flip:
+                if record is None:
+                    raise ValueError('the flipped pass needs the pre-processing record')
+                (class_logits, mask_logits), flipped = predict_with_flip(
+                    self.backend, images, record
+                )
                 return Prediction(class_logits, mask_logits, flipped)
             class_logits, mask_logits = self.backend(images)
             return Prediction(class_logits, mask_logits)
 
     def postprocess(
-        self, prediction: Prediction, record: PreprocessRecord, index: int = 0
+        self,
+        prediction: Prediction,
+        record: PreprocessRecord,
+        index: int = 0,
+        config: PostprocessConfig | None = None,
     ) -> SegmentationOutput:
-        """Outputs of image `index` of the batch, on the backend's device."""
+        """Outputs of image `index` of the batch, on the backend's device (`config` as in
+        `infer`)."""
         flipped = None
         if prediction.flipped is not None:
             flipped = (prediction.flipped[0][index], prediction.flipped[1][index])
@@ -121,11 +144,11 @@ class Segmenter:
                 prediction.class_logits[index],
                 prediction.mask_logits[index],
                 record,
-                self.postprocess_config,
+                config or self.postprocess_config,
                 flipped,
             )
 
     def __call__(self, image: np.ndarray) -> SegmentationOutput:
         """Segment one (H, W, 3) uint8 RGB frame; maps stay on the backend's device."""
         images, record = self.preprocess(image)
-        return self.postprocess(self.infer(images), record)
+        return self.postprocess(self.infer(images, record), record)

@@ -20,6 +20,10 @@ from PIL import Image
 from m2a_perception.config import PreprocessConfig
 
 
+class DegenerateResizeError(ValueError):
+    """A frame whose aspect ratio is so extreme that a resized side would round to 0 pixels."""
+
+
 @dataclass(frozen=True)
 class PreprocessRecord:
     """Geometry of one pre-processed image; sizes are (height, width) in pixels."""
@@ -32,7 +36,12 @@ class PreprocessRecord:
 def compute_resized_size(
     height: int, width: int, short_side: int, max_size: int
 ) -> tuple[int, int]:
-    """Size after ResizeShortestEdge(short_side, max_size); short_side 0 keeps the size."""
+    """Size after ResizeShortestEdge(short_side, max_size); short_side 0 keeps the size.
+
+    Raises:
+        DegenerateResizeError: a side would round to 0 pixels (e.g. a 1x4096 frame at short side
+            256, max size 512 becomes 0x512); callers reject such frames before any allocation.
+    """
     if height <= 0 or width <= 0:
         raise ValueError(f'image size must be positive, got {height}x{width}')
     if short_side == 0:
@@ -42,7 +51,14 @@ def compute_resized_size(
     if max(new_h, new_w) > max_size:
         shrink = max_size / max(new_h, new_w)
         new_h, new_w = new_h * shrink, new_w * shrink
-    return int(new_h + 0.5), int(new_w + 0.5)
+    resized = int(new_h + 0.5), int(new_w + 0.5)
+    if min(resized) == 0:
+        raise DegenerateResizeError(
+            f'a {width}x{height} frame would be resized to {resized[1]}x{resized[0]} pixels '
+            f'(short side {short_side}, max size {max_size}): aspect ratio '
+            f'{max(width, height) / min(width, height):.0f}:1 is too extreme for the model'
+        )
+    return resized
 
 
 def padded_size(height: int, width: int, divisibility: int) -> tuple[int, int]:

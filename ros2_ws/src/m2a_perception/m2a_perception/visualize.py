@@ -16,6 +16,17 @@ from m2a_perception.classes import UNKNOWN_COLOR, semantic_palette
 from m2a_perception.types import Segment, SegmentKind
 
 DEFAULT_COLORMAP = cv2.COLORMAP_INFERNO
+COLORMAP_IDS: dict[str, int] = {
+    'inferno': cv2.COLORMAP_INFERNO,
+    'turbo': cv2.COLORMAP_TURBO,
+    'jet': cv2.COLORMAP_JET,
+    'viridis': cv2.COLORMAP_VIRIDIS,
+    'magma': cv2.COLORMAP_MAGMA,
+    'plasma': cv2.COLORMAP_PLASMA,
+    'hot': cv2.COLORMAP_HOT,
+}
+"""OpenCV colour maps by the names the node's `viz.colormap` parameter accepts."""
+COLORMAPS = tuple(COLORMAP_IDS)
 
 
 def colormap_lut(colormap: int = DEFAULT_COLORMAP) -> np.ndarray:

@@ -4,12 +4,15 @@ For every input size and camera count, each backend processes rounds of N frames
 sharing one model: N frames per round, one after the other at batch 1). A frame goes through four
 timed stages:
 
-    h2d_pre  host uint8 frame (pinned on CUDA) -> device, plus pre-processing: normalisation and
-             padding for float backends, none for engines whose graph normalises uint8 itself
-             (frames are generated at the model size, so no resize is timed);
+    h2d_pre  host uint8 frame -> network input on the device: the node's pre-processing
+             (frames are generated at the model size, so the resize is an identity);
     model    the backend call;
     post     open-set post-processing (all outputs on, flip off) on the device;
     d2h      copy of the published maps (anomaly, semantic, panoptic) to the host.
+
+Each frame is one call of `runtime.frame.process_frame`, the function the node calls per frame,
+so the figures are the node's core stages (its own conversion and publishing overhead is
+`m2a-node-bench`).
 
 Backends are timed round-robin (one round of each per iteration), so machine noise hits all of
 them alike and ratios from the same run are comparable. Stage times use CUDA events on GPUs and
@@ -19,9 +22,11 @@ TensorRT's own activation memory only shows in the latter) and speedups against 
 (`torch`) from the same run. The `postprocess` row repeats the first backend's post stage, with
 its ratio against that backend's model time.
 
-Backends: torch (eager FP32), torch-fp16 (CUDA autocast), onnxruntime (CPU), tensorrt (torch-
+Backends: torch (eager FP32), torch-fp16 (CUDA autocast), torch-compile (inductor), torch-
+compile-fp16, onnxruntime (the FP32 onnxruntime engine of m2a-build-engine), tensorrt (torch-
 tensorrt FP16 engine), tensorrt-fp32, tensorrt-onnx (TensorRT ONNX-parser FP16 engine),
-tensorrt-onnx-fp32. Engines come from the engine cache (built and gated on first use). Backends
+tensorrt-onnx-fp32, built the way the runtime loader builds them for the node. Engines come
+from the engine cache (built and gated on first use). Backends
 that cannot run here (no CUDA, no TensorRT) are listed with the reason and skipped. Without
 --checkpoint the model has random weights: fine for timing, meaningless for outputs (engines are
 then kept even if they fail the accuracy gate).
@@ -34,7 +39,7 @@ Example:
 from __future__ import annotations
 
 import argparse
-import itertools
+import dataclasses
 import json
 import logging
 import platform
@@ -50,26 +55,35 @@ import numpy as np
 import torch
 
 from m2a_perception.cli.common import parse_list, parse_size, setup_logging
-from m2a_perception.config import ModelConfig, load_model_config
-from m2a_perception.export import export_onnx
-from m2a_perception.inference import Backend, TorchBackend
+from m2a_perception.config import ModelConfig, PreprocessConfig, load_model_config
+from m2a_perception.inference import Backend
 from m2a_perception.model import Mask2Anomaly, build_model
-from m2a_perception.postprocess import PostprocessConfig, postprocess
-from m2a_perception.preprocess import PreprocessRecord, normalize_and_pad
+from m2a_perception.pipeline import Segmenter
+from m2a_perception.postprocess import PostprocessConfig
+from m2a_perception.runtime.frame import StageTimes, process_frame
+from m2a_perception.runtime.loader import torch_backend
 from m2a_perception.weights.checkpoint import CheckpointError, load_checkpoint
 
 LOGGER = logging.getLogger(__name__)
 
 REFERENCE = 'torch'
 # Engine backends: bench name -> (engine kind, precision).
+# The runtime loader's torch kinds: bench name -> (kind, precision).
+TORCH_BACKENDS = {
+    'torch': ('torch', 'fp32'),
+    'torch-fp16': ('torch', 'fp16'),
+    'torch-compile': ('torch-compile', 'fp32'),
+    'torch-compile-fp16': ('torch-compile', 'fp16'),
+}
 ENGINE_BACKENDS = {
+    'onnxruntime': ('onnxruntime', 'fp32'),
     'tensorrt': ('tensorrt', 'fp16'),
     'tensorrt-fp32': ('tensorrt', 'fp32'),
     'tensorrt-onnx': ('tensorrt-onnx', 'fp16'),
     'tensorrt-onnx-fp32': ('tensorrt-onnx', 'fp32'),
 }
-BACKENDS = ('torch', 'torch-fp16', 'onnxruntime', *ENGINE_BACKENDS)
-STAGES = ('h2d_pre', 'model', 'post', 'd2h')
+BACKENDS = (*TORCH_BACKENDS, *ENGINE_BACKENDS)
+STAGES = ('h2d_pre', 'model', 'post', 'd2h')  # StageTimes: preprocess, model, postprocess, handoff
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,19 +165,11 @@ class BenchContext:
 def make_backend(name: str, size: tuple[int, int], context: BenchContext) -> Backend:
     """Create a backend, or raise BackendSkippedError with a clear reason."""
     device = context.device
-    if name == 'torch':
-        return TorchBackend(context.model, device, 'fp32')
-    if name == 'torch-fp16':
-        if device.type != 'cuda':
-            raise BackendSkippedError('torch-fp16 (autocast) needs a CUDA device')
-        return TorchBackend(context.model, device, 'fp16')
-    if name == 'onnxruntime':
-        from m2a_perception.inference.onnxruntime_backend import OnnxRuntimeBackend
-
-        model = context.model
-        path = export_onnx(model.cpu(), context.workdir / f'model_{size[0]}x{size[1]}.onnx', size)
-        model.to(device)
-        return OnnxRuntimeBackend(path)
+    if name in TORCH_BACKENDS:
+        kind, precision = TORCH_BACKENDS[name]
+        if precision != 'fp32' and device.type != 'cuda':
+            raise BackendSkippedError(f'{name} (autocast) needs a CUDA device')
+        return torch_backend(context.model, kind, device, precision)
     if name in ENGINE_BACKENDS:
         return _engine_backend(name, size, context)
     raise ValueError(f'unknown backend {name!r}; choose from {BACKENDS}')
@@ -190,7 +196,8 @@ def _engine_backend(name: str, size: tuple[int, int], context: BenchContext) -> 
             precision=precision,
             size=size,
             device=context.device,
-            cache_dir=context.engine_cache,
+            # onnxruntime engines are cheap to rebuild: keep them out of the TensorRT cache.
+            cache_dir=context.engine_cache or (context.workdir if kind == 'onnxruntime' else None),
             allow_gate_failure=context.random_weights,
             on_state=lambda state, detail: LOGGER.info('%s engine %s: %s', name, state, detail),
         )
@@ -236,59 +243,41 @@ class _Clock:
 
 @dataclass
 class BackendRun:
-    """One backend at one size and camera count: samples and the callables that make a frame."""
+    """One backend at one size and camera count: samples and the segmenter that makes a frame.
+
+    A frame is exactly what the node runs per frame, `runtime.frame.process_frame`; its four
+    core stage times are the `STAGES` (preprocess, model, postprocess, handoff).
+    """
 
     name: str
     backend: Backend
     device: torch.device
-    frames: list[torch.Tensor]
+    frames: list[np.ndarray]
+    segmenter: Segmenter
     postprocess_config: PostprocessConfig | None
-    record: PreprocessRecord
-    pixel_mean: tuple[float, float, float]
-    pixel_std: tuple[float, float, float]
     stage_ms: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
     total_ms: list[float] = field(default_factory=list)
     round_s: list[float] = field(default_factory=list)
 
-    def frame(self, host_frame: torch.Tensor, clock: _Clock) -> list[Any]:
-        """Run one frame through the four stages; return the five stage marks."""
-        marks = [clock.mark()]
-        image = host_frame.to(self.device, non_blocking=True).permute(2, 0, 1)[None]
-        if getattr(self.backend, 'input_dtype', torch.float32) == torch.uint8:
-            images = image.contiguous()
-        else:
-            images = normalize_and_pad(image, self.pixel_mean, self.pixel_std, 32)
-        marks.append(clock.mark())
-        class_logits, mask_logits = self.backend(images)
-        marks.append(clock.mark())
-        output = None
-        if self.postprocess_config is not None:
-            with torch.inference_mode():
-                output = postprocess(
-                    class_logits[0], mask_logits[0], self.record, self.postprocess_config
-                )
-        marks.append(clock.mark())
-        if output is not None:
-            for tensor in (output.anomaly_map, output.semantic, output.panoptic):
-                if tensor is not None:
-                    tensor.to('cpu')
-        marks.append(clock.mark())
-        return marks
+    def frame(self, host_frame: np.ndarray) -> StageTimes:
+        """One frame through the node's per-frame function; its stage times."""
+        return process_frame(self.segmenter, host_frame, self.postprocess_config).times
 
     def round(self, clock: _Clock, timed: bool) -> None:
         """N frames (one per camera) then a device synchronisation."""
         _synchronize(self.device)
         start = time.perf_counter()
-        all_marks = [self.frame(frame, clock) for frame in self.frames]
+        all_times = [self.frame(frame) for frame in self.frames]
         _synchronize(self.device)
         elapsed = time.perf_counter() - start
         if not timed:
             return
         self.round_s.append(elapsed)
-        for marks in all_marks:
-            for stage, (begin, end) in zip(STAGES, itertools.pairwise(marks), strict=True):
-                self.stage_ms[stage].append(clock.elapsed_ms(begin, end))
-            self.total_ms.append(clock.elapsed_ms(marks[0], marks[-1]))
+        for times in all_times:
+            values = (times.preprocess_ms, times.model_ms, times.postprocess_ms, times.handoff_ms)
+            for stage, value in zip(STAGES, values, strict=True):
+                self.stage_ms[stage].append(value)
+            self.total_ms.append(sum(values))
 
 
 def measure_memory(run: BackendRun, clock: _Clock) -> dict[str, float] | None:
@@ -310,15 +299,20 @@ def measure_memory(run: BackendRun, clock: _Clock) -> dict[str, float] | None:
     }
 
 
-def host_frames(size: tuple[int, int], count: int, device: torch.device) -> list[torch.Tensor]:
-    """`count` different (H, W, 3) uint8 RGB frames on the host (pinned when timing CUDA)."""
+def host_frames(size: tuple[int, int], count: int) -> list[np.ndarray]:
+    """`count` different (H, W, 3) uint8 RGB frames on the host, as the node receives them."""
     from m2a_perception.deploy.gate import synthetic_gate_images
 
     images = synthetic_gate_images(size, count, seed=1)
-    frames = [image.permute(1, 2, 0).contiguous() for image in images]
-    if device.type == 'cuda':
-        frames = [frame.pin_memory() for frame in frames]
-    return frames
+    return [image.permute(1, 2, 0).contiguous().numpy() for image in images]
+
+
+def bench_segmenter(
+    backend: Backend, preprocess: PreprocessConfig, size: tuple[int, int]
+) -> Segmenter:
+    """The node's `Segmenter` for frames generated at the network size (no resize timed)."""
+    identity = dataclasses.replace(preprocess, short_side=size[0], max_size=max(size))
+    return Segmenter(backend, identity)
 
 
 def _stage_stats(run: BackendRun) -> dict[str, Any]:
@@ -408,20 +402,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 if hasattr(backends[name], 'engine_info'):
                     results['engines'][f'{name}@{size_text}'] = backends[name].engine_info
-            record = PreprocessRecord(source_size=size, resized_size=size, padded_size=size)
             legacy: dict[str, Any] = {}
             for num_cameras in cameras:
-                frames = host_frames(size, num_cameras, device)
+                frames = host_frames(size, num_cameras)
                 runs = [
                     BackendRun(
                         name,
                         backend,
                         backend.device,
                         frames,
+                        bench_segmenter(backend, config.preprocess, size),
                         post_config,
-                        record,
-                        config.preprocess.pixel_mean,
-                        config.preprocess.pixel_std,
                     )
                     for name, backend in backends.items()
                 ]
@@ -442,7 +433,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         }
                     )
                 if num_cameras == cameras[0]:
-                    legacy = _legacy_rows(requested, stats, post_config is not None)
+                    legacy = _legacy_rows(requested, stats, not args.no_postprocess)
             results['sizes'][size_text] = legacy
     return results
 

@@ -15,7 +15,7 @@ import torch
 
 from m2a_perception.config import load_model_config
 from m2a_perception.model import build_model
-from m2a_perception.weights.checkpoint import CheckpointError, save_checkpoint
+from m2a_perception.weights.checkpoint import CheckpointError, WriteFailedError, save_checkpoint
 from m2a_perception.weights.convert import convert_state_dict, read_weights_file
 
 SOURCE_FORMATS = ('auto', 'mask2anomaly', 'mask2former', 'torchvision-resnet', 'detectron2-resnet')
@@ -54,17 +54,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: {error}', file=sys.stderr)
         return 2
     backbone_only = report.source_format in ('torchvision-resnet', 'detectron2-resnet')
-    save_checkpoint(
-        args.out,
-        converted,
-        config,
-        weights_state='backbone_only' if backbone_only else 'trained',
-        extra_metadata={
-            'converted_from': args.source.name,
-            'source_format': report.source_format,
-            'init_seed': str(args.seed) if report.initialised else '',
-        },
-    )
+    try:
+        save_checkpoint(
+            args.out,
+            converted,
+            config,
+            weights_state='backbone_only' if backbone_only else 'trained',
+            extra_metadata={
+                'converted_from': args.source.name,
+                'source_format': report.source_format,
+                'init_seed': str(args.seed) if report.initialised else '',
+            },
+        )
+    except WriteFailedError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 1
     print(report.summary())
     print(f'wrote {args.out}' + (' (backbone-only initialisation)' if backbone_only else ''))
     return 0

@@ -4,6 +4,10 @@ The ONNX file has input `images` (B, 3, H, W) float32 (normalised, padded) and o
 `class_logits` (B, Q, K+1) and `mask_logits` (B, Q, H/4, W/4), at one static shape. After writing,
 it runs onnxruntime on CPU against eager PyTorch and prints the largest differences.
 
+The deformable attention is exported with the `gather` sampler by default (no GridSample op, the
+same values; TensorRT >= 10.14 miscompiles GridSample, see docs/vehicle_deployment.md);
+`--deform-sampling grid_sample` keeps the official op.
+
 Example:
     m2a-export --checkpoint model.safetensors --size 512x1024 --out model_512x1024.onnx
 """
@@ -18,8 +22,10 @@ from pathlib import Path
 import torch
 
 from m2a_perception.cli.common import parse_size, setup_logging
+from m2a_perception.config import DEFORM_SAMPLINGS, GATHER
 from m2a_perception.export import DEFAULT_OPSET, example_input, export_onnx
 from m2a_perception.inference.onnxruntime_backend import OnnxRuntimeBackend
+from m2a_perception.model.ms_deform_attn import set_deform_sampling
 from m2a_perception.weights.checkpoint import CheckpointError, load_checkpoint
 
 
@@ -42,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET)
     parser.add_argument(
+        '--deform-sampling',
+        choices=DEFORM_SAMPLINGS,
+        default=GATHER,
+        help='MSDeformAttn sampler in the graph (default gather: no GridSample op)',
+    )
+    parser.add_argument(
         '--no-check', action='store_true', help='skip the onnxruntime parity check'
     )
     parser.add_argument('-v', '--verbose', action='store_true')
@@ -56,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
+    set_deform_sampling(model, args.deform_sampling)
     start = time.perf_counter()
     path = export_onnx(model, args.out, args.size, args.batch, args.opset)
     print(

@@ -1,48 +1,37 @@
-"""m2a-build-engine: provision a vehicle offline with a gated, cached TensorRT engine.
+"""Engine provisioning: a gated, cached engine from a model, or a prebuilt one checked first.
 
-Run it on the target machine (engines are tied to the GPU and the TensorRT version). For each
-size it computes the cache key, reuses a valid cached engine or builds one (torch-tensorrt, or
-TensorRT's ONNX parser), runs the accuracy gate against eager FP32, and saves the engine with its
-JSON sidecar. Progress goes to stdout; the engine and sidecar paths are printed at the end.
+`provision_engine` computes the cache key, reuses a valid cached engine or builds one
+(torch-tensorrt, TensorRT's ONNX parser, or the onnxruntime reference route), runs the accuracy
+gate against eager FP32, and saves the engine with its JSON sidecar. `open_prebuilt_engine`
+uses an engine file only if its sidecar records exactly the key recomputed here for the given
+checkpoint and machine. The command line is `m2a_perception.cli.build_engine` (m2a-build-engine);
+the runtime loader (`m2a_perception.runtime.loader`) calls these functions for every engine file.
 
-Backends:
+Engine kinds:
     tensorrt       torch-tensorrt dynamo compile of the uint8 inference graph (.ep)
     tensorrt-onnx  TensorRT OnnxParser + builder (.plan); the Orin route (no torch-tensorrt)
-    onnxruntime    CPU reference route (FP32 ONNX in onnxruntime): exercises the cache and the
-                   gate on machines without a GPU (CI); not a deployment backend
+    onnxruntime    CPU reference route (FP32 ONNX in onnxruntime): exercises the cache, the
+                   sidecar and the gate on machines without a GPU (CI)
 
-Examples:
-    m2a-build-engine --checkpoint m2a.safetensors --size 512x1024,1024x2048 --precision fp16
-    m2a-build-engine --checkpoint m2a.safetensors --backend tensorrt-onnx --onnx m2a.onnx \\
-        --precision fp32 --policy force_rebuild
-
-The ROS node calls `provision_engine` (or `open_prebuilt_engine`) with an `on_state` callback
-and reports 'building' in its diagnostics while a build runs.
-
-Allowed dependencies: torch, numpy, Pillow, the core, `deploy`; TensorRT lazily.
+Allowed dependencies: torch, numpy, Pillow, the core, `deploy`; TensorRT lazily. Never `cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import logging
 import os
-import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from m2a_perception.cli.common import parse_list, parse_size, setup_logging
-from m2a_perception.config import ModelConfig, load_model_config
+from m2a_perception.config import ModelConfig
 from m2a_perception.deploy.cache import (
     BUILD_IF_MISSING,
-    POLICIES,
     EngineCache,
     EngineCacheError,
     EngineKey,
@@ -52,14 +41,11 @@ from m2a_perception.deploy.cache import (
     probe_toolchain,
     read_sidecar,
     sha256_file,
-    sha256_state_dict,
     sidecar_key,
 )
 from m2a_perception.deploy.gate import (
-    GateFailedError,
     GateResult,
     GateThresholds,
-    load_gate_set,
     run_gate,
     synthetic_gate_images,
 )
@@ -74,18 +60,16 @@ from m2a_perception.deploy.tensorrt_backend import (
     ONNX_TENSORRT_SETTINGS,
     TORCH_TENSORRT_SETTINGS,
     BackendUnavailableError,
-    EngineBuildError,
     OnnxTensorRTBackend,
     TensorRTBackend,
     build_onnx_engine,
     check_available,
     compile_torch_tensorrt,
-    describe_timing,
     onnx_has_low_precision,
 )
 from m2a_perception.inference import TorchBackend
 from m2a_perception.model import SIZE_DIVISIBILITY, Mask2Anomaly
-from m2a_perception.weights.checkpoint import CheckpointError, load_checkpoint
+from m2a_perception.weights.checkpoint import load_checkpoint
 
 LOGGER = logging.getLogger(__name__)
 
@@ -513,190 +497,3 @@ def _check_onnx_precision(path: Path, recipe: PrecisionRecipe) -> None:
             'TensorRT build keeps it FP32. Use --precision fp32 with it, or omit --onnx so that '
             'the FP16 precision graph is exported and built.'
         )
-
-
-# --- command line ---------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='m2a-build-engine',
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    source = parser.add_argument_group('model')
-    source.add_argument('--checkpoint', type=Path, help='m2a .safetensors checkpoint')
-    source.add_argument(
-        '--config',
-        help='model config name for --random-weights (testing only)',
-    )
-    source.add_argument(
-        '--random-weights',
-        action='store_true',
-        help='build from randomly initialised weights of --config (tests and timing only)',
-    )
-    engine = parser.add_argument_group('engine')
-    engine.add_argument('--backend', default='tensorrt', choices=sorted(ENGINE_KINDS))
-    engine.add_argument('--precision', default='fp16', choices=sorted(RECIPES))
-    engine.add_argument(
-        '--size',
-        type=parse_list,
-        default=['512x1024'],
-        help='comma-separated padded input sizes HxW (multiples of 32); one engine each',
-    )
-    engine.add_argument(
-        '--valid-size',
-        type=parse_size,
-        help='HxW of the image inside the padding (one --size only; default: no padding)',
-    )
-    engine.add_argument('--device', default='cuda')
-    engine.add_argument('--onnx', type=Path, help='tensorrt-onnx: build from this ONNX file')
-    engine.add_argument(
-        '--cache-dir',
-        type=Path,
-        default=None,
-        help=f'engine cache folder (default ${CACHE_ENV} or ~/.cache/m2a/engines)',
-    )
-    engine.add_argument('--policy', default=BUILD_IF_MISSING, choices=POLICIES)
-    gate = parser.add_argument_group('accuracy gate')
-    gate.add_argument('--gate-images', type=int, default=DEFAULT_GATE_IMAGES)
-    gate.add_argument('--gate-image-dir', type=Path, help='folder of RGB gate images')
-    gate.add_argument(
-        '--gate-label-dir',
-        type=Path,
-        help='anomaly labels (0/1/255 PNGs named like the images) for the AuPRC criterion',
-    )
-    gate.add_argument('--min-agreement', type=float, default=GateThresholds.min_argmax_agreement)
-    gate.add_argument(
-        '--max-auprc-delta', type=float, default=GateThresholds.max_auprc_delta_points
-    )
-    gate.add_argument(
-        '--accept-gate-failure',
-        action='store_true',
-        help='keep an engine that fails the gate (recorded as overridden in its sidecar)',
-    )
-    parser.add_argument('--json', type=Path, help='write a summary of the engines as JSON here')
-    parser.add_argument('-v', '--verbose', action='store_true')
-    return parser
-
-
-class ProgressPrinter:
-    """Prints state changes with elapsed time (the states the node reports as diagnostics)."""
-
-    def __init__(self, label: str, write: Callable[[str], None] | None = None) -> None:
-        self.label = label
-        self.start = time.perf_counter()
-        self.write = write or (lambda text: print(text, flush=True))
-
-    def __call__(self, state: str, detail: str) -> None:
-        elapsed = describe_timing(time.perf_counter() - self.start)
-        suffix = ' (this takes minutes on the target GPU)' if state == 'building' else ''
-        self.write(f'[{elapsed:>9}] {self.label} {state}: {detail}{suffix}')
-
-
-def _load_model(args: argparse.Namespace, device: torch.device) -> tuple[Mask2Anomaly, Any, str]:
-    if args.checkpoint is not None:
-        model, config = load_checkpoint(args.checkpoint, 'cpu')
-        return model.to(device), config, sha256_file(args.checkpoint)
-    if not args.random_weights or not args.config:
-        raise ValueError('give --checkpoint (or --config NAME --random-weights for testing)')
-    config = load_model_config(args.config)
-    torch.manual_seed(0)
-    from m2a_perception.model import build_model
-
-    model = build_model(config).eval()
-    return model.to(device), config, sha256_state_dict(model.state_dict())
-
-
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    device = torch.device(args.device)
-    sizes = [parse_size(text) for text in args.size]
-    if args.valid_size is not None and len(sizes) != 1:
-        raise ValueError('--valid-size needs exactly one --size')
-    get_engine_kind(args.backend).check_available(device)  # fail fast, before loading weights
-    model, config, weights_sha256 = _load_model(args, device)
-    thresholds = GateThresholds(args.min_agreement, args.max_auprc_delta)
-    summaries = []
-    for size in sizes:
-        valid = args.valid_size or size
-        images = labels = None
-        if args.gate_image_dir is not None:
-            images, labels = load_gate_set(
-                args.gate_image_dir, args.gate_label_dir, size, valid, args.gate_images
-            )
-        else:
-            images = synthetic_gate_images(size, args.gate_images)
-        label = f'{args.backend} {args.precision} {size[0]}x{size[1]}'
-        provisioned = provision_engine(
-            model,
-            config,
-            weights_sha256=weights_sha256,
-            backend=args.backend,
-            precision=args.precision,
-            size=size,
-            valid_size=valid,
-            device=device,
-            cache_dir=args.cache_dir,
-            policy=args.policy,
-            onnx_path=args.onnx,
-            gate_images=images,
-            gate_labels=labels,
-            gate_thresholds=thresholds,
-            allow_gate_failure=args.accept_gate_failure,
-            on_state=ProgressPrinter(label),
-        )
-        gate = provisioned.gate
-        print(gate.summary())
-        print(f'engine:  {provisioned.paths.engine}')
-        print(f'sidecar: {provisioned.paths.sidecar}')
-        print(
-            f'{"built" if provisioned.built else "reused"} in '
-            f'{describe_timing(provisioned.seconds)}'
-        )
-        summaries.append(
-            {
-                'size': list(size),
-                'engine': str(provisioned.paths.engine),
-                'sidecar': str(provisioned.paths.sidecar),
-                'built': provisioned.built,
-                'seconds': provisioned.seconds,
-                'key_digest': provisioned.key.digest(),
-                'gate': gate.as_dict(),
-            }
-        )
-        del provisioned
-    return summaries
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    try:
-        summaries = run(args)
-    except BackendUnavailableError as error:
-        print(
-            f'error: backend {args.backend} is unavailable on this machine: {error}',
-            file=sys.stderr,
-        )
-        return 2
-    except (CheckpointError, ValueError, FileNotFoundError) as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
-    except GateFailedError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 3
-    except EngineCacheError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 4
-    except EngineBuildError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 5
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summaries, indent=2) + '\n')
-        print(f'wrote {args.json}')
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

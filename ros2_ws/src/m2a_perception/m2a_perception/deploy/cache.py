@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import importlib
 import importlib.metadata
 import json
 import logging
@@ -186,8 +185,9 @@ def _distribution_version(*names: str) -> str | None:
 
 def _tensorrt_version() -> str:
     try:
-        module = importlib.import_module('tensorrt')
-        return str(module.__version__)
+        import tensorrt
+
+        return str(tensorrt.__version__)
     except Exception:  # a broken TensorRT install raises more than ImportError
         installed = _distribution_version('tensorrt', 'tensorrt-cu12', 'tensorrt-cu13')
         return 'none' if installed is None else f'{installed} (not importable)'

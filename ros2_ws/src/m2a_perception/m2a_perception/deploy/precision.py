@@ -13,13 +13,21 @@ The FP16 recipe (`fp16-islands`):
 - in the pixel decoder and the transformer decoder every convolution and linear layer computes in
   FP16 (explicit casts of its input and weights) and hands FP32 back, so the residual streams,
   LayerNorm and GroupNorm, every softmax (attention and deformable-attention weights), the
-  deformable sampling locations and the `grid_sample` itself, the sine position encodings and the
-  attention masks are all FP32. Only FFN hidden activations (`linear1`, before a ReLU) stay FP16;
+  deformable sampling locations and the bilinear sampling itself, the sine position encodings
+  and the attention masks are all FP32. Only FFN hidden activations (`linear1`, before a ReLU)
+  stay FP16;
 - the class head (`class_embed`), the mask-embedding MLP (`mask_embed`), the per-pixel
   `mask_features` projection and the mask product (einsum) are FP32 end to end;
 - outputs are FP32.
 
-The FP32 recipe keeps the network untouched. Resizing and padding stay outside the graph; the
+Both recipes sample the deformable attention with `gather` (`DEPLOY_DEFORM_SAMPLING`), whatever
+the checkpoint's config says: the same bilinear values as the official `grid_sample` (bit for bit
+in eager mode on the CPU), but no GridSample op in the exported graph. TensorRT 10.14 and later
+give wrong output for GridSample inside FP16 engines (FP32 islands, pytorch/TensorRT#4074) and
+for GridSample-based deformable attention (NVIDIA/TensorRT#4813); see model/ms_deform_attn.py.
+
+The FP32 recipe keeps the network untouched apart from the sampler. Resizing and padding stay
+outside the graph; the
 graph takes the padded uint8 image and, when told the valid size, zeroes the padding after
 normalisation exactly as `preprocess.normalize_and_pad` does.
 
@@ -37,11 +45,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from m2a_perception.config import GATHER, check_deform_sampling
 from m2a_perception.export import DEFAULT_OPSET, write_onnx
 from m2a_perception.model import SIZE_DIVISIBILITY, Mask2Anomaly
 from m2a_perception.model.attention import MultiheadAttention
 from m2a_perception.model.backbone import FrozenBatchNorm2d
+from m2a_perception.model.ms_deform_attn import set_deform_sampling
 from m2a_perception.model.pixel_decoder import ConvGroupNorm
+
+# The MSDeformAttn sampler of every deploy (TensorRT) graph: no GridSample op (module docstring).
+DEPLOY_DEFORM_SAMPLING = GATHER
 
 # Names (relative to the network) of modules that stay FP32 end to end in the FP16 recipe.
 FP32_MODULES = (
@@ -98,7 +111,7 @@ FP16 = PrecisionRecipe(
         'LayerNorm',
         'GroupNorm',
         'softmax (attention and deformable-attention weights)',
-        'deformable sampling locations and grid_sample',
+        'deformable sampling locations and bilinear sampling (gather)',
         'position encodings',
         'residual streams of the pixel and transformer decoders',
         'attention masks',
@@ -203,7 +216,11 @@ def _keeps_fp32(name: str) -> bool:
 
 
 def apply_precision(
-    network: Mask2Anomaly, recipe: PrecisionRecipe, *, compute_dtype: torch.dtype | None = None
+    network: Mask2Anomaly,
+    recipe: PrecisionRecipe,
+    *,
+    compute_dtype: torch.dtype | None = None,
+    deform_sampling: str = DEPLOY_DEFORM_SAMPLING,
 ) -> Mask2Anomaly:
     """Return a copy of `network` with the recipe's dtypes and casts written into it.
 
@@ -215,6 +232,7 @@ def apply_precision(
         compute_dtype: overrides the recipe's low-precision dtype. With `torch.float32` the FP16
             plan is applied with no-op casts, which checks on CPU that the rewritten modules
             compute exactly what the original ones do.
+        deform_sampling: the copy's MSDeformAttn sampler (default `gather`: no GridSample).
 
     Returns:
         The converted copy, in eval mode.
@@ -224,6 +242,7 @@ def apply_precision(
             (the model changed: extend the plan rather than guess).
     """
     converted = copy.deepcopy(network).float().eval()
+    set_deform_sampling(converted, check_deform_sampling(deform_sampling))
     if recipe.compute_dtype == torch.float32 and compute_dtype is None:
         return converted
     low = compute_dtype or recipe.compute_dtype
@@ -316,9 +335,12 @@ def build_inference_graph(
     valid_size: tuple[int, int] | None = None,
     *,
     compute_dtype: torch.dtype | None = None,
+    deform_sampling: str = DEPLOY_DEFORM_SAMPLING,
 ) -> InferenceGraph:
     """`apply_precision` plus the uint8 front end, in eval mode on the network's device."""
-    converted = apply_precision(network, recipe, compute_dtype=compute_dtype)
+    converted = apply_precision(
+        network, recipe, compute_dtype=compute_dtype, deform_sampling=deform_sampling
+    )
     graph = InferenceGraph(
         converted, pixel_mean, pixel_std, compute_dtype or recipe.compute_dtype, valid_size
     )
@@ -380,6 +402,9 @@ _ISLAND_OPS = frozenset(
         'einsum',
         'grid_sampler',
         'grid_sampler_2d',
+        # the gather sampler: value reads and the corner multiply-adds
+        'index_select',
+        'addcmul',
         'upsample_bilinear2d',
     }
 )
@@ -392,7 +417,7 @@ class PrecisionReport:
     """Dtypes found in an exported graph.
 
     Attributes:
-        island_violations: island ops (softmax, norms, einsum, grid_sample, bilinear resize)
+        island_violations: island ops (softmax, norms, einsum, deformable sampling, resize)
             with a non-FP32 floating-point input, as 'op in module: dtypes'.
         bulk_ops_by_dtype: count of convolution / linear / matmul ops by input dtype.
         fp32_bulk_modules: modules whose convolutions / matrix products run in FP32.

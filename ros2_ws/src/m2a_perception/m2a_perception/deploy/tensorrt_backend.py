@@ -22,7 +22,6 @@ Allowed dependencies: torch, numpy, the core; tensorrt and torch_tensorrt lazily
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 import math
@@ -85,27 +84,34 @@ class EngineBuildError(RuntimeError):
 # --- imports ----------------------------------------------------------------------------------
 
 
-def _import(name: str, purpose: str) -> ModuleType:
-    try:
-        return importlib.import_module(name)
-    except Exception as error:  # e.g. "Could not find libnvinfer.so.11" raises Exception
-        raise BackendUnavailableError(
-            f'{purpose} needs the Python module {name!r}, which cannot be imported here '
-            f'({type(error).__name__}: {error}). Install the torch / torch-tensorrt / TensorRT '
-            'triple matching this machine (x86: pip install torch-tensorrt==<torch version>; '
-            'Jetson Orin: JetPack 6.2 TensorRT plus torch-tensorrt 2.8 from the jetson-ai-lab '
-            'index) - see docs/benchmarks/README.md.'
-        ) from error
+def _unavailable(name: str, purpose: str, error: Exception) -> BackendUnavailableError:
+    return BackendUnavailableError(
+        f'{purpose} needs the Python module {name!r}, which cannot be imported here '
+        f'({type(error).__name__}: {error}). Install the torch / torch-tensorrt / TensorRT '
+        'triple matching this machine (x86: pip install torch-tensorrt==<torch version>; '
+        'Jetson Orin: JetPack 6.2 TensorRT plus torch-tensorrt 2.8 from the jetson-ai-lab '
+        'index) - see docs/benchmarks/README.md.'
+    )
 
 
 def import_tensorrt() -> ModuleType:
     """`import tensorrt`, or BackendUnavailableError with an install hint."""
-    return _import('tensorrt', 'the TensorRT backends')
+    try:
+        import tensorrt
+    except Exception as error:  # e.g. "Could not find libnvinfer.so.11" raises Exception
+        raise _unavailable('tensorrt', 'the TensorRT backends', error) from error
+    return tensorrt
 
 
 def import_torch_tensorrt() -> ModuleType:
     """`import torch_tensorrt`, or BackendUnavailableError with an install hint."""
-    return _import('torch_tensorrt', 'the tensorrt (torch-tensorrt) backend')
+    try:
+        import torch_tensorrt
+    except Exception as error:  # a broken TensorRT install raises more than ImportError
+        raise _unavailable(
+            'torch_tensorrt', 'the tensorrt (torch-tensorrt) backend', error
+        ) from error
+    return torch_tensorrt
 
 
 def require_cuda(device: torch.device | str) -> torch.device:

@@ -6,6 +6,9 @@ from typing import Protocol
 
 import torch
 
+PRECISIONS = ('fp32', 'fp16', 'bf16')
+"""Compute precisions a backend can be asked for (the fp16 recipe: `deploy.precision`)."""
+
 
 class Backend(Protocol):
     """Runs Mask2Anomaly on a batch of pre-processed images.

@@ -1,38 +1,51 @@
-"""Eager PyTorch backend (CPU or CUDA, float32 or float16 autocast)."""
+"""Eager PyTorch backend (CPU or CUDA; FP32, or FP16/BF16 autocast), optionally compiled."""
 
 from __future__ import annotations
 
 import torch
 
+from m2a_perception.inference.backend import PRECISIONS
 from m2a_perception.model import Mask2Anomaly
 
-PRECISIONS = ('fp32', 'fp16')
+_AUTOCAST_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
 class TorchBackend:
-    """Eager model in eval mode under `torch.inference_mode`.
+    """The model in eval mode under `torch.inference_mode`.
 
-    `fp16` runs the backbone and transformer decoder under CUDA autocast; the pixel decoder and
-    the attention softmax stay float32 by construction. Outputs are always float32.
+    `fp16`/`bf16` run the backbone and transformer decoder under CUDA autocast; the pixel
+    decoder and the attention softmax stay float32 by construction. Outputs are always float32.
+    `compile=True` wraps the model in `torch.compile` (inductor): the first call of each input
+    shape compiles (tens of seconds), later calls run the generated kernels.
     """
 
+    input_dtype = torch.float32
+
     def __init__(
-        self, model: Mask2Anomaly, device: torch.device | str = 'cpu', precision: str = 'fp32'
+        self,
+        model: Mask2Anomaly,
+        device: torch.device | str = 'cpu',
+        precision: str = 'fp32',
+        *,
+        compile: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
         self.device = torch.device(device)
-        if precision == 'fp16' and self.device.type != 'cuda':
-            raise ValueError('fp16 needs a CUDA device; use fp32 on CPU')
+        if precision != 'fp32' and self.device.type != 'cuda':
+            raise ValueError(f'{precision} needs a CUDA device; use fp32 on CPU')
         self.precision = precision
-        self.name = f'torch-{precision}' if precision != 'fp32' else 'torch'
+        base = 'torch-compile' if compile else 'torch'
+        self.name = f'{base}-{precision}' if precision != 'fp32' else base
         self.model = model.to(self.device).eval()
+        self._run = (
+            torch.compile(self.model, mode='max-autotune-no-cudagraphs') if compile else self.model
+        )
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True)
-        with torch.autocast(
-            device_type=self.device.type, dtype=torch.float16, enabled=self.precision == 'fp16'
-        ):
-            class_logits, mask_logits = self.model(images)
+        dtype = _AUTOCAST_DTYPES.get(self.precision)
+        with torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None):
+            class_logits, mask_logits = self._run(images)
         return class_logits.float(), mask_logits.float()

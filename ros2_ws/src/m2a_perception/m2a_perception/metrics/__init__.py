@@ -10,7 +10,8 @@
 Every accumulator has `update(...)`, `merge(other)` (for multi-process evaluation) and
 `compute()` returning a frozen dataclass with `as_dict()`.
 
-Allowed dependencies: numpy, scipy, torch; never rclpy, sklearn or m2a_training.
+Allowed dependencies: numpy, scipy, torch, `m2a_perception.classes`; never rclpy, sklearn or
+m2a_training.
 """
 
 from m2a_perception.metrics.component import (
@@ -66,18 +67,13 @@ from m2a_perception.metrics.pixel import (
     roc_points,
 )
 from m2a_perception.metrics.semantic import (
-    CITYSCAPES_CLASS_NAMES,
-    CITYSCAPES_EVAL_LABEL_IDS,
     ConfusionMatrix,
     SemanticMetrics,
-    cityscapes_label_ids_to_train_ids,
     iou_from_confusion,
 )
 
 __all__ = [
     'ANOMALY_TRACK',
-    'CITYSCAPES_CLASS_NAMES',
-    'CITYSCAPES_EVAL_LABEL_IDS',
     'FISHYSCAPES_PROTOCOL',
     'MASK2ANOMALY_PROTOCOL',
     'OBSTACLE_TRACK',
@@ -109,7 +105,6 @@ __all__ = [
     'binarize_scores',
     'calibrate_threshold',
     'calibration_town',
-    'cityscapes_label_ids_to_train_ids',
     'closed_set_target',
     'compute_pixel_metrics',
     'curve_from_counts',

@@ -8,8 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-VOID_LABEL = 255
-"""Label value of pixels that no metric counts (SMIYC, Fishyscapes, Cityscapes trainIds)."""
+from m2a_perception.classes import VOID_ID
 
 
 def to_numpy(array: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
@@ -53,7 +52,7 @@ def to_anomaly_label(label: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.n
     if array.dtype != np.uint8:
         if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
             raise ValueError(f'label must hold integers 0/1/255, got dtype {array.dtype}')
-        if array.size and (array.min() < 0 or array.max() > VOID_LABEL):
+        if array.size and (array.min() < 0 or array.max() > VOID_ID):
             raise ValueError(
                 f'label values must be 0 (inlier), 1 (anomaly) or 255 (void); found values in '
                 f'[{array.min()}, {array.max()}]'
@@ -61,7 +60,7 @@ def to_anomaly_label(label: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.n
         array = array.astype(np.uint8)
     # One bincount both validates the values and gives the class sizes for free.
     histogram = np.bincount(array.ravel(), minlength=256)
-    unexpected = np.flatnonzero(histogram[2:VOID_LABEL]) + 2
+    unexpected = np.flatnonzero(histogram[2:VOID_ID]) + 2
     if unexpected.size:
         raise ValueError(
             'label values must be 0 (inlier), 1 (anomaly) or 255 (void); found '

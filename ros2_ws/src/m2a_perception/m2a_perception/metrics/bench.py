@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from m2a_perception.classes import VOID_ID
 from m2a_perception.metrics.component import ANOMALY_TRACK, ComponentAccumulator
 from m2a_perception.metrics.pixel import (
     MASK2ANOMALY_PROTOCOL,
@@ -42,7 +43,7 @@ def make_frame(
         uint8 trainIds 0..18 (255 in the void band).
     """
     label = np.zeros((height, width), dtype=np.uint8)
-    label[: height // 8] = 255  # void band, like the ego-vehicle / sky regions
+    label[: height // 8] = VOID_ID  # void band, like the ego-vehicle / sky regions
     rows, cols = np.mgrid[:height, :width]
     for _ in range(3):
         center_row = rng.integers(height // 4, height)
@@ -52,7 +53,7 @@ def make_frame(
     noise = rng.random((height, width), dtype=np.float32)
     score = np.clip(0.6 * (label == 1) + 0.5 * noise, 0.0, 1.0).astype(np.float32)
     train_ids = rng.integers(0, 19, size=(height, width), dtype=np.uint8)
-    train_ids[label == 255] = 255
+    train_ids[label == VOID_ID] = VOID_ID
     return score, label, train_ids
 
 

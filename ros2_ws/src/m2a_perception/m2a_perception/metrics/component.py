@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from m2a_perception.classes import VOID_ID
 from m2a_perception.metrics._common import (
-    VOID_LABEL,
     check_2d,
     check_same_shape,
     to_anomaly_label,
@@ -166,7 +166,7 @@ def evaluate_frame_components(
     predicted = to_numpy(prediction, 'prediction')
     check_2d(predicted, 'prediction')
     check_same_shape(predicted, label_map, ('prediction', 'label'))
-    predicted = predicted.astype(bool) & (label_map != VOID_LABEL)
+    predicted = predicted.astype(bool) & (label_map != VOID_ID)
 
     gt_components, num_gt = _label_8_connected(label_map == 1)
     pred_components, num_pred = _label_8_connected(predicted)

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from m2a_perception.classes import VOID_ID
 from m2a_perception.metrics._common import (
-    VOID_LABEL,
     check_2d,
     check_same_shape,
     to_numpy,
@@ -104,7 +104,7 @@ def downscale_for_calibration(
 
 
 def closed_set_target(
-    target: np.ndarray | torch.Tensor, num_known_classes: int, ignore_index: int = VOID_LABEL
+    target: np.ndarray | torch.Tensor, num_known_classes: int, ignore_index: int = VOID_ID
 ) -> np.ndarray:
     """(H, W) open-set GT -> closed-set GT: the anomaly class K becomes `ignore_index`."""
     truth = to_numpy(target, 'target').copy()
@@ -145,7 +145,7 @@ class OpenSetConfusion:
     """
 
     def __init__(
-        self, num_known_classes: int, threshold: float, ignore_index: int = VOID_LABEL
+        self, num_known_classes: int, threshold: float, ignore_index: int = VOID_ID
     ) -> None:
         if num_known_classes < 1:
             raise ValueError(f'num_known_classes must be positive, got {num_known_classes}')

@@ -43,8 +43,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
+from m2a_perception.classes import VOID_ID
 from m2a_perception.metrics._common import (
-    VOID_LABEL,
     check_same_shape,
     to_anomaly_label,
     to_score_map,
@@ -137,17 +137,21 @@ MASK2ANOMALY_PROTOCOL = PixelProtocol(
 skipped)."""
 
 
+_PIXEL_PROTOCOL_PRESETS = {
+    'smiyc': SMIYC_PROTOCOL,
+    'smiyc_binned': SMIYC_BINNED_PROTOCOL,
+    'fishyscapes': FISHYSCAPES_PROTOCOL,
+    'mask2anomaly': MASK2ANOMALY_PROTOCOL,
+}
+PIXEL_PROTOCOLS = tuple(_PIXEL_PROTOCOL_PRESETS)
+"""Names of the pixel-protocol presets, the choices of every `--protocol` flag."""
+
+
 def get_pixel_protocol(name: str) -> PixelProtocol:
     """Return the named preset: 'smiyc', 'smiyc_binned', 'fishyscapes' or 'mask2anomaly'."""
-    presets = {
-        'smiyc': SMIYC_PROTOCOL,
-        'smiyc_binned': SMIYC_BINNED_PROTOCOL,
-        'fishyscapes': FISHYSCAPES_PROTOCOL,
-        'mask2anomaly': MASK2ANOMALY_PROTOCOL,
-    }
-    if name not in presets:
-        raise ValueError(f'unknown pixel protocol {name!r}; choose from {sorted(presets)}')
-    return presets[name]
+    if name not in _PIXEL_PROTOCOL_PRESETS:
+        raise ValueError(f'unknown pixel protocol {name!r}; choose from {sorted(PIXEL_PROTOCOLS)}')
+    return _PIXEL_PROTOCOL_PRESETS[name]
 
 
 @dataclass(frozen=True)
@@ -478,7 +482,7 @@ class _Float16HistogramStore:
         self.counts = np.zeros((2, 1 << 16), dtype=np.int64)
         # Label value -> offset into the bincount: negatives, positives, then a dump for void.
         self._offsets = np.full(256, -1, dtype=np.int32)
-        self._offsets[0], self._offsets[1], self._offsets[VOID_LABEL] = 0, 1 << 16, 2 << 16
+        self._offsets[0], self._offsets[1], self._offsets[VOID_ID] = 0, 1 << 16, 2 << 16
 
     def frame_counts(self, score: np.ndarray, label: np.ndarray) -> _HistogramCounts:
         index = _float16_keys(score.ravel()).astype(np.int32) + self._offsets[label.ravel()]
@@ -621,7 +625,7 @@ class _UniformBinStore:
 
     def frame_counts(self, score: np.ndarray, label: np.ndarray) -> _HistogramCounts:
         low, high = UNIFORM_BIN_RANGE
-        in_roi = score[label != VOID_LABEL]
+        in_roi = score[label != VOID_ID]
         if in_roi.size and (in_roi.min() < low or in_roi.max() > high):
             # The benchmark's np.histogram would silently drop these pixels.
             raise ValueError(

@@ -11,8 +11,8 @@ label ids and, for each of the 19 evaluated classes c:
 
 Here the matrix is kept in trainId space (19 rows, 19 + 1 columns): GT 255 is ignored, and a
 prediction outside [0, num_classes) (255, or an ignored label id mapped by
-`cityscapes_label_ids_to_train_ids`) goes to the extra column, counting as an FN only. This gives
-the script's numbers from trainId maps, which is what the model produces.
+`m2a_perception.classes.label_ids_to_train_ids`) goes to the extra column, counting as an FN
+only. This gives the script's numbers from trainId maps, which is what the model produces.
 
 Allowed dependencies: numpy, torch (tensor inputs only).
 """
@@ -25,39 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from m2a_perception.metrics._common import VOID_LABEL, check_2d, check_same_shape, to_numpy
-
-CITYSCAPES_CLASS_NAMES = (
-    'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign',
-    'vegetation', 'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train',
-    'motorcycle', 'bicycle',
-)  # fmt: skip
-"""The 19 evaluated classes, in trainId order."""
-
-CITYSCAPES_EVAL_LABEL_IDS = (
-    7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33,
-)  # fmt: skip
-"""Cityscapes label id of each trainId 0..18 (cityscapesScripts `helpers/labels.py`)."""
-
-
-def cityscapes_label_ids_to_train_ids(label_ids: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Map Cityscapes label ids to trainIds.
-
-    Args:
-        label_ids: (H, W) integer label ids (0..33; -1 = license plate).
-
-    Returns:
-        (H, W) uint8 trainIds 0..18, 255 for every id that is not evaluated.
-    """
-    ids = to_numpy(label_ids, 'label_ids')
-    if not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f'label ids must be integers, got dtype {ids.dtype}')
-    if ids.size and ids.max() > 255:
-        raise ValueError(f'Cityscapes label ids are at most 33, got {ids.max()}')
-    lookup = np.full(256, VOID_LABEL, dtype=np.uint8)
-    lookup[list(CITYSCAPES_EVAL_LABEL_IDS)] = np.arange(len(CITYSCAPES_EVAL_LABEL_IDS))
-    # Negative ids (license plate, -1) are not evaluated either.
-    return np.where(ids < 0, VOID_LABEL, lookup[np.clip(ids, 0, 255)]).astype(np.uint8)
+from m2a_perception.classes import VOID_ID
+from m2a_perception.metrics._common import check_2d, check_same_shape, to_numpy
 
 
 @dataclass(frozen=True)
@@ -115,7 +84,7 @@ class ConfusionMatrix:
         miou = matrix.compute().miou
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = VOID_LABEL) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = VOID_ID) -> None:
         if num_classes < 1:
             raise ValueError(f'num_classes must be positive, got {num_classes}')
         if 0 <= ignore_index < num_classes:

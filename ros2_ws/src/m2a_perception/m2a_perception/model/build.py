@@ -8,6 +8,7 @@ from __future__ import annotations
 from m2a_perception.config import ModelConfig
 from m2a_perception.model.backbone import ResNet
 from m2a_perception.model.mask2anomaly import Mask2Anomaly
+from m2a_perception.model.ms_deform_attn import set_deform_sampling
 from m2a_perception.model.pixel_decoder import MSDeformAttnPixelDecoder
 from m2a_perception.model.transformer_decoder import MaskedTransformerDecoderGMA
 
@@ -22,4 +23,5 @@ def build_model(config: ModelConfig) -> Mask2Anomaly:
     predictor = MaskedTransformerDecoderGMA(
         config.transformer_decoder, config.num_classes, config.pixel_decoder.mask_dim
     )
-    return Mask2Anomaly(backbone, pixel_decoder, predictor)
+    model = Mask2Anomaly(backbone, pixel_decoder, predictor)
+    return set_deform_sampling(model, config.pixel_decoder.deform_sampling)

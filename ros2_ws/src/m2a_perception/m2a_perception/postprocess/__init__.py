@@ -22,9 +22,11 @@ from m2a_perception.postprocess.compose import (
     output_size_for,
     postprocess,
     resize_to_output,
+    score_at_output,
+    upsample_mask_probabilities,
 )
-from m2a_perception.postprocess.config import SCORERS, PostprocessConfig
-from m2a_perception.postprocess.flip import predict_with_flip
+from m2a_perception.postprocess.config import SCORERS, SCORING_PROTOCOLS, PostprocessConfig
+from m2a_perception.postprocess.flip import flip_network_input, predict_with_flip
 from m2a_perception.postprocess.panoptic import (
     compute_background_map,
     compute_known_panoptic,
@@ -41,6 +43,7 @@ from m2a_perception.postprocess.semantic import (
 
 __all__ = [
     'SCORERS',
+    'SCORING_PROTOCOLS',
     'PostprocessConfig',
     'apply_open_set_threshold',
     'apply_refinement',
@@ -58,10 +61,13 @@ __all__ = [
     'compute_soft_regions',
     'default_refinement_class_ids',
     'find_connected_components',
+    'flip_network_input',
     'mine_unknown_instances',
     'output_size_for',
     'postprocess',
     'predict_with_flip',
     'resize_to_output',
+    'score_at_output',
     'scorer_floor',
+    'upsample_mask_probabilities',
 ]

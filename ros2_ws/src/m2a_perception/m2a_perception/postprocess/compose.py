@@ -1,10 +1,12 @@
 """From one image's logits to a `SegmentationOutput`: the single post-processing entry point.
 
-Everything is computed at mask resolution (1/4 of the padded input) on the logits' device; only
-the final maps are resized to the output resolution. Data copied to the host: the per-segment
-statistics (a few numbers per segment, to build the segment list) and, with the OpenCV
-connected-components backend, the binary candidate mask at mask resolution. A few small query
-selections (`nonzero`) synchronise with the device but copy nothing large.
+With `scoring_resolution='mask'` (the node's fast path) everything is computed at mask resolution
+(1/4 of the padded input) on the logits' device and only the final maps are resized to the output
+resolution; with 'source' (the official protocol) the anomaly score, refinement and semantic
+labels are computed on upsampled mask probabilities at output resolution. Data copied to the
+host: the per-segment statistics (a few numbers per segment, to build the segment list) and,
+with the OpenCV connected-components backend, the binary candidate mask at mask resolution. A few
+small query selections (`nonzero`) synchronise with the device but copy nothing large.
 
 Allowed dependencies: torch, numpy, OpenCV (through `panoptic`), cityscapesscripts.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from m2a_perception.postprocess.anomaly import (
     apply_refinement,
@@ -128,6 +131,74 @@ def _fuse(
     )
 
 
+def upsample_mask_probabilities(
+    mask_logits: torch.Tensor, record: PreprocessRecord, resolution: str
+) -> torch.Tensor:
+    """Mask probabilities at output resolution, in the official order.
+
+    `maskformer_model.py` lines 240-245 upsample the mask logits bilinearly (align_corners False)
+    to the padded input, `semantic_inference` (lines 304-319) takes the sigmoid there, and
+    `sem_seg_postprocess` (line 267) crops the padding and resizes bilinearly to the output
+    size. The sum over queries of the official code is linear, so resizing the per-query
+    probabilities before that sum gives the same maps up to float rounding.
+
+    Args:
+        mask_logits: (Q, h, w) mask logits at 1/4 of the padded input.
+        record: the image's pre-processing record.
+        resolution: 'source' or 'model'.
+
+    Returns:
+        (Q, H, W) float32 sigmoid probabilities at output resolution.
+    """
+    padded = F.interpolate(
+        mask_logits[None].float(), size=record.padded_size, mode='bilinear', align_corners=False
+    )[0]
+    height, width = record.resized_size
+    probs = padded.sigmoid()[:, :height, :width]
+    output_size = output_size_for(record, resolution)
+    if tuple(probs.shape[-2:]) != output_size:
+        probs = F.interpolate(probs[None], size=output_size, mode='bilinear', align_corners=False)[
+            0
+        ]
+    return probs
+
+
+def score_at_output(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    record: PreprocessRecord,
+    config: PostprocessConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anomaly map and class scores of one pass at output resolution.
+
+    With `config.scoring_resolution == 'source'` (official) the scorer, refinement and fusion
+    run on upsampled mask probabilities (`upsample_mask_probabilities`); with 'mask' they run at
+    mask resolution and the anomaly map and class scores are resized bilinearly.
+
+    Args:
+        class_logits: (Q, K+1) class logits.
+        mask_logits: (Q, h, w) mask logits at 1/4 of the padded input.
+        record: pre-processing record.
+        config: post-processing configuration.
+
+    Returns:
+        anomaly (H, W) float32 and class scores (K, H, W) float32 at output resolution.
+    """
+    resolution = config.output_resolution
+    if config.scoring_resolution == 'source':
+        class_probs = class_logits.float().softmax(-1)
+        mask_probs = upsample_mask_probabilities(mask_logits, record, resolution)
+        class_scores = compute_class_scores(class_probs, mask_probs)
+        return compute_anomaly_map(class_scores, class_probs, mask_probs, config), class_scores
+    class_probs, mask_probs = compute_query_probabilities(class_logits, mask_logits)
+    class_scores = compute_class_scores(class_probs, mask_probs)
+    anomaly = compute_anomaly_map(class_scores, class_probs, mask_probs, config)
+    return (
+        resize_to_output(anomaly[None], record, resolution, 'bilinear')[0],
+        resize_to_output(class_scores, record, resolution, 'bilinear'),
+    )
+
+
 def postprocess(
     class_logits: torch.Tensor,
     mask_logits: torch.Tensor,
@@ -141,11 +212,13 @@ def postprocess(
         class_logits: (Q, K+1) or (1, Q, K+1) class logits, "no object" last.
         mask_logits: (Q, h, w) or (1, Q, h, w) mask logits at 1/4 of the padded input.
         record: the image's `PreprocessRecord` (maps results back to the source image).
-        config: post-processing configuration (defaults: official anomaly score and refinement,
-            all outputs on, no flip).
-        flipped: with `config.flip`, the flipped pass as returned by `predict_with_flip`
-            (mask logits already flipped back); its anomaly map and class scores are averaged
-            with the plain pass. Panoptic segments come from the plain pass's queries.
+        config: post-processing configuration (defaults: the node's fast path, see
+            `PostprocessConfig.for_protocol`).
+        flipped: with `config.flip`, the pass on the mirrored source as returned by
+            `predict_with_flip` (not flipped back). Its anomaly map is brought to output
+            resolution, flipped back there and averaged with the plain pass's (official
+            `anomaly_inference.py` lines 184-187). Semantic labels and panoptic segments come from
+            the plain pass.
 
     Returns:
         A `SegmentationOutput` on the logits' device.
@@ -164,26 +237,27 @@ def postprocess(
 
     class_probs, mask_probs = compute_query_probabilities(class_logits, mask_logits)
     class_scores = compute_class_scores(class_probs, mask_probs)
-    anomaly = compute_anomaly_map(class_scores, class_probs, mask_probs, config)
+    resolution = config.output_resolution
+    output_size = output_size_for(record, resolution)
+    anomaly = None
+    if config.scoring_resolution == 'source':
+        anomaly_out, scores_out = score_at_output(class_logits, mask_logits, record, config)
+    else:
+        anomaly = compute_anomaly_map(class_scores, class_probs, mask_probs, config)
+        anomaly_out = resize_to_output(anomaly[None], record, resolution, 'bilinear')[0]
+        scores_out = None
     if config.flip and flipped is not None:
         flip_class, flip_mask = _single_image(*flipped)
         if flip_class.shape != class_logits.shape or flip_mask.shape != mask_logits.shape:
             raise ValueError('the flipped pass must have the same shapes as the plain pass')
-        flip_probs, flip_masks = compute_query_probabilities(flip_class, flip_mask)
-        flip_scores = compute_class_scores(flip_probs, flip_masks)
-        anomaly = 0.5 * (
-            anomaly + compute_anomaly_map(flip_scores, flip_probs, flip_masks, config)
-        )
-        class_scores = 0.5 * (class_scores + flip_scores)
-
-    resolution = config.output_resolution
-    output_size = output_size_for(record, resolution)
-    anomaly_out = resize_to_output(anomaly[None], record, resolution, 'bilinear')[0]
+        flip_anomaly, _ = score_at_output(flip_class, flip_mask, record, config)
+        anomaly_out = 0.5 * (anomaly_out + flip_anomaly.flip(-1))
 
     semantic = confidence = None
     if config.semantic:
         if config.label_upsampling == 'bilinear':
-            scores_out = resize_to_output(class_scores, record, resolution, 'bilinear')
+            if scores_out is None:
+                scores_out = resize_to_output(class_scores, record, resolution, 'bilinear')
             labels, best = compute_known_labels(scores_out)
         else:
             labels, best = compute_known_labels(class_scores)
@@ -194,10 +268,14 @@ def postprocess(
         semantic, confidence = apply_open_set_threshold(
             labels, best, anomaly_out, config.anomaly_threshold, num_known
         )
+    del scores_out
 
     panoptic = None
     segments: tuple[Segment, ...] = ()
     if config.panoptic:
+        if anomaly is None and config.mining and config.mining_map == 'anomaly':
+            # Mining works at mask resolution on the plain pass.
+            anomaly = compute_anomaly_map(class_scores, class_probs, mask_probs, config)
         id_map, kinds, class_ids, class_scores_table = _compute_panoptic_ids(
             class_probs, mask_probs, anomaly, config
         )
@@ -247,7 +325,7 @@ _KIND_OF_CODE = {
 def _compute_panoptic_ids(
     class_probs: torch.Tensor,
     mask_probs: torch.Tensor,
-    anomaly: torch.Tensor,
+    anomaly: torch.Tensor | None,
     config: PostprocessConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Known segments plus mined unknown things at mask resolution.
@@ -276,6 +354,8 @@ def _compute_panoptic_ids(
     if config.mining_map == 'background':
         mining_map = compute_background_map(class_probs, mask_probs)
     else:
+        if anomaly is None:
+            raise ValueError("mining_map 'anomaly' needs the mask-resolution anomaly map")
         mining_map = anomaly
     regions = None
     if config.mining_split == 'query_regions':

@@ -20,9 +20,14 @@ SCORERS = ('mask2anomaly', 'max_logit', 'rba', 'energy', 'neg_logit_sum', 'entro
 # Scorers whose values can be negative; structure-constrained fusion multiplies scores and is
 # only meaningful on non-negative ones.
 SIGNED_SCORERS = ('max_logit', 'rba', 'energy', 'neg_logit_sum')
+# Scorers whose values lie in about [0, 1], so one threshold range and one colour scale fit all
+# (the node's choices, the fixed heatmap range of m2a-infer and m2a-eval).
+UNIT_RANGE_SCORERS = tuple(name for name in SCORERS if name not in SIGNED_SCORERS)
 REFINEMENT_MODES = ('code', 'paper', 'paper_literal', 'off')
 SCF_VALIDITY = ('object', 'max_class')
 OUTPUT_RESOLUTIONS = ('source', 'model')
+SCORING_RESOLUTIONS = ('mask', 'source')
+SCORING_PROTOCOLS = ('official', 'node')
 LABEL_UPSAMPLING = ('nearest', 'bilinear')
 MINING_MAPS = ('background', 'anomaly')
 CC_BACKENDS = ('opencv', 'iterative')
@@ -44,22 +49,31 @@ class PostprocessConfig:
         refinement_mask_threshold: 0.5; 'code' compares p·sigmoid(m) >= it, the paper modes
             sigmoid(m) > it.
         refinement_min_queries: refine only if at least this many queries take part. The official
-            script refines only when two or more do (its quirk); the default 1 always refines.
+            script refines only when two or more do (`anomaly_inference.py` line 163,
+            `shape[0] > 1`); the default 1 refines with one.
         scf: CSL structure-constrained fusion: score x (mean score over its query region)^exponent.
         scf_validity: query validity for the soft assignment: 'object' = 1 - p(no object),
             'max_class' = max known-class probability.
         scf_exponent: exponent of the region mean (1 reproduces CSL's Eq. 3).
         scf_before_refinement: apply fusion before instead of after the refinement.
-        flip: average with a horizontally flipped pass (official TTA; doubles the model cost).
+        flip: average with the pass on the mirrored source image (official TTA, its geometry:
+            padding stays on the right; doubles the model cost). Only the anomaly map is
+            averaged; semantic labels and panoptic segments come from the plain pass.
+        scoring_resolution: where scores, refinement and thresholds are computed. 'mask' (the
+            node's fast path): at mask resolution (1/4 of the padded input), then the anomaly
+            map is resized. 'source' (official, `maskformer_model.py` lines 240-268): mask
+            logits upsampled bilinearly to the padded input, sigmoid, padding cropped, resized to
+            the output resolution, and everything computed there (Q full-size masks in memory).
 
     Open-set semantic (Eq. 14):
         semantic: compute the semantic label and confidence maps.
         anomaly_threshold: label pixels 'unknown' where the anomaly score >= this; None gives a
             closed-set map. Evaluation calibrates it at 95% TPR.
         label_upsampling: 'nearest' picks the known class at mask resolution (1/4) and
-            upsamples the label map; 'bilinear' upsamples the class scores and picks at output
-            resolution (the official behaviour, costlier). Either way the unknown test runs on
-            the output-resolution anomaly map.
+            upsamples the label map; 'bilinear' picks at output resolution, from class scores
+            resized bilinearly at mask resolution ('mask' scoring) or computed in the official
+            order ('source' scoring: logits upsampled, sigmoid, sum over queries, resized).
+            Either way the unknown test runs on the output-resolution anomaly map.
         output_resolution: 'source' (camera image size) or 'model' (resized input, no padding).
 
     Panoptic (Mask2Former rule for known classes):
@@ -100,6 +114,7 @@ class PostprocessConfig:
     scf_exponent: float = 1.0
     scf_before_refinement: bool = False
     flip: bool = False
+    scoring_resolution: str = 'mask'
 
     semantic: bool = True
     anomaly_threshold: float | None = 0.5
@@ -131,6 +146,7 @@ class PostprocessConfig:
         _check_choice('scf_validity', self.scf_validity, SCF_VALIDITY)
         _check_choice('label_upsampling', self.label_upsampling, LABEL_UPSAMPLING)
         _check_choice('output_resolution', self.output_resolution, OUTPUT_RESOLUTIONS)
+        _check_choice('scoring_resolution', self.scoring_resolution, SCORING_RESOLUTIONS)
         _check_choice('mining_map', self.mining_map, MINING_MAPS)
         _check_choice('mining_cc_backend', self.mining_cc_backend, CC_BACKENDS)
         _check_choice('mining_split', self.mining_split, MINING_SPLITS)
@@ -184,6 +200,29 @@ class PostprocessConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def for_protocol(cls, name: str, **overrides: Any) -> PostprocessConfig:
+        """A named scoring protocol, with any field overridden.
+
+        - 'official': `anomaly_utils/anomaly_inference.py` of the official code: source-resolution
+          scoring, refinement only with two or more confident queries, flip averaging with the
+          official geometry, labels from bilinearly upsampled class scores.
+        - 'node': the node's fast path (the dataclass defaults): mask-resolution scoring,
+          refinement with one or more queries, no flip, nearest label upsampling.
+        """
+        _check_choice('protocol', name, SCORING_PROTOCOLS)
+        preset: dict[str, Any] = {}
+        if name == 'official':
+            preset = {
+                'scorer': 'mask2anomaly',
+                'refinement': 'code',
+                'refinement_min_queries': 2,
+                'flip': True,
+                'scoring_resolution': 'source',
+                'label_upsampling': 'bilinear',
+            }
+        return cls(**{**preset, **overrides})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PostprocessConfig:

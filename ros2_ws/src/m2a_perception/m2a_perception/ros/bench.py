@@ -49,7 +49,6 @@ import platform
 import signal
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,18 +59,18 @@ from typing import Any
 
 import numpy as np
 
+from m2a_perception.ros.processes import ManagedProcess, perception_node_command
+from m2a_perception.ros.topics import OUTPUT_MESSAGE_TYPES, OUTPUT_TOPICS
+
 NAMESPACE = '/m2a_bench'
 CAMERA = 'cam'
 NODE_NAME = f'{NAMESPACE}/m2a_perception'
-# Output topic (under the camera) -> message type name, as the node publishes them.
+# Output topic (under the camera) -> message type name, as the node publishes them; the stats
+# topic is not an output the benchmark measures.
 OUTPUT_TYPES = {
-    'anomaly/score': 'Image',
-    'anomaly/heatmap': 'Image',
-    'anomaly/mask': 'Image',
-    'panoptic/semantic': 'Image',
-    'panoptic/confidence': 'Image',
-    'panoptic/segments': 'OpenSetPanoptic',
-    'overlay': 'Image',
+    topic: OUTPUT_MESSAGE_TYPES[key].rpartition('/')[2]
+    for key, topic in OUTPUT_TOPICS.items()
+    if key != 'stats'
 }
 STAGES = ('convert', 'preprocess', 'model', 'postprocess', 'handoff', 'publish')
 NODE_STAGES = ('convert', 'handoff', 'publish')
@@ -253,35 +252,6 @@ def time_call(function: Callable[[], object], repeats: int) -> list[float]:
         function()
         times.append((time.perf_counter() - start) * 1e3)
     return times
-
-
-class NodeProcess:
-    """The node under test, in its own process group, logging to a file."""
-
-    def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open('w')
-        self.process = subprocess.Popen(
-            command, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self) -> None:
-        for sig, wait_s in ((signal.SIGINT, 15.0), (signal.SIGKILL, 10.0)):
-            if not self.alive():
-                break
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(wait_s)
-        self._log.close()
-
-    def tail(self, lines: int = 30) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return '\n'.join(self.log_path.read_text(errors='replace').splitlines()[-lines:])
 
 
 class Bench:
@@ -530,7 +500,7 @@ def publish_floor(
                 PROBE_MATCH_TIMEOUT_S,
             ):
                 break
-            stop_process(sink)
+            sink.stop(10.0)
             sink = None
         if sink is None:
             log('publish floor not measured: no subscriber process was matched')
@@ -550,26 +520,13 @@ def publish_floor(
         for publisher in publishers.values():
             bench.node.destroy_publisher(publisher)
         if sink is not None:
-            stop_process(sink)
+            sink.stop(10.0)
 
 
-def start_probe_sink() -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, '-m', 'm2a_perception.ros.bench', '--probe-sink', '600'],
-        env=dict(os.environ),
-        start_new_session=True,
-    )
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGINT the process group, SIGKILL it if it has not exited after 10 s."""
-    for sig in (signal.SIGINT, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(10.0)
-        if process.poll() is not None:
-            return
+def start_probe_sink() -> ManagedProcess:
+    """The output sink in another process (its output goes to this terminal)."""
+    command = [sys.executable, '-m', 'm2a_perception.ros.bench', '--probe-sink', '600']
+    return ManagedProcess('probe-sink', command, None)
 
 
 def node_command(args: argparse.Namespace, checkpoint: Path, params_file: Path) -> list[str]:
@@ -587,19 +544,7 @@ def node_command(args: argparse.Namespace, checkpoint: Path, params_file: Path) 
         'autostart:=true',
         *args.param,
     ]
-    command = [
-        sys.executable,
-        '-m',
-        'm2a_perception.ros.main',
-        '--ros-args',
-        '-r',
-        f'__ns:={NAMESPACE}',
-        '--params-file',
-        str(params_file),
-    ]
-    for param in params:
-        command += ['-p', param]
-    return command
+    return perception_node_command(namespace=NAMESPACE, params_file=params_file, overrides=params)
 
 
 def format_report(
@@ -739,7 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = read_checkpoint(checkpoint).config.name
         camera_msg = input_message(synthetic_frame(*args.size), args.encoding)
         log_path = args.node_log or folder / 'node.log'
-        node = NodeProcess(node_command(args, checkpoint, params_file), dict(os.environ), log_path)
+        node = ManagedProcess('node', node_command(args, checkpoint, params_file), log_path)
         log(f'node pid {node.process.pid}, log {log_path}')
         bench = Bench(camera_msg)
         try:
@@ -757,7 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log('publish floor: the same messages, published from here without computation ...')
             publish_floor(bench, results, args.repeats, log)
         except RuntimeError as error:
-            log(f'benchmark failed: {error}\n--- node log ---\n{node.tail()}')
+            log(f'benchmark failed: {error}\n--- node log ---\n{node.tail(30)}')
             return 1
         finally:
             bench.close()

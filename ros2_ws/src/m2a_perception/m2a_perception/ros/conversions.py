@@ -68,6 +68,12 @@ class ImageTooLargeError(ImageSizeError):
     reason = 'too_large'
 
 
+class AspectRatioError(ImageSizeError):
+    """The frame is within the size limits but too elongated to resize to the model's input."""
+
+    reason = 'aspect'
+
+
 class NonFiniteValuesError(ImageConversionError):
     """A floating-point image contains NaN or infinity."""
 

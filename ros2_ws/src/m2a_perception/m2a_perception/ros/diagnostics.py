@@ -6,7 +6,7 @@ entries with the pure functions below, so reports keep coming when no frames arr
 level logic is tested without ROS.
 
 Allowed dependencies: diagnostic_msgs, builtin_interfaces, `m2a_perception.ros.params`,
-`m2a_perception.ros.slots`.
+`m2a_perception.runtime.slots`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from m2a_perception.ros.params import DiagnosticsSettings
-from m2a_perception.ros.slots import SlotCounters
+from m2a_perception.runtime.frame import StageTimes
+from m2a_perception.runtime.slots import SlotCounters
 
 # Levels as ints; the message's `byte` field holds them as one-byte `bytes`.
 OK = 0
@@ -93,32 +94,6 @@ class CameraSnapshot:
     window_frames: int = 0
     window_missed: int = 0
     missed_total: int = 0
-
-
-@dataclass(frozen=True)
-class StageTimes:
-    """Stage timings of one frame in milliseconds.
-
-    `convert_ms` (message to RGB array), `handoff_ms` (result maps to the host) and `publish_ms`
-    (filling and publishing the outputs) are the node's own overhead; `preprocess_ms`,
-    `model_ms` and `postprocess_ms` are the model core's work.
-    """
-
-    preprocess_ms: float = 0.0
-    model_ms: float = 0.0
-    postprocess_ms: float = 0.0
-    publish_ms: float = 0.0
-    convert_ms: float = 0.0
-    handoff_ms: float = 0.0
-
-    @property
-    def overhead_ms(self) -> float:
-        """The node's own share: conversion, hand-off and publishing."""
-        return self.convert_ms + self.handoff_ms + self.publish_ms
-
-    @property
-    def total_ms(self) -> float:
-        return self.overhead_ms + self.preprocess_ms + self.model_ms + self.postprocess_ms
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,15 @@ Allowed dependencies: rclpy, `m2a_perception.ros.node`, `m2a_perception.ros.allo
 
 from __future__ import annotations
 
+import itertools
 import signal
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 from m2a_perception.ros.allocator import tune_allocator
+
+EXIT_BAD_ARGUMENTS = 2
 
 
 def main(args: list[str] | None = None) -> int:
@@ -27,7 +32,8 @@ def main(args: list[str] | None = None) -> int:
     transition (state finalized) the process ends.
 
     Returns:
-        Process exit status: 0 after a normal shutdown, 1 if the node could not be created.
+        Process exit status: 0 after a normal shutdown, 1 if the node could not be created, 2 for
+        a missing or malformed parameter file or other ROS arguments rcl refuses.
     """
     # While this is the only thread: importing torch, OpenCV or rclpy starts threads, and glibc
     # would hand later threads their malloc arenas (see m2a_perception.ros.allocator).
@@ -38,7 +44,16 @@ def main(args: list[str] | None = None) -> int:
 
     from m2a_perception.ros.node import NODE_NAME, PerceptionNode
 
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    argv = list(sys.argv if args is None else args)
+    problem = params_file_problem(argv)
+    if problem is None:
+        try:
+            rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+        except Exception as error:  # rcl's own argument errors (a multi-line RCLError)
+            problem = f'invalid ROS arguments: {str(error).splitlines()[0]}'
+    if problem is not None:
+        print(f'{NODE_NAME}: cannot start: {problem}', file=sys.stderr)
+        return EXIT_BAD_ARGUMENTS
     # SIGINT raises KeyboardInterrupt (Python's default); SIGTERM (systemd, docker) does too.
     signal.signal(signal.SIGTERM, _interrupt)
     rclpy.logging.get_logger(NODE_NAME).info(f'malloc settings: {allocator_state}')
@@ -70,6 +85,30 @@ def main(args: list[str] | None = None) -> int:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def params_file_problem(argv: Sequence[str]) -> str | None:
+    """One sentence about the first `--params-file` that is missing or not plain YAML, or None.
+
+    rcl would only say so with a traceback from inside `rclpy.init`.
+    """
+    from m2a_perception.config import parse_yaml
+
+    for flag, value in itertools.pairwise(argv):
+        if flag != '--params-file':
+            continue
+        path = Path(value)
+        if not path.is_file():
+            return f'parameter file {path} does not exist'
+        try:
+            data = parse_yaml(path.read_text(), str(path))
+        except (OSError, UnicodeDecodeError) as error:
+            return f'parameter file {path} cannot be read: {error}'
+        except ValueError as error:
+            return f'parameter file {error}'
+        if not isinstance(data, dict):
+            return f'parameter file {path} is not a ROS 2 parameter file (no mapping at the top)'
+    return None
 
 
 if __name__ == '__main__':

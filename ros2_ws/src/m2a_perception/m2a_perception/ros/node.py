@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -32,9 +31,11 @@ from rclpy.subscription import Subscription
 from rclpy.task import Future
 from sensor_msgs.msg import CompressedImage, Image
 
+from m2a_perception.deploy.cache import NODE_STATES
 from m2a_perception.pipeline import Segmenter
-from m2a_perception.ros import engine as engine_module
+from m2a_perception.preprocess import DegenerateResizeError
 from m2a_perception.ros.conversions import (
+    AspectRatioError,
     ImageConversionError,
     compressed_msg_to_rgb,
     image_msg_to_rgb,
@@ -50,10 +51,13 @@ from m2a_perception.ros.diagnostics import (
     diagnostic_array,
     processing_status,
 )
-from m2a_perception.ros.outputs import CameraOutputs, postprocess_for
+from m2a_perception.ros.outputs import CameraOutputs, inference_stats_msg, postprocess_for
 from m2a_perception.ros.params import CameraSettings, NodeSettings, ParameterManager
-from m2a_perception.ros.slots import Frame, FrameScheduler
-from m2a_perception.ros.throttle import KeyedThrottle
+from m2a_perception.ros.topics import NODE_NAME
+from m2a_perception.runtime import loader
+from m2a_perception.runtime.frame import process_frame
+from m2a_perception.runtime.slots import Frame, FrameScheduler
+from m2a_perception.runtime.throttle import KeyedThrottle
 from m2a_perception_msgs.msg import InferenceStats
 
 try:  # Jazzy and newer
@@ -61,7 +65,6 @@ try:  # Jazzy and newer
 except ImportError:  # Humble
     from rclpy.qos_event import SubscriptionEventCallbacks
 
-NODE_NAME = 'm2a_perception'
 ERROR_THROTTLE_S = 5.0
 WORKER_POLL_S = 0.25
 # Reliable depth 1: both reliable and best-effort subscribers (RViz, rosbag) connect, and a slow
@@ -102,6 +105,7 @@ class PerceptionNode(LifecycleNode):
         self._cameras: dict[str, CameraRuntime] = {}
         self._scheduler: FrameScheduler[Image | CompressedImage] | None = None
         self._worker: threading.Thread | None = None
+        self._loader_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._params = ParameterManager(self, lambda: self._configured, self._on_settings)
         self._settings: NodeSettings | None = None
@@ -165,28 +169,32 @@ class PerceptionNode(LifecycleNode):
         except ValueError as error:
             return self._configure_failed(f'invalid parameters: {error}')
         self._settings = settings
+        try:
+            spec = settings.engine.spec()
+        except loader.BackendError as error:
+            return self._configure_failed(str(error))
         self._backend = self._backend_snapshot(BackendState.LOADING)
         # Loading blocks the executor; report the state first so it is never a silent wait.
         self.publish_diagnostics()
         self.get_logger().info(
-            f'loading {settings.engine.checkpoint or "(model.checkpoint is empty)"} '
-            f'({settings.engine.backend}, '
-            f'{settings.engine.device}, {settings.engine.precision})'
+            f'loading {spec.checkpoint or "(model.checkpoint is empty)"} '
+            f'({spec.kind}, {spec.device}, {spec.precision}'
+            + (f', engine {spec.engine_path}, {spec.engine_policy})' if spec.is_engine else ')')
         )
-        start = time.monotonic()
-        try:
-            segmenter, model_config = engine_module.build_segmenter(
-                settings.engine, settings.postprocess
+        if spec.is_engine and spec.engine_policy == loader.BUILD_IF_MISSING:
+            # A build takes minutes on the target GPU: build in the background so diagnostics
+            # report 'building' while it runs; frames are skipped until the engine is ready.
+            self._loader_thread = threading.Thread(
+                target=self._load_in_background,
+                args=(spec, settings),
+                name='m2a-engine-build',
+                daemon=True,
             )
-            engine_module.warm_up(segmenter, model_config, settings.engine.warmup_iterations)
-        except engine_module.EngineError as error:
-            return self._configure_failed(str(error))
-        except (RuntimeError, ValueError) as error:
-            return self._configure_failed(f'warm-up failed: {error}')
-        self._segmenter = segmenter
-        self._backend = self._backend_snapshot(
-            BackendState.READY, model=model_config.name, load_time_s=time.monotonic() - start
-        )
+            self._loader_thread.start()
+        else:
+            failure = self._load(spec, settings)
+            if failure:
+                return self._configure_failed(failure)
         self._scheduler = FrameScheduler(
             [camera.name for camera in settings.cameras], settings.input.max_input_age_s
         )
@@ -199,11 +207,47 @@ class PerceptionNode(LifecycleNode):
         self._configured = True
         self._lifecycle_label = 'inactive'
         self.get_logger().info(
-            f'configured: model {model_config.name}, cameras '
-            f'{", ".join(c.name for c in settings.cameras)} '
-            f'({self._backend.load_time_s:.1f} s)'
+            f'configured: cameras {", ".join(c.name for c in settings.cameras)}, backend '
+            f'{self._backend.state.value}'
         )
         return TransitionCallbackReturn.SUCCESS
+
+    def _load(self, spec: loader.BackendSpec, settings: NodeSettings) -> str:
+        """Load and warm up the model; '' on success, else why it failed (one sentence)."""
+        start = time.monotonic()
+        try:
+            segmenter, model_config = loader.build_segmenter(
+                spec, settings.postprocess, on_state=self._on_engine_state
+            )
+            loader.warm_up(segmenter, model_config, settings.engine.warmup_iterations)
+        except loader.BackendError as error:
+            return str(error)
+        except (RuntimeError, ValueError) as error:
+            return f'warm-up failed: {error}'
+        self._segmenter = segmenter
+        self._backend = self._backend_snapshot(
+            BackendState.READY, model=model_config.name, load_time_s=time.monotonic() - start
+        )
+        self.get_logger().info(
+            f'model {model_config.name} ready ({self._backend.load_time_s:.1f} s)'
+        )
+        return ''
+
+    def _load_in_background(self, spec: loader.BackendSpec, settings: NodeSettings) -> None:
+        failure = self._load(spec, settings)
+        if failure:
+            self._backend = self._backend_snapshot(BackendState.FAILED, error=failure)
+            self.get_logger().error(f'engine build failed, no model is running: {failure}')
+        self.publish_diagnostics()
+
+    def _on_engine_state(self, state: str, detail: str) -> None:
+        # The engine cache's progress states (checking, building, gating, ...) as node states.
+        node_state = BackendState(NODE_STATES.get(state, 'loading'))
+        busy = node_state in (BackendState.LOADING, BackendState.BUILDING)
+        if busy and node_state is not self._backend.state:
+            self._backend = self._backend_snapshot(node_state)
+            self.get_logger().info(f'engine {state}: {detail}')
+            self.publish_diagnostics()
 
     def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
         self._backend = self._backend_snapshot(BackendState.FAILED, error=reason)
@@ -267,13 +311,17 @@ class PerceptionNode(LifecycleNode):
 
     def _cleanup(self) -> TransitionCallbackReturn:
         self._stop_worker()
+        if self._loader_thread is not None:
+            # An engine build cannot be interrupted; its result is dropped below.
+            self._loader_thread.join()
+            self._loader_thread = None
         for runtime in self._cameras.values():
             runtime.outputs.destroy(self)
         self._cameras.clear()
         self._scheduler = None
         device = self._segmenter.device if self._segmenter is not None else None
         self._segmenter = None
-        engine_module.release(device)
+        loader.release(device)
         self._configured = False
         self._lifecycle_label = 'unconfigured'
         self._backend = self._backend_snapshot(BackendState.UNCONFIGURED)
@@ -392,28 +440,23 @@ class PerceptionNode(LifecycleNode):
                 rgb = compressed_msg_to_rgb(msg, settings.input.limits, contiguous=True)
             else:
                 rgb = image_msg_to_rgb(msg, settings.input.limits, contiguous=True)
+            # Within the size limits but too elongated for the model: rejected before inference.
+            segmenter.preprocessor.record_for(rgb.shape[0], rgb.shape[1])
+        except DegenerateResizeError as error:
+            self._reject(runtime, AspectRatioError(str(error)))
+            return
         except ImageConversionError as error:
             self._reject(runtime, error)
             return
         converted = time.perf_counter()
-        cuda = segmenter.device.type == 'cuda'
         try:
-            segmenter.postprocess_config = postprocess_for(settings.postprocess, demand)
-            images, record = segmenter.preprocess(rgb)
-            preprocessed = time.perf_counter()
-            prediction = segmenter.infer(images)
-            if cuda:
-                torch.cuda.synchronize(segmenter.device)
-            inferred = time.perf_counter()
-            result = segmenter.postprocess(prediction, record)
-            if cuda:
-                torch.cuda.synchronize(segmenter.device)
-            postprocessed = time.perf_counter()
-            result = result.cpu()
-            handed_off = time.perf_counter()
+            frame_result = process_frame(
+                segmenter, rgb, postprocess_for(settings.postprocess, demand)
+            )
+            published_start = time.perf_counter()
             runtime.outputs.publish(
                 msg.header,
-                result,
+                frame_result.output,
                 rgb,
                 demand,
                 settings.viz,
@@ -425,13 +468,10 @@ class PerceptionNode(LifecycleNode):
         except (RuntimeError, ValueError) as error:
             self._processing_failed(runtime, error)
             return
-        times = StageTimes(
+        times = dataclasses.replace(
+            frame_result.times,
             convert_ms=(converted - start) * 1e3,
-            preprocess_ms=(preprocessed - converted) * 1e3,
-            model_ms=(inferred - preprocessed) * 1e3,
-            postprocess_ms=(postprocessed - inferred) * 1e3,
-            handoff_ms=(handed_off - postprocessed) * 1e3,
-            publish_ms=(published - handed_off) * 1e3,
+            publish_ms=(published - published_start) * 1e3,
         )
         self._processing.record(times, settings.diagnostics.max_processing_time_ms)
         runtime.monitor.on_processed()
@@ -463,25 +503,18 @@ class PerceptionNode(LifecycleNode):
         self, frame: Frame[Image | CompressedImage], runtime: CameraRuntime, times: StageTimes
     ) -> InferenceStats:
         assert self._scheduler is not None
-        counters = self._scheduler.counters(frame.camera)
         header = frame.item.header
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-        msg = InferenceStats()
-        msg.header = header
-        msg.camera = frame.camera
-        msg.convert_ms = times.convert_ms
-        msg.preprocess_ms = times.preprocess_ms
-        msg.model_ms = times.model_ms
-        msg.postprocess_ms = times.postprocess_ms
-        msg.handoff_ms = times.handoff_ms
-        msg.publish_ms = times.publish_ms
-        msg.queue_wait_ms = frame.queue_wait_s * 1e3
-        msg.end_to_end_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
-        msg.frames_processed = runtime.monitor.processed
-        msg.frames_dropped_overwritten = counters.overwritten
-        msg.frames_dropped_stale = counters.stale
-        msg.frames_dropped_invalid = runtime.monitor.invalid_total
-        return msg
+        return inference_stats_msg(
+            header,
+            frame.camera,
+            times,
+            queue_wait_ms=frame.queue_wait_s * 1e3,
+            end_to_end_ms=(self.get_clock().now().nanoseconds - stamp_ns) / 1e6,
+            frames_processed=runtime.monitor.processed,
+            frames_invalid=runtime.monitor.invalid_total,
+            counters=self._scheduler.counters(frame.camera),
+        )
 
     def _backend_snapshot(
         self,

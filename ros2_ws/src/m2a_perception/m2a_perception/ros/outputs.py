@@ -5,7 +5,7 @@ its rate limit allows). Image messages and their buffers are allocated once and 
 frame (`ImageMessageBuffer`); every message carries the input header object unchanged.
 
 Allowed dependencies: numpy, OpenCV, rclpy, sensor_msgs, m2a_perception_msgs, the core
-(`types`, `classes`, `visualize`), `m2a_perception.ros.conversions`.
+(`types`, `classes`, `visualize`), `m2a_perception.ros.conversions`, `m2a_perception.ros.topics`.
 """
 
 from __future__ import annotations
@@ -27,21 +27,19 @@ from m2a_perception.classes import class_names, semantic_palette
 from m2a_perception.postprocess.config import PostprocessConfig
 from m2a_perception.ros.conversions import ImageMessageBuffer
 from m2a_perception.ros.params import VizSettings
+from m2a_perception.ros.topics import OUTPUT_MESSAGE_TYPES, OUTPUT_TOPICS
+from m2a_perception.runtime.frame import StageTimes
+from m2a_perception.runtime.slots import SlotCounters
 from m2a_perception.types import Segment, SegmentationOutput, SegmentKind
-from m2a_perception.visualize import blend, colormap_lut, draw_unknown_boxes, resize_to
+from m2a_perception.visualize import (
+    COLORMAP_IDS,
+    blend,
+    colormap_lut,
+    draw_unknown_boxes,
+    resize_to,
+)
 from m2a_perception_msgs.msg import InferenceStats, OpenSetPanoptic, OpenSetSegment
 
-# Output key -> topic under the camera name.
-OUTPUT_TOPICS: dict[str, str] = {
-    'score': 'anomaly/score',
-    'heatmap': 'anomaly/heatmap',
-    'mask': 'anomaly/mask',
-    'semantic': 'panoptic/semantic',
-    'confidence': 'panoptic/confidence',
-    'segments': 'panoptic/segments',
-    'overlay': 'overlay',
-    'stats': 'stats',
-}
 OUTPUT_ENCODINGS: dict[str, str] = {
     'score': '32FC1',
     'heatmap': 'bgr8',
@@ -49,15 +47,6 @@ OUTPUT_ENCODINGS: dict[str, str] = {
     'semantic': 'mono8',
     'confidence': 'mono8',
     'overlay': 'rgb8',
-}
-COLORMAP_IDS: dict[str, int] = {
-    'inferno': cv2.COLORMAP_INFERNO,
-    'turbo': cv2.COLORMAP_TURBO,
-    'jet': cv2.COLORMAP_JET,
-    'viridis': cv2.COLORMAP_VIRIDIS,
-    'magma': cv2.COLORMAP_MAGMA,
-    'plasma': cv2.COLORMAP_PLASMA,
-    'hot': cv2.COLORMAP_HOT,
 }
 _SEGMENT_KINDS = {
     SegmentKind.STUFF: OpenSetSegment.KIND_STUFF,
@@ -94,6 +83,36 @@ class OutputDemand:
     @property
     def needs_panoptic(self) -> bool:
         return self.segments or self.overlay
+
+
+def inference_stats_msg(
+    header: Header,
+    camera: str,
+    times: StageTimes,
+    *,
+    queue_wait_ms: float,
+    end_to_end_ms: float,
+    frames_processed: int,
+    frames_invalid: int,
+    counters: SlotCounters | None,
+) -> InferenceStats:
+    """The `<camera>/stats` message of one frame (node and replay); numbers from the core."""
+    msg = InferenceStats()
+    msg.header = header
+    msg.camera = camera
+    msg.convert_ms = times.convert_ms
+    msg.preprocess_ms = times.preprocess_ms
+    msg.model_ms = times.model_ms
+    msg.postprocess_ms = times.postprocess_ms
+    msg.handoff_ms = times.handoff_ms
+    msg.publish_ms = times.publish_ms
+    msg.queue_wait_ms = queue_wait_ms
+    msg.end_to_end_ms = end_to_end_ms
+    msg.frames_processed = frames_processed
+    msg.frames_dropped_overwritten = counters.overwritten if counters else 0
+    msg.frames_dropped_stale = counters.stale if counters else 0
+    msg.frames_dropped_invalid = frames_invalid
+    return msg
 
 
 def postprocess_for(base: PostprocessConfig, demand: OutputDemand) -> PostprocessConfig:
@@ -207,8 +226,13 @@ class CameraOutputs:
     def __init__(self, node: Node, camera: str, qos: QoSProfile) -> None:
         self.camera = camera
         self.publishers: dict[str, Publisher] = {}
+        types = {
+            'Image': Image,
+            'OpenSetPanoptic': OpenSetPanoptic,
+            'InferenceStats': InferenceStats,
+        }
         for key, topic in OUTPUT_TOPICS.items():
-            msg_type = {'segments': OpenSetPanoptic, 'stats': InferenceStats}.get(key, Image)
+            msg_type = types[OUTPUT_MESSAGE_TYPES[key].rpartition('/')[2]]
             self.publishers[key] = node.create_publisher(msg_type, f'{camera}/{topic}', qos)
         self._buffers = {key: ImageMessageBuffer(enc) for key, enc in OUTPUT_ENCODINGS.items()}
         self._segment_ids = ImageMessageBuffer('mono16')

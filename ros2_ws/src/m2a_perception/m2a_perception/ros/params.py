@@ -29,19 +29,30 @@ from rcl_interfaces.msg import (
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from m2a_perception.postprocess.config import LABEL_UPSAMPLING, REFINEMENT_MODES, PostprocessConfig
+from m2a_perception.inference.backend import PRECISIONS
+from m2a_perception.postprocess.config import (
+    LABEL_UPSAMPLING,
+    OUTPUT_RESOLUTIONS,
+    REFINEMENT_MODES,
+    UNIT_RANGE_SCORERS,
+    PostprocessConfig,
+)
 from m2a_perception.ros.conversions import ImageLimits
+from m2a_perception.runtime.loader import (
+    ENGINE_POLICIES,
+    KINDS,
+    LOAD_ONLY,
+    BackendError,
+    BackendSpec,
+    parse_engine_size,
+)
+from m2a_perception.visualize import COLORMAPS
 
 ParameterValue = bool | int | float | str | tuple[str, ...]
 
-# Scorers whose values lie in about [0, 1], so one threshold range and one colour scale fit all.
-NODE_SCORERS = ('mask2anomaly', 'entropy', 'eam')
-BACKENDS = ('torch', 'tensorrt')
-PRECISIONS = ('fp32', 'fp16')
+BACKENDS = KINDS
 RELIABILITIES = ('best_effort', 'reliable')
 TRANSPORTS = ('raw', 'compressed')
-OUTPUT_RESOLUTIONS = ('source', 'model')
-COLORMAPS = ('inferno', 'turbo', 'jet', 'viridis', 'magma', 'plasma', 'hot')
 CAMERAS_PARAMETER = 'cameras.names'
 
 _CAMERA_NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
@@ -165,18 +176,47 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
         'keeps the node unconfigured; it never runs random weights.',
         engine=True,
     ),
-    _spec('model.backend', 'torch', 'Inference backend.', choices=BACKENDS, engine=True),
+    _spec(
+        'model.backend',
+        'torch',
+        'Inference backend: torch (eager), torch-compile (inductor), or an engine file from '
+        'm2a-build-engine: onnxruntime (.onnx), tensorrt (.ep), tensorrt-onnx (.plan).',
+        choices=BACKENDS,
+        engine=True,
+    ),
     _spec(
         'model.engine_path',
         '',
-        'Serialized TensorRT engine for model.backend tensorrt (built from the checkpoint).',
+        'Engine file of the onnxruntime / tensorrt / tensorrt-onnx backends, opened only if its '
+        'sidecar (<file>.json) matches the checkpoint, precision, size, tool versions and GPU.',
+        engine=True,
+    ),
+    _spec(
+        'model.engine_policy',
+        LOAD_ONLY,
+        'load_only: a missing or mismatching engine fails configure; build_if_missing: build, '
+        'gate and save it in the background (diagnostics report building).',
+        choices=ENGINE_POLICIES,
+        engine=True,
+    ),
+    _spec(
+        'model.engine_size',
+        '',
+        'Padded engine input HxW (e.g. 512x1024): the size a built engine gets and an existing '
+        'one must have; empty takes the sidecar size, or short_side x 2*short_side to build.',
+        engine=True,
+    ),
+    _spec(
+        'model.allow_gate_failed',
+        False,
+        'Use an engine whose accuracy gate against eager FP32 failed (explicit override).',
         engine=True,
     ),
     _spec('model.device', 'cpu', 'Torch device: cpu, cuda or cuda:<index>.', engine=True),
     _spec(
         'model.precision',
         'fp32',
-        'Inference precision; fp16 (autocast) needs CUDA.',
+        'Inference precision; fp16/bf16 (autocast, or the TensorRT precision recipe) need CUDA.',
         choices=PRECISIONS,
         engine=True,
     ),
@@ -238,7 +278,7 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
         'anomaly.scorer',
         'mask2anomaly',
         'Per-pixel anomaly score; all choices lie in about [0, 1].',
-        choices=NODE_SCORERS,
+        choices=UNIT_RANGE_SCORERS,
     ),
     _spec(
         'anomaly.threshold',
@@ -462,6 +502,22 @@ class EngineSettings:
     device: str
     precision: str
     warmup_iterations: int
+    engine_policy: str = LOAD_ONLY
+    engine_size: str = ''
+    allow_gate_failed: bool = False
+
+    def spec(self) -> BackendSpec:
+        """The loader's spec of these settings."""
+        return BackendSpec(
+            kind=self.backend,
+            checkpoint=self.checkpoint,
+            engine_path=self.engine_path,
+            device=self.device,
+            precision=self.precision,
+            engine_policy=self.engine_policy,
+            allow_gate_failed=self.allow_gate_failed,
+            engine_size=parse_engine_size(self.engine_size) if self.engine_size else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -556,9 +612,19 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
         device=merged['model.device'],
         precision=merged['model.precision'],
         warmup_iterations=int(merged['model.warmup_iterations']),
+        engine_policy=merged['model.engine_policy'],
+        engine_size=merged['model.engine_size'],
+        allow_gate_failed=bool(merged['model.allow_gate_failed']),
     )
-    if engine.precision == 'fp16' and engine.device == 'cpu':
-        raise ValueError('model.precision fp16 needs a CUDA model.device; use fp32 on cpu')
+    if engine.precision != 'fp32' and engine.device == 'cpu':
+        raise ValueError(
+            f'model.precision {engine.precision} needs a CUDA model.device; use fp32 on cpu'
+        )
+    if engine.engine_size:
+        try:
+            parse_engine_size(engine.engine_size)
+        except BackendError as error:
+            raise ValueError(str(error)) from error
     max_instances = int(merged['panoptic.mining_max_instances'])
     postprocess = PostprocessConfig(
         scorer=merged['anomaly.scorer'],

@@ -4,7 +4,7 @@
 topic starts with `/front/` are the per-camera template. Imported by `launch/rviz.launch.py`, so
 it needs only PyYAML (no rclpy).
 
-Allowed dependencies: standard library, PyYAML.
+Allowed dependencies: standard library, PyYAML, `m2a_perception.ros.param_file`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from m2a_perception.ros.param_file import read_parameter_file
 
 TEMPLATE_CAMERA = 'front'
 IMAGE_DISPLAY = 'rviz_default_plugins/Image'
@@ -66,10 +68,5 @@ def render_rviz_config(template: str, cameras: Sequence[str], namespace: str = '
 
 def camera_names_from_params(path: str | Path) -> list[str]:
     """`cameras.names` from a node parameter YAML (`/**:` or node-name keyed), or ['front']."""
-    with Path(path).open() as handle:
-        data = yaml.safe_load(handle) or {}
-    for section in data.values():
-        names = (section or {}).get('ros__parameters', {}).get('cameras', {}).get('names')
-        if names:
-            return [str(name) for name in names]
-    return [TEMPLATE_CAMERA]
+    names = read_parameter_file(path).get('cameras.names')
+    return [str(name) for name in names] if names else [TEMPLATE_CAMERA]

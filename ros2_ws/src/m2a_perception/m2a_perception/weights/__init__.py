@@ -2,9 +2,16 @@
 
 from m2a_perception.weights.checkpoint import (
     CheckpointError,
+    WriteFailedError,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
 )
 
-__all__ = ['CheckpointError', 'load_checkpoint', 'read_checkpoint', 'save_checkpoint']
+__all__ = [
+    'CheckpointError',
+    'WriteFailedError',
+    'load_checkpoint',
+    'read_checkpoint',
+    'save_checkpoint',
+]

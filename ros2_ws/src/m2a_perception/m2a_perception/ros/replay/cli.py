@@ -36,12 +36,13 @@ from typing import Any
 import torch
 
 from m2a_perception.cli.common import setup_logging
+from m2a_perception.inference.backend import PRECISIONS
+from m2a_perception.metrics.pixel import PIXEL_PROTOCOLS
 from m2a_perception.ros.replay.bag import BagReadError
 from m2a_perception.ros.replay.evaluation import COMPONENT_TRACKS, EvaluationSettings
 from m2a_perception.ros.replay.report import ReplayReport
 
 LOGGER = logging.getLogger(__name__)
-PROTOCOLS = ('smiyc', 'smiyc_binned', 'fishyscapes', 'mask2anomaly')
 EXIT_DAMAGED_INPUT = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -63,10 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         '--engine',
         type=Path,
-        help='TensorRT engine built from --checkpoint (model.backend tensorrt; needs a GPU)',
+        help='engine from m2a-build-engine for --checkpoint (.onnx, .ep or .plan; model.backend '
+        'from the suffix), opened through its sidecar',
     )
     model.add_argument('--device', help='model.device: cpu, cuda or cuda:<index>')
-    model.add_argument('--precision', choices=('fp32', 'fp16'), help='model.precision')
+    model.add_argument('--precision', choices=PRECISIONS, help='model.precision')
     model.add_argument(
         '--params-file',
         type=Path,
@@ -115,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     metrics = parser.add_argument_group('metrics')
-    metrics.add_argument('--protocol', choices=PROTOCOLS, default='smiyc', help='pixel protocol')
+    metrics.add_argument(
+        '--protocol', choices=PIXEL_PROTOCOLS, default='smiyc', help='pixel protocol'
+    )
     metrics.add_argument(
         '--component-track',
         choices=tuple(COMPONENT_TRACKS),
@@ -134,10 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parameters_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Node parameter values: the YAML, then --checkpoint/--engine/--device/--precision, then
     -p overrides (last wins)."""
-    from m2a_perception.ros.replay.offline import (
-        parse_parameter_override,
-        read_parameter_file,
-    )
+    from m2a_perception.ros.param_file import read_parameter_file
+    from m2a_perception.ros.replay.offline import parse_parameter_override
 
     values: dict[str, Any] = {}
     if args.params_file is not None:
@@ -145,7 +147,9 @@ def parameters_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.checkpoint is not None:
         values['model.checkpoint'] = str(args.checkpoint)
     if args.engine is not None:
-        values['model.backend'] = 'tensorrt'
+        from m2a_perception.runtime.loader import engine_kind
+
+        values['model.backend'] = engine_kind(args.engine)
         values['model.engine_path'] = str(args.engine)
     if args.device is not None:
         values['model.device'] = args.device
@@ -225,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    from m2a_perception.ros.engine import EngineError
+    from m2a_perception.runtime.loader import BackendError
 
     try:
         report, report_path = _run(args)
@@ -241,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         if report.output_bag:
             print(f'  the output bag {report.output_bag} was closed and is readable')
         return EXIT_DAMAGED_INPUT
-    except (EngineError, FileNotFoundError, FileExistsError, ValueError) as error:
+    except (BackendError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f'error: {error}', file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -12,19 +12,15 @@ The recorder stops by itself a few seconds after the last message; then the node
 and the metrics. Unlike the offline replay, frames travel through the middleware, the node's
 latest-frame slots drop frames the model cannot keep up with, and latencies include transport.
 
-Allowed dependencies: standard library, tqdm, the other `m2a_perception.ros.replay` modules
+Allowed dependencies: standard library, tqdm, `m2a_perception.ros.processes` and `topics`, the
+other `m2a_perception.ros.replay` modules
 (`evaluation`, which needs torch, only inside `run_live_replay`, so the launch file that imports
 this module stays light).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from m2a_perception.ros.processes import (
+    ManagedProcess,
+    parameter_overrides,
+    perception_node_command,
+    ros_environment,
+)
 from m2a_perception.ros.replay.bag import (
     BagReader,
     BagReadError,
@@ -43,12 +45,12 @@ from m2a_perception.ros.replay.bag import (
     remove_bag,
 )
 from m2a_perception.ros.replay.report import ReplayReport
+from m2a_perception.ros.topics import OUTPUT_TOPICS
 
 if TYPE_CHECKING:
     from m2a_perception.ros.replay.evaluation import EvaluationSettings
 
 LOGGER = logging.getLogger(__name__)
-NODE_MODULE = 'm2a_perception.ros.main'
 PLAYER_MODULE = 'm2a_perception.ros.replay.player'
 RECORDER_MODULE = 'm2a_perception.ros.replay.recorder'
 DIAGNOSTICS_TOPIC = '/diagnostics'
@@ -57,19 +59,6 @@ SIM_TIME_ARGUMENTS = ('--ros-args', '-p', 'use_sim_time:=true')
 NODE_EXECUTABLE = 'perception_node'
 PLAYER_EXECUTABLE = 'bag_player'
 RECORDER_EXECUTABLE = 'bag_recorder'
-# Output topics of one camera, relative to `<ns>/<camera>/`: the values of
-# `m2a_perception.ros.outputs.OUTPUT_TOPICS`, repeated because that module imports torch;
-# tests/replay/test_live.py fails if the two differ.
-OUTPUT_TOPICS = (
-    'anomaly/score',
-    'anomaly/heatmap',
-    'anomaly/mask',
-    'panoptic/semantic',
-    'panoptic/confidence',
-    'panoptic/segments',
-    'overlay',
-    'stats',
-)
 
 
 @dataclass(frozen=True)
@@ -168,7 +157,11 @@ def plan_live_replay(
             ]
             play += [camera.topic, *truth]
             prefix = f'{namespace}/{camera.name}'
-            record += [camera.topic, *truth, *(f'{prefix}/{rel}' for rel in OUTPUT_TOPICS)]
+            record += [
+                camera.topic,
+                *truth,
+                *(f'{prefix}/{rel}' for rel in OUTPUT_TOPICS.values()),
+            ]
         record.append(DIAGNOSTICS_TOPIC)
         duration = _duration_s(reader, play)
     return LivePlan(
@@ -193,24 +186,13 @@ def _duration_s(reader: BagReader, topics: Sequence[str]) -> float:
     return 0.0 if first is None or last is None else (last - first) / 1e9
 
 
-def parameter_arguments(values: Mapping[str, Any]) -> list[str]:
-    """`-p name:=value` arguments (values as JSON, which ROS parses as YAML)."""
-    arguments = []
-    for name, value in values.items():
-        arguments += [
-            '-p',
-            f'{name}:={json.dumps(list(value) if isinstance(value, tuple) else value)}',
-        ]
-    return arguments
-
-
 def node_command(plan: LivePlan, params_file: Path | None = None) -> list[str]:
-    command = [sys.executable, '-m', NODE_MODULE, '--ros-args']
-    if plan.namespace:
-        command += ['-r', f'__ns:={plan.namespace}']
-    if params_file is not None:
-        command += ['--params-file', str(params_file)]
-    return command + parameter_arguments(plan.node_parameters)
+    """Command line of the node of a live replay: the plan's parameters after the file."""
+    return perception_node_command(
+        namespace=plan.namespace,
+        params_file=params_file,
+        overrides=parameter_overrides(plan.node_parameters),
+    )
 
 
 def recorder_arguments(plan: LivePlan, out_bag: Path, idle_timeout_s: float) -> list[str]:
@@ -241,71 +223,6 @@ def player_arguments(
         '--tail',
         f'{tail_s:g}',
     ]
-
-
-def ros_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment of the ROS processes: Fast DDS large-data transport in all of them (multi-MB
-    images across processes), unbuffered output, and the ROS wheels' loader variables kept
-    together (environment.md §0)."""
-    env = dict(os.environ)
-    env.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
-    env['PYTHONUNBUFFERED'] = '1'
-    env['RCUTILS_COLORIZED_OUTPUT'] = '0'
-    if 'LD_LIBRARY_PATH' not in env:
-        env.pop('_ROS_WHEELS_BOOTSTRAP_COMPLETE', None)
-    env.update(extra or {})
-    return env
-
-
-class _Process:
-    """A child process in its own process group, logging to a file."""
-
-    def __init__(
-        self,
-        name: str,
-        command: list[str],
-        log_dir: Path,
-        env: Mapping[str, str],
-        pipe: bool = False,
-    ) -> None:
-        self.name = name
-        self.log_path = log_dir / f'{name}.log'
-        self._log = self.log_path.open('w')
-        self.process = subprocess.Popen(
-            command,
-            env=dict(env),
-            stdout=subprocess.PIPE if pipe else self._log,
-            stderr=subprocess.STDOUT,
-            text=pipe,
-            start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, timeout_s: float = 15.0) -> int | None:
-        """SIGINT the group, SIGKILL it if it is still there after `timeout_s`."""
-        if self.alive():
-            self._signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self._signal(signal.SIGKILL)
-                self.process.wait(10.0)
-        self._signal(signal.SIGKILL)  # no grandchildren may outlive the replay
-        return self.process.returncode
-
-    def _signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, sig)
-
-    def close(self) -> None:
-        self._log.close()
-
-    def tail(self, lines: int = 15) -> str:
-        self._log.flush()
-        text = self.log_path.read_text(errors='replace').splitlines()
-        return '\n'.join(f'    {self.name}| {line}' for line in text[-lines:])
 
 
 def run_live_replay(
@@ -339,10 +256,10 @@ def run_live_replay(
     log_dir.mkdir(parents=True, exist_ok=True)
     env = ros_environment(options.env)
     python = [sys.executable, '-m']
-    processes: list[_Process] = []
+    processes: list[ManagedProcess] = []
     start = time.monotonic()
     try:
-        recorder = _Process(
+        recorder = ManagedProcess(
             'recorder',
             [
                 *python,
@@ -350,17 +267,23 @@ def run_live_replay(
                 *recorder_arguments(plan, out, options.idle_timeout_s),
                 *SIM_TIME_ARGUMENTS,
             ],
-            log_dir,
+            log_dir / 'recorder.log',
             env,
         )
         processes.append(recorder)
-        node = _Process('node', node_command(plan, options.params_file), log_dir, env)
+        node = ManagedProcess(
+            'node', node_command(plan, options.params_file), log_dir / 'node.log', env
+        )
         processes.append(node)
         player_args = player_arguments(
             plan, bag, options.speed, options.startup_timeout_s, options.settle_s, options.tail_s
         )
-        player = _Process(
-            'player', [*python, PLAYER_MODULE, *player_args, '--progress'], log_dir, env, pipe=True
+        player = ManagedProcess(
+            'player',
+            [*python, PLAYER_MODULE, *player_args, '--progress'],
+            log_dir / 'player.log',
+            env,
+            pipe=True,
         )
         processes.append(player)
         _follow_player(player, plan, options, node)
@@ -387,7 +310,6 @@ def run_live_replay(
     finally:
         for process in reversed(processes):
             process.stop()
-            process.close()
     report.input_bag = str(bag)
     report.output_bag = str(out)
     report.wall_time_s = report.wall_time_s or time.monotonic() - start
@@ -401,7 +323,7 @@ def run_live_replay(
 
 
 def _follow_player(
-    player: _Process, plan: LivePlan, options: LiveReplayOptions, node: _Process
+    player: ManagedProcess, plan: LivePlan, options: LiveReplayOptions, node: ManagedProcess
 ) -> None:
     """Copy the player's output to its log, drive the progress bar, wait for its exit."""
     progress = None
@@ -420,8 +342,7 @@ def _follow_player(
                     progress.n = int(done)
                     progress.refresh()
                 continue
-            player._log.write(line)
-            player._log.flush()
+            player.write_log(line)
 
     thread = threading.Thread(target=pump, name='player-output', daemon=True)
     thread.start()
@@ -444,10 +365,6 @@ def _follow_player(
             progress.close()
 
 
-def _player_error(player: _Process) -> str:
-    lines = [
-        line
-        for line in player.log_path.read_text(errors='replace').splitlines()
-        if 'damaged' in line
-    ]
+def _player_error(player: ManagedProcess) -> str:
+    lines = [line for line in player.log_text().splitlines() if 'damaged' in line]
     return lines[-1].split('] ', 1)[-1] if lines else 'the input bag is damaged'

@@ -1,11 +1,11 @@
 """Offline replay: a bag through the node's own code paths, outputs into an mcap bag.
 
 No ROS graph: input messages are deserialized with rclpy's serialisation (no `rclpy.init`) into
-the very message classes the node receives, converted with `m2a_perception.ros.conversions`, run
-through the `Segmenter` stages as `PerceptionNode._process` does, and published by the node's
-`CameraOutputs`, whose publishers here write into the output bag. Settings come from the node's
-parameter table (`settings_from_parameters`), so a node YAML applies unchanged. Diagnostics are
-the node's status functions, emitted every `diagnostics.period_s` of bag time.
+the very message classes the node receives, converted with `m2a_perception.ros.conversions`,
+run through `runtime.frame.process_frame` as `PerceptionNode._process` does, and published by
+the node's `CameraOutputs`, whose publishers here write into the output bag. Settings come from
+the node's parameter table (`settings_from_parameters`), so a node YAML applies unchanged.
+Diagnostics are the node's status functions, emitted every `diagnostics.period_s` of bag time.
 
 Rates:
     as-fast   every frame is processed, as fast as the model allows; no frame is dropped.
@@ -33,16 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
 from builtin_interfaces.msg import Time
 from rclpy.qos import QoSProfile
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
+from m2a_perception.config import parse_yaml
 from m2a_perception.pipeline import Segmenter
-from m2a_perception.ros import engine as engine_module
+from m2a_perception.preprocess import DegenerateResizeError
 from m2a_perception.ros.conversions import (
+    AspectRatioError,
     ImageConversionError,
     compressed_msg_to_rgb,
     image_msg_to_array,
@@ -60,7 +60,7 @@ from m2a_perception.ros.diagnostics import (
     processing_status,
 )
 from m2a_perception.ros.node import NODE_NAME, OUTPUT_QOS
-from m2a_perception.ros.outputs import CameraOutputs, postprocess_for
+from m2a_perception.ros.outputs import CameraOutputs, inference_stats_msg, postprocess_for
 from m2a_perception.ros.params import CAMERAS_PARAMETER, NodeSettings, settings_from_parameters
 from m2a_perception.ros.replay.bag import (
     BagMessage,
@@ -75,7 +75,9 @@ from m2a_perception.ros.replay.bag import (
 )
 from m2a_perception.ros.replay.evaluation import EvaluationSettings, GroundTruthEvaluator
 from m2a_perception.ros.replay.report import CameraCounters, LatencySummary, ReplayReport
-from m2a_perception.ros.slots import FrameScheduler
+from m2a_perception.runtime import loader
+from m2a_perception.runtime.frame import process_frame
+from m2a_perception.runtime.slots import FrameScheduler
 from m2a_perception_msgs.msg import InferenceStats
 
 LOGGER = logging.getLogger(__name__)
@@ -122,38 +124,6 @@ class ReplayOptions:
 # ------------------------------------------------------------------------------- parameters
 
 
-def read_parameter_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
-    """Dotted parameter values for `node_name` from a ROS 2 parameter YAML.
-
-    Sections keyed `/**`, `<node>`, `/<node>` or `/**/<node>` (any namespace) apply, in file
-    order.
-
-    Raises:
-        ValueError: the file is not a parameter file.
-    """
-    data = yaml.safe_load(Path(path).read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f'{path} is not a ROS 2 parameter file')
-    values: dict[str, Any] = {}
-    for key, section in data.items():
-        name = str(key).rstrip('/').rpartition('/')[2]
-        if name not in ('**', node_name) or not isinstance(section, dict):
-            continue
-        values.update(_flatten(section.get('ros__parameters', {})))
-    return values
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f'{prefix}{key}'
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f'{name}.'))
-        else:
-            flat[name] = value
-    return flat
-
-
 def parse_parameter_override(text: str) -> tuple[str, Any]:
     """'name:=value' (ROS `-p` syntax; the value is YAML) -> (name, value).
 
@@ -163,7 +133,7 @@ def parse_parameter_override(text: str) -> tuple[str, Any]:
     name, separator, value = text.partition(':=')
     if not separator or not name:
         raise ValueError(f'parameter override must look like name:=value, got {text!r}')
-    return name.strip(), yaml.safe_load(value)
+    return name.strip(), parse_yaml(value, f'-p {name.strip()}')
 
 
 def node_settings(parameters: Mapping[str, Any], cameras: Sequence[CameraSource]) -> NodeSettings:
@@ -344,25 +314,20 @@ class _Replayer:
                 rgb = compressed_msg_to_rgb(msg, settings.input.limits, contiguous=True)
             else:
                 rgb = image_msg_to_rgb(msg, settings.input.limits, contiguous=True)
+            segmenter.preprocessor.record_for(rgb.shape[0], rgb.shape[1])
+        except DegenerateResizeError as error:
+            self._invalid(run, AspectRatioError.reason, str(error))
+            return
         except ImageConversionError as error:
             self._invalid(run, error.reason, str(error))
             return
         converted = time.perf_counter()
-        cuda = segmenter.device.type == 'cuda'
         try:
-            segmenter.postprocess_config = postprocess_for(settings.postprocess, demand)
-            images, record = segmenter.preprocess(rgb)
-            preprocessed = time.perf_counter()
-            prediction = segmenter.infer(images)
-            if cuda:
-                torch.cuda.synchronize(segmenter.device)
-            inferred = time.perf_counter()
-            result = segmenter.postprocess(prediction, record)
-            if cuda:
-                torch.cuda.synchronize(segmenter.device)
-            postprocessed = time.perf_counter()
-            result = result.cpu()
-            handed_off = time.perf_counter()
+            frame_result = process_frame(
+                segmenter, rgb, postprocess_for(settings.postprocess, demand)
+            )
+            result = frame_result.output
+            published_start = time.perf_counter()
             run.outputs.publish(
                 msg.header,
                 result,
@@ -379,13 +344,10 @@ class _Replayer:
             run.monitor.on_error(f'{type(error).__name__}: {error}')
             LOGGER.error('camera %s: processing failed: %s', run.source.name, error)
             return
-        times = StageTimes(
+        times = dataclasses.replace(
+            frame_result.times,
             convert_ms=(converted - start) * 1e3,
-            preprocess_ms=(preprocessed - converted) * 1e3,
-            model_ms=(inferred - preprocessed) * 1e3,
-            postprocess_ms=(postprocessed - inferred) * 1e3,
-            handoff_ms=(handed_off - postprocessed) * 1e3,
-            publish_ms=(published - handed_off) * 1e3,
+            publish_ms=(published - published_start) * 1e3,
         )
         self.processing.record(times, settings.diagnostics.max_processing_time_ms)
         run.monitor.on_processed()
@@ -413,20 +375,16 @@ class _Replayer:
         end_to_end_ms: float,
         queue_ms: float,
     ) -> InferenceStats:
-        counters = self.scheduler.counters(run.source.name) if self.scheduler else None
-        stats = InferenceStats()
-        stats.header = msg.header
-        stats.camera = run.source.name
-        for stage, value in stage_values(times).items():
-            if hasattr(stats, f'{stage}_ms'):  # the message carries the node's stage fields
-                setattr(stats, f'{stage}_ms', value)
-        stats.queue_wait_ms = queue_ms
-        stats.end_to_end_ms = end_to_end_ms
-        stats.frames_processed = run.monitor.processed
-        stats.frames_dropped_overwritten = counters.overwritten if counters else 0
-        stats.frames_dropped_stale = counters.stale if counters else 0
-        stats.frames_dropped_invalid = run.monitor.invalid_total
-        return stats
+        return inference_stats_msg(
+            msg.header,
+            run.source.name,
+            times,
+            queue_wait_ms=queue_ms,
+            end_to_end_ms=end_to_end_ms,
+            frames_processed=run.monitor.processed,
+            frames_invalid=run.monitor.invalid_total,
+            counters=self.scheduler.counters(run.source.name) if self.scheduler else None,
+        )
 
     # -- diagnostics
 
@@ -457,7 +415,7 @@ class _Replayer:
         )
 
     def _slot_counters(self, run: _CameraRun) -> Any:
-        from m2a_perception.ros.slots import SlotCounters
+        from m2a_perception.runtime.slots import SlotCounters
 
         if self.scheduler is not None:
             return self.scheduler.counters(run.source.name)
@@ -595,7 +553,7 @@ def replay_bag(
         segmenter: a loaded pipeline (e.g. the demo's); its post-processing config is replaced
             per frame by the node's, from `parameters`. None loads `model.checkpoint` (and
             `model.engine_path` for the tensorrt backend) from `parameters` as the node does.
-        parameters: node parameter values by dotted name (`read_parameter_file` +
+        parameters: node parameter values by dotted name (`param_file.read_parameter_file` +
             overrides); missing ones take the node's defaults. Camera parameters come from the
             bag.
         options: cameras, rate, evaluation protocol, progress bar.
@@ -607,7 +565,7 @@ def replay_bag(
         BagReadError: the input is missing or damaged. The output bag is closed and readable
             with everything processed before the damage; `error.report` is the partial report.
         ValueError: invalid parameters, cameras or options.
-        engine_module.EngineError: the model cannot be loaded.
+        loader.BackendError: the model cannot be loaded.
     """
     options = options or ReplayOptions()
     parameters = dict(parameters or {})
@@ -625,10 +583,10 @@ def replay_bag(
         )
         if segmenter is None:
             load_start = time.monotonic()
-            segmenter, model_config = engine_module.build_segmenter(
-                settings.engine, settings.postprocess
+            segmenter, model_config = loader.build_segmenter(
+                settings.engine.spec(), settings.postprocess
             )
-            engine_module.warm_up(segmenter, model_config, settings.engine.warmup_iterations)
+            loader.warm_up(segmenter, model_config, settings.engine.warmup_iterations)
             backend = dataclasses.replace(
                 backend, model=model_config.name, load_time_s=time.monotonic() - load_start
             )

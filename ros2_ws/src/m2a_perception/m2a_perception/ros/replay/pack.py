@@ -41,9 +41,9 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Header
 
+from m2a_perception.classes import VOID_ID, label_ids_to_train_ids
 from m2a_perception.cli.common import setup_logging
-from m2a_perception.cli.infer import read_rgb
-from m2a_perception.metrics.semantic import cityscapes_label_ids_to_train_ids
+from m2a_perception.pictures import read_rgb
 from m2a_perception.ros.conversions import array_to_image_msg, rgb_to_compressed_msg
 from m2a_perception.ros.replay.bag import (
     COMPRESSED_TYPE,
@@ -58,7 +58,6 @@ LOGGER = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.ppm', '.tif', '.tiff')
 FORMATS = ('raw', 'jpeg', 'png', 'original')
 MASK_SUFFIXES = ('_labels_semantic', '')
-VOID = 255
 # Default first stamp: a fixed, non-zero epoch (ROS tools treat time 0 as "unset"), so packing
 # the same folder twice gives identical bags.
 DEFAULT_START_TIME_S = 1_700_000_000.0
@@ -208,7 +207,7 @@ def anomaly_label(values: np.ndarray, mapping: Mapping[int, int], path: Path) ->
     result = values.astype(np.int64)
     for raw, value in mapping.items():
         result[values == raw] = value
-    bad = np.setdiff1d(np.unique(result), [0, 1, VOID])
+    bad = np.setdiff1d(np.unique(result), [0, 1, VOID_ID])
     if bad.size:
         raise ValueError(
             f'{path}: anomaly mask values must be 0/1/255 after --mask-map, found '
@@ -219,8 +218,8 @@ def anomaly_label(values: np.ndarray, mapping: Mapping[int, int], path: Path) ->
 
 def semantic_label(values: np.ndarray, label_format: str, path: Path) -> np.ndarray:
     if label_format == 'labelids':
-        return cityscapes_label_ids_to_train_ids(values)
-    if values.size and (values.min() < 0 or values.max() > VOID):
+        return label_ids_to_train_ids(values)
+    if values.size and (values.min() < 0 or values.max() > VOID_ID):
         raise ValueError(f'{path}: train ids must be in [0, 255]')
     return values.astype(np.uint8)
 
