@@ -4,17 +4,29 @@
         checkpoint:=/data/m2a/cityscapes.safetensors cameras:=front,left namespace:=perception
 
 Every value comes from `params_file` (default: the installed config/m2a_perception.yaml);
-launch arguments that are not empty override it. Stop with Ctrl-C (SIGINT): SIGTERM ends launch
-at once and leaves the node running.
+launch arguments that are not empty override it, e.g. `transports:=rear:compressed`.
+
+Ending: launch ends with the node. When the node exits with a non-zero status (it could not
+start), launch logs it and exits 1 (launch's status for a failed launch; the node's own status
+is in the log), so systemd's `Restart=on-failure` fires. `rviz:=true` without rviz2 installed
+logs a warning and runs the node alone. RViz is resolved before the node starts, so a failing
+RViz include cannot leave the node running. Stop with Ctrl-C (SIGINT; systemd:
+`KillSignal=SIGINT`): SIGTERM ends launch at once and leaves the node running.
 """
 
 from launch.actions import (
     DeclareLaunchArgument,
+    EmitEvent,
     IncludeLaunchDescription,
+    LogInfo,
     OpaqueFunction,
+    RegisterEventHandler,
     SetEnvironmentVariable,
 )
-from launch.conditions import IfCondition, LaunchConfigurationNotEquals
+from launch.conditions import LaunchConfigurationNotEquals
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
+from launch.events.process import ProcessExited
 from launch.launch_context import LaunchContext
 from launch.launch_description import LaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
@@ -23,6 +35,7 @@ from launch_ros.actions import LifecycleNode
 from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = 'm2a_perception'
+TRANSPORTS = ('raw', 'compressed')
 
 ARGUMENTS = (
     (
@@ -35,6 +48,12 @@ ARGUMENTS = (
     ('namespace', '', 'Namespace of the node and its topics.'),
     ('backend', '', 'torch or tensorrt; empty keeps the params_file value.'),
     ('precision', '', 'fp32 or fp16; empty keeps the params_file value.'),
+    (
+        'transports',
+        '',
+        'Per-camera transport, e.g. "front:raw,rear:compressed"; cameras not named keep the '
+        'params_file value.',
+    ),
     ('use_sim_time', 'false', 'Use /clock (rosbag replay with --clock).'),
     ('autostart', 'true', 'Configure and activate without a lifecycle manager.'),
     ('log_level', 'info', 'Log level of the node.'),
@@ -68,50 +87,104 @@ def _overrides(context: LaunchContext) -> dict[str, object]:
     ):
         if arg(launch_name):
             overrides[parameter] = arg(launch_name)
+    for camera, transport in camera_transports(arg('transports')).items():
+        overrides[f'cameras.{camera}.transport'] = transport
     return overrides
 
 
-def _node(context: LaunchContext) -> list[LifecycleNode]:
+def camera_transports(text: str) -> dict[str, str]:
+    """`front:raw,rear:compressed` -> {'front': 'raw', 'rear': 'compressed'}.
+
+    Raises:
+        ValueError: an entry is not `<camera>:raw` or `<camera>:compressed` (launch stops
+            before the node starts).
+    """
+    transports: dict[str, str] = {}
+    for entry in (item.strip() for item in text.split(',')):
+        if not entry:
+            continue
+        camera, _, transport = (part.strip() for part in entry.partition(':'))
+        if not camera or transport not in TRANSPORTS:
+            raise ValueError(f'transports: {entry!r} must be <camera>:raw or <camera>:compressed')
+        transports[camera] = transport
+    return transports
+
+
+def rviz2_installed() -> bool:
+    """Whether the rviz2 package is in the ament index (i.e. `Node(package='rviz2')` works)."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
+    try:
+        get_package_prefix('rviz2')
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+def _node(context: LaunchContext) -> list[object]:
+    node = LifecycleNode(
+        package=PACKAGE,
+        executable='perception_node',
+        name='m2a_perception',
+        namespace=LaunchConfiguration('namespace'),
+        parameters=[LaunchConfiguration('params_file'), _overrides(context)],
+        arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
+        output='screen',
+        emulate_tty=True,
+    )
+    return [RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_node_exit)), node]
+
+
+def on_node_exit(event: ProcessExited, context: LaunchContext) -> list[object]:
+    """The node ended: launch ends too (RViz with it); a failed node makes launch fail.
+
+    Raises:
+        RuntimeError: the node exited with a non-zero status outside a launch shutdown; launch
+            logs it, shuts down and exits 1.
+    """
+    if event.returncode != 0 and not context.is_shutdown:
+        raise RuntimeError(
+            f'{event.action.name} exited with status {event.returncode}; see its log above'
+        )
+    return [EmitEvent(event=Shutdown(reason=f'{event.action.name} exited'))]
+
+
+def _rviz(context: LaunchContext) -> list[object]:
+    if LaunchConfiguration('rviz').perform(context).strip().lower() != 'true':
+        return []
+    if not rviz2_installed():
+        return [LogInfo(msg='WARNING: rviz:=true, but rviz2 is not installed: no RViz')]
     return [
-        LifecycleNode(
-            package=PACKAGE,
-            executable='perception_node',
-            name='m2a_perception',
-            namespace=LaunchConfiguration('namespace'),
-            parameters=[LaunchConfiguration('params_file'), _overrides(context)],
-            arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
-            output='screen',
-            emulate_tty=True,
+        IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(
+                PathJoinSubstitution([FindPackageShare(PACKAGE), 'launch', 'rviz.launch.py'])
+            ),
+            launch_arguments={
+                'namespace': LaunchConfiguration('namespace'),
+                'cameras': LaunchConfiguration('cameras'),
+                'params_file': LaunchConfiguration('params_file'),
+                'use_sim_time': LaunchConfiguration('use_sim_time'),
+            }.items(),
         )
     ]
 
 
 def generate_launch_description() -> LaunchDescription:
-    rviz = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(
-            PathJoinSubstitution([FindPackageShare(PACKAGE), 'launch', 'rviz.launch.py'])
-        ),
-        launch_arguments={
-            'namespace': LaunchConfiguration('namespace'),
-            'cameras': LaunchConfiguration('cameras'),
-            'params_file': LaunchConfiguration('params_file'),
-            'use_sim_time': LaunchConfiguration('use_sim_time'),
-        }.items(),
-        condition=IfCondition(LaunchConfiguration('rviz')),
-    )
     return LaunchDescription(
         [
             *(
                 DeclareLaunchArgument(name, default_value=default, description=text)
                 for name, default, text in ARGUMENTS
             ),
-            # Before the node: shared memory sized for multi-MB frames, any discovery range.
+            # Before the node and RViz: shared memory sized for multi-MB frames, any discovery
+            # range.
             SetEnvironmentVariable(
                 'FASTDDS_DEFAULT_PROFILES_FILE',
                 LaunchConfiguration('fastdds_profile'),
                 condition=LaunchConfigurationNotEquals('fastdds_profile', ''),
             ),
+            # RViz first: whatever fails while launch resolves it, the node is not running yet.
+            OpaqueFunction(function=_rviz),
             OpaqueFunction(function=_node),
-            rviz,
         ]
     )

@@ -3,9 +3,12 @@
     ros2 launch m2a_perception rviz.launch.py cameras:=front,left namespace:=perception
 
 With `cameras` empty the camera list is read from `params_file`. The shipped layout shows camera
-"front"; for other cameras or a namespace a rendered copy is written to a temporary file.
+"front"; for other cameras or a namespace a rendered copy is written to the temporary folder as
+`m2a_perception_<hash of its text>.rviz`: one file per distinct layout, reused by every launch.
 """
 
+import hashlib
+import os
 import tempfile
 from pathlib import Path
 
@@ -30,12 +33,7 @@ def _rviz(context: LaunchContext) -> list[Node]:
         cameras = camera_names_from_params(LaunchConfiguration('params_file').perform(context))
     config = template
     if cameras != ['front'] or namespace.strip('/'):
-        rendered = render_rviz_config(template.read_text(), cameras, namespace)
-        with tempfile.NamedTemporaryFile(
-            'w', prefix='m2a_perception_', suffix='.rviz', delete=False
-        ) as handle:
-            handle.write(rendered)
-        config = Path(handle.name)
+        config = _write_rendered(render_rviz_config(template.read_text(), cameras, namespace))
     return [
         Node(
             package='rviz2',
@@ -46,6 +44,20 @@ def _rviz(context: LaunchContext) -> list[Node]:
             output='screen',
         )
     ]
+
+
+def _write_rendered(text: str) -> Path:
+    """The rendered layout in the temporary folder, named by its content (written once)."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f'm2a_perception_{digest}.rviz'
+    if not path.is_file() or path.read_text() != text:
+        # Atomic: a second launch reading the file meanwhile never sees half of it.
+        with tempfile.NamedTemporaryFile(
+            'w', dir=path.parent, prefix='.m2a_perception_', suffix='.rviz', delete=False
+        ) as handle:
+            handle.write(text)
+        os.replace(handle.name, path)
+    return path
 
 
 def generate_launch_description() -> LaunchDescription:

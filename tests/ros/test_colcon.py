@@ -152,3 +152,45 @@ def test_node_runs_from_the_install_and_as_console_script(
         codes = {namespace: process.stop() for namespace, process in processes.items()}
     for namespace, code in codes.items():
         assert code == 0, (namespace, code, processes[namespace].log_text())
+
+
+def test_symlink_install_writes_only_into_its_bases(tmp_path):
+    """`colcon build --symlink-install --build-base <elsewhere>` mirrors data files inside the
+    build base (setup.py names them inside the package), never next to it."""
+    if not COLCON.exists():
+        pytest.skip(f'colcon ({COLCON}) missing: run `make setup`')
+    outer = tmp_path / 'a' / 'b'
+    base = outer / 'c'
+    base.mkdir(parents=True)
+    command = [
+        str(COLCON),
+        '--log-base',
+        str(base / 'log'),
+        'build',
+        '--symlink-install',
+        '--base-paths',
+        str(SOURCES / 'm2a_perception'),  # the messages come from the venv (make setup)
+        '--build-base',
+        str(base / 'build'),
+        '--install-base',
+        str(base / 'install'),
+        '--packages-select',
+        'm2a_perception',
+    ]
+    done = subprocess.run(
+        command,
+        cwd=base,
+        env=build_env(),
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, f'colcon build failed:\n{done.stdout[-4000:]}\n{done.stderr}'
+    assert sorted(p.name for p in tmp_path.rglob('*') if base not in (p, *p.parents)) == [
+        'a',
+        'b',
+    ]
+    share = base / 'install' / 'm2a_perception' / 'share' / 'm2a_perception'
+    for name in ('launch/m2a_perception.launch.py', 'config/m2a_perception.yaml'):
+        assert (share / name).read_text() == (REPO_ROOT / name).read_text()

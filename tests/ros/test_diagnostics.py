@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from m2a_perception.ros.diagnostics import (
@@ -13,6 +14,7 @@ from m2a_perception.ros.diagnostics import (
     CameraMonitor,
     ProcessingMonitor,
     StageTimes,
+    StampGaps,
     backend_status,
     camera_status,
     processing_status,
@@ -127,3 +129,46 @@ def test_keyed_throttle():
     assert throttle.allow(('a', 'encoding')) == (True, 0), 'other reasons are not hidden'
     now[0] = 6.0
     assert throttle.allow(('a', 'step')) == (True, 1)
+
+
+def test_stamp_gaps_count_the_missing_frames():
+    gaps = StampGaps()
+    jitter = np.random.default_rng(0).integers(-3_000_000, 3_000_000, 40)
+    stamps = [1_000_000_000_000 + i * 100_000_000 + int(jitter[i]) for i in range(40)]
+    kept = [i for i in range(40) if i not in {5, 6, 20}]
+    missing = {i: gaps.on_stamp(stamps[i]) for i in kept}
+    assert missing[7] == 2 and missing[21] == 1
+    assert sum(missing.values()) == 3
+    assert abs(1e9 / gaps.nominal_step_ns - 10.0) < 0.5
+    # A stamp that goes back (replay restarted) is no gap, and restarts the estimate.
+    assert gaps.on_stamp(stamps[0]) == 0 and gaps.nominal_step_ns is None
+
+
+def test_sustained_loss_warns_without_an_expected_rate():
+    settings = DiagnosticsSettings(
+        period_s=1.0, max_processing_time_ms=100.0, expected_input_hz=0.0, max_stamp_age_ms=0.0
+    )
+    # What a vehicle saw: 26 of 71 frames of a 24 Hz camera arrived (all of the first ten, then
+    # a lossy link). Before a few steps are known, loss is undercounted, never overcounted.
+    rng = np.random.default_rng(4)
+    lost_link = rng.choice(np.arange(10, 70), 15, replace=False).tolist()
+    arrived = sorted({*range(10), 70, *lost_link})
+    assert len(arrived) == 26
+    lossy = CameraMonitor('rear', '/rear/image', 'raw')
+    lossy.snapshot(10.0, None, True, 1, SlotCounters())
+    for index in arrived:
+        lossy.on_frame(5_000_000_000 + index * 41_666_667)
+    status = camera_status('m2a', snapshot(lossy, received=26, now=12.96), settings)
+    assert status_level(status) == WARN
+    assert 'input loss: 45 of 71 frames missing' in status.message
+    assert values(status)['frames_missing'] == '45'
+    assert abs(float(values(status)['stamp_rate_hz']) - 24.0) < 0.1
+    # The next period without frames has no new loss.
+    assert 'input loss' not in camera_status('m2a', snapshot(lossy, now=14.0), settings).message
+
+    complete = CameraMonitor('front', '/front/image', 'raw')
+    complete.snapshot(10.0, None, True, 1, SlotCounters())
+    for index in range(71):
+        complete.on_frame(5_000_000_000 + index * 41_666_667)
+    status = camera_status('m2a', snapshot(complete, received=71, now=12.96), settings)
+    assert status_level(status) == OK and values(status)['frames_missing'] == '0'

@@ -98,12 +98,18 @@ def stub_modules() -> dict[str, types.ModuleType]:
             'DeclareLaunchArgument': DeclareLaunchArgument,
             'IncludeLaunchDescription': type('IncludeLaunchDescription', (Recorded,), {}),
             'OpaqueFunction': type('OpaqueFunction', (Recorded,), {}),
+            'EmitEvent': type('EmitEvent', (Recorded,), {}),
+            'LogInfo': type('LogInfo', (Recorded,), {}),
+            'RegisterEventHandler': type('RegisterEventHandler', (Recorded,), {}),
             'SetEnvironmentVariable': type('SetEnvironmentVariable', (Recorded,), {}),
         },
         'launch.conditions': {
             'IfCondition': type('IfCondition', (Recorded,), {}),
             'LaunchConfigurationNotEquals': type('LaunchConfigurationNotEquals', (Recorded,), {}),
         },
+        'launch.event_handlers': {'OnProcessExit': type('OnProcessExit', (Recorded,), {})},
+        'launch.events': {'Shutdown': type('Shutdown', (Recorded,), {})},
+        'launch.events.process': {'ProcessExited': type('ProcessExited', (Recorded,), {})},
         'launch.launch_context': {'LaunchContext': FakeContext},
         'launch.launch_description': {
             'LaunchDescription': type('LaunchDescription', (Recorded,), {})
@@ -195,7 +201,7 @@ def test_launch_files_are_valid_python(file_name):
     assert 'generate_launch_description' in functions
 
 
-def test_node_launch_arguments_files_and_executable(load_launch):
+def test_node_launch_arguments_files_and_executable(load_launch, monkeypatch):
     module = load_launch('m2a_perception.launch.py')
     description = module.generate_launch_description()
     declared = {a.name for a in of_type('DeclareLaunchArgument')}
@@ -208,10 +214,13 @@ def test_node_launch_arguments_files_and_executable(load_launch):
         precision='fp16',
         namespace='perception',
     )
-    nodes = module._node(context)
-    assert len(nodes) == 1
-    node = nodes[0].kwargs
-    assert type(nodes[0]).__name__ == 'LifecycleNode'
+    handler, launched = module._node(context)
+    node = launched.kwargs
+    assert type(launched).__name__ == 'LifecycleNode'
+    # Launch follows the node: its exit ends launch (see test_node_exit_ends_launch).
+    assert type(handler).__name__ == 'RegisterEventHandler'
+    (on_exit,) = handler.args
+    assert on_exit.kwargs == {'target_action': launched, 'on_exit': module.on_node_exit}
     assert (node['package'], node['executable'], node['name']) == (
         'm2a_perception',
         'perception_node',
@@ -227,9 +236,12 @@ def test_node_launch_arguments_files_and_executable(load_launch):
         'model.precision': 'fp16',
     }
     # Empty arguments leave the YAML in force.
-    defaults = module._node(launch_context(description))[0].kwargs['parameters'][1]
+    defaults = module._node(launch_context(description))[1].kwargs['parameters'][1]
     assert set(defaults) == {'use_sim_time', 'autostart'}
 
+    monkeypatch.setattr(module, 'rviz2_installed', lambda: True)
+    assert module._rviz(launch_context(description)) == []
+    (include,) = module._rviz(launch_context(description, rviz='true'))
     for include in of_type('IncludeLaunchDescription'):
         source = include.args[0]
         included = installed_share_file(perform(source.args[0], context))
@@ -237,6 +249,64 @@ def test_node_launch_arguments_files_and_executable(load_launch):
         assert set(dict(include.kwargs['launch_arguments'])) <= {
             a.name for a in of_type('DeclareLaunchArgument')
         } | {'params_file'}
+
+
+class FakeProcessExited:
+    def __init__(self, returncode: int) -> None:
+        self.returncode = returncode
+        self.action = types.SimpleNamespace(name='perception_node-1')
+
+
+def test_node_exit_ends_launch_and_a_failed_node_fails_it(load_launch):
+    module = load_launch('m2a_perception.launch.py')
+    context = FakeContext({})
+    context.is_shutdown = False
+    # A clean exit (lifecycle shutdown): launch shuts down, RViz with it.
+    (shutdown,) = module.on_node_exit(FakeProcessExited(0), context)
+    assert type(shutdown).__name__ == 'EmitEvent'
+    assert type(shutdown.kwargs['event']).__name__ == 'Shutdown'
+    # A node that could not start: the exception makes LaunchService.run() return 1
+    # (launch/launch_service.py, `except Exception` in run_async), so systemd restarts it.
+    with pytest.raises(RuntimeError, match='perception_node-1 exited with status 1'):
+        module.on_node_exit(FakeProcessExited(1), context)
+    # Killed during launch's own shutdown (Ctrl-C escalation): no second error.
+    context.is_shutdown = True
+    (shutdown,) = module.on_node_exit(FakeProcessExited(-15), context)
+    assert type(shutdown).__name__ == 'EmitEvent'
+
+
+def test_rviz_is_resolved_before_the_node_and_skipped_without_rviz2(load_launch, monkeypatch):
+    module = load_launch('m2a_perception.launch.py')
+    description = module.generate_launch_description()
+    functions = [
+        entity.kwargs['function']
+        for entity in description.args[0]
+        if type(entity).__name__ == 'OpaqueFunction'
+    ]
+    # Launch visits entities in order: a failing RViz include aborts it before the node runs.
+    assert functions == [module._rviz, module._node]
+    monkeypatch.setattr(module, 'rviz2_installed', lambda: False)
+    (warning,) = module._rviz(launch_context(description, rviz='true'))
+    assert type(warning).__name__ == 'LogInfo'
+    assert 'rviz2 is not installed' in warning.kwargs['msg']
+    assert not of_type('IncludeLaunchDescription')
+    assert module.rviz2_installed() is False  # no rviz2 in this environment
+
+
+def test_transports_argument(load_launch):
+    module = load_launch('m2a_perception.launch.py')
+    description = module.generate_launch_description()
+    context = launch_context(description, cameras='front,rear', transports='rear:compressed')
+    overrides = module._node(context)[1].kwargs['parameters'][1]
+    assert overrides['cameras.rear.transport'] == 'compressed'
+    assert 'cameras.front.transport' not in overrides
+    assert module.camera_transports(' front:raw , rear:compressed ') == {
+        'front': 'raw',
+        'rear': 'compressed',
+    }
+    for bad in ('rear', 'rear:jpeg', ':raw'):
+        with pytest.raises(ValueError, match='<camera>:raw or <camera>:compressed'):
+            module.camera_transports(bad)
 
 
 def test_node_launch_loads_the_fast_dds_profile_before_the_node(load_launch):
@@ -269,6 +339,10 @@ def test_rviz_launch_renders_a_layout_per_camera(load_launch, tmp_path, monkeypa
     topics = [d['Topic']['Value'] for d in rendered['Visualization Manager']['Displays']]
     assert '/perception/rear/anomaly/heatmap' in topics
     assert '/perception/front/overlay' in topics
+    # Launching again reuses the file: one per distinct layout, not one per launch.
+    (again,) = module._rviz(context)
+    assert again.kwargs['arguments'][1] == node.kwargs['arguments'][1]
+    assert [p.name for p in tmp_path.iterdir()] == [Path(node.kwargs['arguments'][1]).name]
 
 
 def test_every_named_executable_exists():
@@ -322,3 +396,22 @@ def test_camera_names_from_params(tmp_path):
     path = tmp_path / 'p.yaml'
     path.write_text('/**/m2a_perception:\n  ros__parameters:\n    cameras:\n      names: [a, b]\n')
     assert camera_names_from_params(path) == ['a', 'b']
+
+
+def test_systemd_unit_stops_launch_with_sigint_and_restarts_on_failure():
+    unit = (REPO_ROOT / 'config' / 'm2a_perception.service').read_text()
+    settings = dict(
+        line.split('=', 1) for line in unit.splitlines() if '=' in line and line[0] != '#'
+    )
+    # SIGTERM would end launch at once and orphan the node.
+    assert settings['KillSignal'] == 'SIGINT'
+    assert settings['KillMode'] == 'mixed' and int(settings['TimeoutStopSec']) >= 10
+    assert settings['Restart'] == 'on-failure'
+    assert 'exec ros2 launch m2a_perception m2a_perception.launch.py' in settings['ExecStart']
+    assert (LAUNCH_DIR / 'm2a_perception.launch.py').is_file()
+    for argument in ('checkpoint', 'params_file'):
+        assert f' {argument}:=' in settings['ExecStart'] and argument in REQUIRED_ARGUMENTS | {
+            'checkpoint'
+        }
+    docs = (REPO_ROOT / 'docs' / 'vehicle_deployment.md').read_text()
+    assert 'config/m2a_perception.service' in docs and 'KillSignal=SIGINT' in docs

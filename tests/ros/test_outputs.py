@@ -266,3 +266,29 @@ def _glibc() -> bool:
         return os.confstr('CS_GNU_LIBC_VERSION') is not None
     except (ValueError, OSError, AttributeError):
         return False
+
+
+def _overlays_published(camera_hz: float, overlay_hz: float, frames: int) -> int:
+    """Drives the overlay limit as the node's worker does: one start time per frame, given to
+    `demand` and `publish`; frames arrive with +-2 ms of jitter and take 30 ms to process."""
+    settings = settings_from_parameters(default_values(('front',)))
+    node = RecordingNode()
+    outputs = CameraOutputs(node, 'front', None)  # type: ignore[arg-type]
+    result = synthetic_result((6, 8), (6, 8))
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    jitter = np.random.default_rng(3).uniform(-0.002, 0.002, frames)
+    for index in range(frames):
+        start_s = 100.0 + index / camera_hz + jitter[index]
+        demand = outputs.demand(start_s, overlay_hz)
+        outputs.publish(
+            Header(), result, rgb, demand, settings.viz, 0.5, PostprocessConfig(), start_s
+        )
+    return len(node.publishers['front/overlay'].sent)
+
+
+def test_overlay_limit_keeps_the_camera_rate_when_it_equals_the_limit():
+    assert _overlays_published(24.0, 24.0, 24) == 24
+
+
+def test_overlay_limit_halves_a_camera_at_twice_the_limit():
+    assert _overlays_published(48.0, 24.0, 48) == 24

@@ -1,22 +1,23 @@
-"""ament_python package m2a_perception: the Mask2Anomaly model core and (later) the ROS node.
+"""ament_python package m2a_perception: the Mask2Anomaly model core and the ROS 2 node.
 
-Launch files and YAML live once, at the repository root (`launch/`, `config/`); they are installed
-from there into this package's share directory so `ros2 launch m2a_perception ...` finds them.
+Launch files and YAML live once, at the repository root (`launch/`, `config/`); this package
+reaches them through its `launch` and `config` symlinks to those folders, so every data file
+path below is inside the package. colcon (also `--symlink-install` with any `--build-base`)
+then writes only into its build and install bases; `..`-relative data files would make it
+mirror them outside the build base.
 """
 
-import os
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 PACKAGE = 'm2a_perception'
 HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[2]
 
 
 def _share_files(subdir: str, pattern: str) -> list[str]:
-    # Relative to this file: colcon insists on relative data_files and resolves them from here.
-    return sorted(os.path.relpath(path, HERE) for path in (REPO_ROOT / subdir).glob(pattern))
+    # Relative to this file and inside it: colcon resolves data files from the package folder.
+    return sorted(path.relative_to(HERE).as_posix() for path in (HERE / subdir).glob(pattern))
 
 
 setup(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -27,6 +28,14 @@ from m2a_perception.runtime.slots import SlotCounters
 OK = 0
 WARN = 1
 ERROR = 2
+
+# Input loss from header stamps: a stamp step over GAP_FACTOR nominal periods is a gap; a
+# diagnostics period that lost more than LOSS_WARN_FRACTION of its frames (and at least
+# LOSS_WARN_MIN_FRAMES) warns.
+GAP_FACTOR = 1.5
+LOSS_WARN_FRACTION = 0.2
+LOSS_WARN_MIN_FRAMES = 3
+STAMP_HISTORY = 64
 
 
 class BackendState(str, enum.Enum):
@@ -59,6 +68,11 @@ class CameraSnapshot:
         invalid: rejected frames per reason.
         new_invalid: frames rejected during the period.
         last_error: text of the last rejection or processing error.
+        stamp_rate_hz: the publisher's rate from its header stamps (1 / nominal stamp step);
+            None before two frames.
+        window_frames: frames received during the period.
+        window_missed: frames missing during the period, from gaps between header stamps.
+        missed_total: frames missing since activation.
     """
 
     name: str
@@ -76,6 +90,10 @@ class CameraSnapshot:
     invalid: Mapping[str, int]
     new_invalid: int
     last_error: str
+    stamp_rate_hz: float | None = None
+    window_frames: int = 0
+    window_missed: int = 0
+    missed_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,6 +144,43 @@ class BackendSnapshot:
     error: str = ''
 
 
+class StampGaps:
+    """Frames missing between header stamps of one publisher, with no configured rate.
+
+    ROS 2 headers carry no sequence number, so the stamps are the sequence: the nominal step
+    is a low percentile of the recent stamp steps (robust to the losses it measures: with
+    two thirds of the frames lost, a tenth of the steps is still one period), and a step of
+    `GAP_FACTOR` or more nominal steps lost `round(step / nominal) - 1` frames. A stamp that
+    goes back (replay restarted, clock reset) restarts the estimate.
+    """
+
+    def __init__(self, history: int = STAMP_HISTORY) -> None:
+        self._last_ns: int | None = None
+        self._steps: deque[int] = deque(maxlen=history)
+
+    @property
+    def nominal_step_ns(self) -> int | None:
+        if len(self._steps) < 2:
+            return None
+        ordered = sorted(self._steps)
+        return ordered[len(ordered) // 10]
+
+    def on_stamp(self, stamp_ns: int) -> int:
+        """Returns how many frames are missing just before this one."""
+        last, self._last_ns = self._last_ns, stamp_ns
+        if last is None or stamp_ns == last:
+            return 0
+        if stamp_ns < last:
+            self._steps.clear()
+            return 0
+        step = stamp_ns - last
+        self._steps.append(step)
+        nominal = self.nominal_step_ns
+        if nominal is None or step < GAP_FACTOR * nominal:
+            return 0
+        return round(step / nominal) - 1
+
+
 class CameraMonitor:
     """Thread-safe input statistics of one camera (receive side and rejections)."""
 
@@ -145,6 +200,9 @@ class CameraMonitor:
         self._last_error = ''
         self._qos_events = 0
         self._qos_policy = ''
+        self._gaps = StampGaps()
+        self._window_missed = 0
+        self._missed = 0
 
     def on_frame(self, stamp_ns: int) -> None:
         """A frame arrived (executor thread)."""
@@ -152,6 +210,9 @@ class CameraMonitor:
             self._received += 1
             self._window_received += 1
             self._last_stamp_ns = stamp_ns
+            missed = self._gaps.on_stamp(stamp_ns)
+            self._window_missed += missed
+            self._missed += missed
 
     def on_processed(self) -> None:
         with self._lock:
@@ -209,6 +270,7 @@ class CameraMonitor:
         with self._lock:
             elapsed = None if self._window_start is None else now_s - self._window_start
             rate = self._window_received / elapsed if elapsed else 0.0
+            step = self._gaps.nominal_step_ns
             age = None
             if clock_now_ns is not None and self._last_stamp_ns is not None:
                 age = (clock_now_ns - self._last_stamp_ns) / 1e6
@@ -228,9 +290,14 @@ class CameraMonitor:
                 invalid=dict(self._invalid),
                 new_invalid=self._window_invalid,
                 last_error=self._last_error,
+                stamp_rate_hz=None if step is None else 1e9 / step,
+                window_frames=self._window_received,
+                window_missed=self._window_missed,
+                missed_total=self._missed,
             )
             self._window_start = now_s
             self._window_received = 0
+            self._window_missed = 0
             self._window_invalid = 0
             return snapshot
 
@@ -305,6 +372,17 @@ def camera_status(
                     f'{settings.expected_input_hz:.1f} Hz',
                 )
             )
+        lost = snapshot.window_missed
+        expected = snapshot.window_frames + lost
+        if lost >= LOSS_WARN_MIN_FRAMES and lost > LOSS_WARN_FRACTION * expected:
+            findings.append(
+                (
+                    WARN,
+                    f'input loss: {lost} of {expected} frames missing in the last period '
+                    f'(gaps in the header stamps of a {snapshot.stamp_rate_hz or 0.0:.1f} Hz '
+                    'publisher; see docs/vehicle_deployment.md, troubleshooting)',
+                )
+            )
         age = snapshot.stamp_age_ms
         if settings.max_stamp_age_ms > 0 and age is not None and age > settings.max_stamp_age_ms:
             findings.append(
@@ -323,6 +401,9 @@ def camera_status(
         'incompatible_qos_events': str(snapshot.incompatible_qos_events),
         'incompatible_qos_policy': snapshot.incompatible_policy,
         'input_rate_hz': f'{snapshot.rate_hz:.2f}',
+        'stamp_rate_hz': '' if snapshot.stamp_rate_hz is None else f'{snapshot.stamp_rate_hz:.2f}',
+        'frames_missing_in_period': str(snapshot.window_missed),
+        'frames_missing': str(snapshot.missed_total),
         'stamp_age_ms': '' if snapshot.stamp_age_ms is None else f'{snapshot.stamp_age_ms:.1f}',
         'frames_received': str(snapshot.slots.received),
         'frames_processed': str(snapshot.processed),

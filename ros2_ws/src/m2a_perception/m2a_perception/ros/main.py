@@ -10,6 +10,7 @@ Allowed dependencies: rclpy, `m2a_perception.ros.node`, `m2a_perception.ros.allo
 from __future__ import annotations
 
 import itertools
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +21,15 @@ EXIT_BAD_ARGUMENTS = 2
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the node until Ctrl-C or a ROS shutdown.
+    """Run the node until Ctrl-C, SIGTERM, a lifecycle shutdown or a ROS shutdown.
 
     A single-threaded executor receives frames; inference runs in the node's own worker thread
     (multi-threaded executors cannot keep up with large images on small CPUs).
+
+    On SIGINT or SIGTERM the worker stops first and the ROS context is shut down after it, so a
+    frame in flight is never published on an invalid context (rclpy's own signal handler would
+    invalidate the context first, so it is not installed). After the lifecycle `shutdown`
+    transition (state finalized) the process ends.
 
     Returns:
         Process exit status: 0 after a normal shutdown, 1 if the node could not be created, 2 for
@@ -34,6 +40,7 @@ def main(args: list[str] | None = None) -> int:
     allocator_state = tune_allocator()
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
     from m2a_perception.ros.node import NODE_NAME, PerceptionNode
 
@@ -41,12 +48,14 @@ def main(args: list[str] | None = None) -> int:
     problem = params_file_problem(argv)
     if problem is None:
         try:
-            rclpy.init(args=argv)
+            rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
         except Exception as error:  # rcl's own argument errors (a multi-line RCLError)
             problem = f'invalid ROS arguments: {str(error).splitlines()[0]}'
     if problem is not None:
         print(f'{NODE_NAME}: cannot start: {problem}', file=sys.stderr)
         return EXIT_BAD_ARGUMENTS
+    # SIGINT raises KeyboardInterrupt (Python's default); SIGTERM (systemd, docker) does too.
+    signal.signal(signal.SIGTERM, _interrupt)
     rclpy.logging.get_logger(NODE_NAME).info(f'malloc settings: {allocator_state}')
     try:
         node = PerceptionNode()
@@ -58,15 +67,24 @@ def main(args: list[str] | None = None) -> int:
     executor.add_node(node)
     try:
         node.run_autostart()
-        executor.spin()
+        executor.spin_until_future_complete(node.finalized)
+        if node.finalized.done():
+            node.get_logger().info('finalized: exiting')
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Ignore a second Ctrl-C while the worker stops; the order below is what matters.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         node.stop()
         executor.remove_node(node)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def params_file_problem(argv: Sequence[str]) -> str | None:

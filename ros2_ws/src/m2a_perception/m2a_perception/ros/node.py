@@ -28,6 +28,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import Subscription
+from rclpy.task import Future
 from sensor_msgs.msg import CompressedImage, Image
 
 from m2a_perception.deploy.cache import NODE_STATES
@@ -110,6 +111,8 @@ class PerceptionNode(LifecycleNode):
         self._settings: NodeSettings | None = None
         self._backend = self._backend_snapshot(BackendState.UNCONFIGURED)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        # Done after the lifecycle shutdown transition (finalized): the process should end.
+        self.finalized: Future = Future()
         period = float(self.get_parameter('diagnostics.period_s').value)
         self._diagnostics_timer = self.create_timer(period, self.publish_diagnostics)
 
@@ -136,7 +139,12 @@ class PerceptionNode(LifecycleNode):
         return self._guarded('cleanup', self._cleanup)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._guarded('shutdown', self._shutdown)
+        result = self._guarded('shutdown', self._shutdown)
+        # Finalized is terminal: the process ends (see main.py), diagnostics say so meanwhile.
+        self.publish_diagnostics()
+        if not self.finalized.done():
+            self.finalized.set_result(True)
+        return result
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         # Back to unconfigured with everything released, so configure can be retried.
@@ -169,7 +177,8 @@ class PerceptionNode(LifecycleNode):
         # Loading blocks the executor; report the state first so it is never a silent wait.
         self.publish_diagnostics()
         self.get_logger().info(
-            f'loading {spec.checkpoint} ({spec.kind}, {spec.device}, {spec.precision}'
+            f'loading {spec.checkpoint or "(model.checkpoint is empty)"} '
+            f'({spec.kind}, {spec.device}, {spec.precision}'
             + (f', engine {spec.engine_path}, {spec.engine_policy})' if spec.is_engine else ')')
         )
         if spec.is_engine and spec.engine_policy == loader.BUILD_IF_MISSING:
@@ -416,7 +425,9 @@ class PerceptionNode(LifecycleNode):
         segmenter = self._segmenter
         if runtime is None or settings is None or segmenter is None:
             return
-        demand = runtime.outputs.demand(time.monotonic(), settings.viz.overlay_rate_hz)
+        # One instant for the overlay limit's decision and its record (see CameraOutputs).
+        frame_start_s = time.monotonic()
+        demand = runtime.outputs.demand(frame_start_s, settings.viz.overlay_rate_hz)
         if not demand.any:
             runtime.monitor.on_skipped()
             return
@@ -451,7 +462,7 @@ class PerceptionNode(LifecycleNode):
                 settings.viz,
                 settings.anomaly_threshold,
                 settings.postprocess,
-                time.monotonic(),
+                frame_start_s,
             )
             published = time.perf_counter()
         except (RuntimeError, ValueError) as error:

@@ -55,6 +55,8 @@ _SEGMENT_KINDS = {
 }
 # OpenSetSegment.class_id of unknown things (the message's convention).
 UNKNOWN_SEGMENT_CLASS_ID = -1
+# Share of the overlay period by which a frame may come early and still get an overlay.
+OVERLAY_RATE_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,11 @@ class CameraOutputs:
         """Outputs with subscribers; the overlay only if its rate limit allows one now."""
         wanted = {key: pub.get_subscription_count() > 0 for key, pub in self.publishers.items()}
         if wanted['overlay'] and overlay_rate_hz > 0.0:
-            wanted['overlay'] = now_s - self._last_overlay_s >= 1.0 / overlay_rate_hz
+            elapsed_s = now_s - self._last_overlay_s
+            # Frames of a camera running at exactly the limit arrive a little early or late;
+            # without the tolerance every other one would be skipped (half the rate).
+            period_s = (1.0 - OVERLAY_RATE_TOLERANCE) / overlay_rate_hz
+            wanted['overlay'] = elapsed_s >= period_s or elapsed_s < 0.0
         return OutputDemand(**wanted)
 
     def publish(
@@ -267,7 +273,8 @@ class CameraOutputs:
             viz: heatmap and overlay settings.
             anomaly_threshold: threshold of anomaly/mask.
             postprocess: thresholds reported in panoptic/segments.
-            now_s: monotonic time, for the overlay rate limit.
+            now_s: the time given to `demand` for this frame (overlay rate limit); the same
+                clock and instant, so the limit compares frame starts with frame starts.
         """
         score = result.anomaly_map.numpy()
         height, width = result.output_size

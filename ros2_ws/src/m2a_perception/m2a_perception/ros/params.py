@@ -460,6 +460,11 @@ def descriptor_for(spec: ParameterSpec) -> ParameterDescriptor:
         read_only=spec.read_only,
     )
     if isinstance(spec.default, float):
+        # YAML `500` and `ros2 param set ... 1` are integers: statically typed doubles would
+        # refuse them (InvalidParameterTypeException at start). Dynamic typing lets them through
+        # to `validate_value`, which accepts int or float and still refuses any other type;
+        # `values` turns them into floats (supported since Humble).
+        descriptor.dynamic_typing = True
         descriptor.floating_point_range = [
             FloatingPointRange(
                 from_value=float(spec.minimum), to_value=float(spec.maximum), step=0.0
@@ -666,6 +671,13 @@ def _names_valid(names: Sequence[str]) -> bool:
     return True
 
 
+def _as_declared(spec: ParameterSpec, value: Any) -> Any:
+    """An integer given for a double parameter, as a float (see `descriptor_for`)."""
+    if isinstance(spec.default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def _camera_settings(name: str, values: Mapping[str, Any]) -> CameraSettings:
     transport = values[f'cameras.{name}.transport']
     topic = values[f'cameras.{name}.topic']
@@ -707,7 +719,10 @@ class ParameterManager:
 
     def values(self) -> dict[str, Any]:
         """Current values of every declared spec parameter."""
-        return {name: self._node.get_parameter(name).value for name in self._specs}
+        return {
+            name: _as_declared(spec, self._node.get_parameter(name).value)
+            for name, spec in self._specs.items()
+        }
 
     def settings(self) -> NodeSettings:
         """Validated settings from the current values.
@@ -726,7 +741,11 @@ class ParameterManager:
             self._specs[spec.name] = spec
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
-        changes = {p.name: p.value for p in parameters if p.name in self._specs}
+        changes = {
+            p.name: _as_declared(self._specs[p.name], p.value)
+            for p in parameters
+            if p.name in self._specs
+        }
         # Declarations of new per-camera parameters pass through here too.
         new_names = {p.name for p in parameters} - set(self._specs)
         if self._is_configured():

@@ -171,10 +171,17 @@ class BagPlayer:
                         f'progress {self.published}/{total if total is not None else "?"}',
                         flush=True,
                     )
-        finally:
-            if start_wall is not None and tail_s > 0.0:
-                tail_start = time.monotonic()
-                self._wait_until(tail_start + tail_s, tail_start, last_bag_ns)
+        except BagReadError:
+            # What was played stays usable: its clock runs on, then the error is reported.
+            self._tail(start_wall, tail_s, last_bag_ns)
+            raise
+        # Not on KeyboardInterrupt: Ctrl-C has shut the context down, nothing may be published.
+        self._tail(start_wall, tail_s, last_bag_ns)
+
+    def _tail(self, start_wall: float | None, tail_s: float, last_bag_ns: int) -> None:
+        if start_wall is not None and tail_s > 0.0:
+            tail_start = time.monotonic()
+            self._wait_until(tail_start + tail_s, tail_start, last_bag_ns)
 
 
 def build_parser() -> argparse.ArgumentParser:
