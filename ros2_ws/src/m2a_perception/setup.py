@@ -54,6 +54,7 @@ setup(
             'm2a-infer = m2a_perception.cli.infer:main',
             'm2a-metrics-bench = m2a_perception.metrics.bench:main',
             'm2a-build-engine = m2a_perception.cli.build_engine:main',
+            'm2a-doctor = m2a_perception.cli.doctor:main',
             # The ROS node: `ros2 run m2a_perception perception_node`, or without ROS tooling.
             'perception_node = m2a_perception.ros.main:main',
             'm2a-perception-node = m2a_perception.ros.main:main',
