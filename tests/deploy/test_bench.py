@@ -98,3 +98,45 @@ def test_bad_arguments(capsys):
     assert 'positive' in capsys.readouterr().err
     assert main([*BASE, '--iters', '0']) == 2
     assert '--iters' in capsys.readouterr().err
+
+
+def test_both_deform_samplers_in_one_run_with_the_ratio(tmp_path, capsys, fast_onnxruntime_kind):
+    results, output = _run(
+        tmp_path,
+        capsys,
+        '--backend',
+        'torch,onnxruntime',
+        '--deform-sampling',
+        'grid_sample,gather',
+    )
+    labels = {(run['backend'], run['deform_sampling'], run['cameras']) for run in results['runs']}
+    assert labels == {
+        (backend, sampler, cameras)
+        for backend in ('torch', 'onnxruntime')
+        for sampler in ('grid_sample', 'gather')
+        for cameras in (1, 2)
+    }
+    assert results['deform_sampling'] == ['grid_sample', 'gather']
+    assert len(fast_onnxruntime_kind) == 2  # one engine per sampler, never a cache hit
+    assert set(results['engines']) == {
+        f'onnxruntime[grid_sample]@{SIZE_ARG}',
+        f'onnxruntime[gather]@{SIZE_ARG}',
+    }
+    ratios = {(r['backend'], r['cameras']): r for r in results['deform_sampling_ratios']}
+    assert set(ratios) == {(b, c) for b in ('torch', 'onnxruntime') for c in (1, 2)}
+    for (backend, cameras), ratio in ratios.items():
+        runs = {
+            run['deform_sampling']: run['stages']['model']['p50_ms']
+            for run in results['runs']
+            if run['backend'] == backend and run['cameras'] == cameras
+        }
+        assert ratio['gather_model_p50_ms'] == runs['gather']
+        assert ratio['grid_sample_model_p50_ms'] == runs['grid_sample']
+        assert ratio['gather_over_grid_sample'] == runs['gather'] / runs['grid_sample']
+    assert f'deform sampling {SIZE_ARG} 1 cam torch: model p50 gather' in output
+    assert 'torch/gather' in output and 'onnxruntime/grid_sample' in output
+
+
+def test_unknown_deform_sampler_is_an_argument_error(capsys):
+    assert main([*BASE, '--deform-sampling', 'grid_sample,bicubic']) == 2
+    assert "unknown deform_sampling 'bicubic'" in capsys.readouterr().err

@@ -31,9 +31,16 @@ that cannot run here (no CUDA, no TensorRT) are listed with the reason and skipp
 --checkpoint the model has random weights: fine for timing, meaningless for outputs (engines are
 then kept even if they fail the accuracy gate).
 
-Example:
+--deform-sampling grid_sample,gather benches every backend with both MSDeformAttn samplers in
+one run (`pixel_decoder.deform_sampling`; same values, Gather instead of GridSample) and prints
+the gather / grid_sample model-stage p50 ratio per backend. TensorRT graphs are always exported
+with gather, so their grid_sample rows are listed as unavailable; onnxruntime exports the
+model with each sampler.
+
+Examples:
     m2a-bench --backend torch,torch-fp16,tensorrt --size 512x1024,1024x2048 --cameras 1,4 \\
         --json docs/benchmarks/h100.json
+    m2a-bench --backend torch,onnxruntime --deform-sampling grid_sample,gather --device cpu
 """
 
 from __future__ import annotations
@@ -55,10 +62,17 @@ import numpy as np
 import torch
 
 from m2a_perception.cli.common import parse_list, parse_size
-from m2a_perception.config import ModelConfig, PreprocessConfig, load_model_config
+from m2a_perception.config import (
+    GRID_SAMPLE,
+    ModelConfig,
+    PreprocessConfig,
+    check_deform_sampling,
+    load_model_config,
+)
 from m2a_perception.inference import Backend
 from m2a_perception.logs import setup_logging
 from m2a_perception.model import Mask2Anomaly, build_model
+from m2a_perception.model.ms_deform_attn import set_deform_sampling
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.postprocess import PostprocessConfig
 from m2a_perception.runtime.frame import StageTimes, process_frame
@@ -128,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         '--engine-cache',
         type=Path,
         help='engine cache folder for the tensorrt backends (default: m2a-build-engine default)',
+    )
+    parser.add_argument(
+        '--deform-sampling',
+        type=parse_list,
+        default=None,
+        help='comma-separated MSDeformAttn samplers (grid_sample,gather) to bench in one run; '
+        'the ratio is the model-stage p50 of the second over the first per backend (default: '
+        "the model config's sampler)",
     )
     parser.add_argument('--warmup', type=int, default=2, help='untimed rounds per backend')
     parser.add_argument('--iters', type=int, default=10, help='timed rounds per backend')
@@ -389,54 +411,130 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.no_postprocess
         else PostprocessConfig(anomaly_threshold=args.anomaly_threshold)
     )
+    samplers = [check_deform_sampling(name) for name in args.deform_sampling or []]
+    compare = len(samplers) > 1
     with tempfile.TemporaryDirectory(prefix='m2a-bench-') as tmp:
-        context = BenchContext(
-            model, config, weights_sha256, device, Path(tmp), args.engine_cache, random_weights
-        )
-        for size_text, size in sizes:
-            backends: dict[str, Backend] = {}
-            for name in names:
-                try:
-                    backends[name] = make_backend(name, size, context)
-                except BackendSkippedError as error:
-                    results['unavailable'][name] = str(error)
-                    continue
-                if hasattr(backends[name], 'engine_info'):
-                    results['engines'][f'{name}@{size_text}'] = backends[name].engine_info
-            legacy: dict[str, Any] = {}
-            for num_cameras in cameras:
-                frames = host_frames(size, num_cameras)
-                runs = [
-                    BackendRun(
-                        name,
-                        backend,
-                        backend.device,
-                        frames,
-                        bench_segmenter(backend, config.preprocess, size),
-                        post_config,
-                    )
-                    for name, backend in backends.items()
-                ]
-                memory = {run_.name: measure_memory(run_, clock) for run_ in runs}
-                for iteration in range(args.warmup + args.iters):
-                    for run_ in runs:
-                        run_.round(clock, timed=iteration >= args.warmup)
-                stats = {run_.name: _stage_stats(run_) for run_ in runs}
-                _add_speedups(stats)
-                for run_ in runs:
-                    results['runs'].append(
-                        {
-                            'size': size_text,
-                            'cameras': num_cameras,
-                            'backend': run_.name,
-                            **stats[run_.name],
-                            'memory': memory[run_.name],
-                        }
-                    )
-                if num_cameras == cameras[0]:
-                    legacy = _legacy_rows(requested, stats, not args.no_postprocess)
-            results['sizes'][size_text] = legacy
+        for sampler in samplers or [None]:
+            if sampler is not None:
+                set_deform_sampling(model, sampler)
+            # One engine folder per sampler: the engine key does not hold the sampler.
+            workdir = Path(tmp) / (sampler or 'model')
+            workdir.mkdir()
+            context = BenchContext(
+                model, config, weights_sha256, device, workdir, args.engine_cache, random_weights
+            )
+            _bench_sampler(
+                args,
+                context,
+                sizes,
+                cameras,
+                names,
+                requested,
+                post_config,
+                clock,
+                results,
+                sampler if compare else None,
+            )
+    if compare:
+        results['deform_sampling'] = samplers
+        results['deform_sampling_ratios'] = sampler_ratios(results['runs'], *samplers[:2])
     return results
+
+
+def _bench_sampler(
+    args: argparse.Namespace,
+    context: BenchContext,
+    sizes: list[tuple[str, tuple[int, int]]],
+    cameras: list[int],
+    names: list[str],
+    requested: list[str],
+    post_config: PostprocessConfig | None,
+    clock: _Clock,
+    results: dict[str, Any],
+    sampler: str | None,
+) -> None:
+    """Bench every backend at every size and camera count with the model's current sampler.
+
+    `sampler` is None unless samplers are compared; then runs, engines and unavailable
+    entries are labelled with it and only the first sampler fills the legacy `sizes` rows.
+    """
+    suffix = '' if sampler is None else f'[{sampler}]'
+    for size_text, size in sizes:
+        backends: dict[str, Backend] = {}
+        for name in names:
+            if sampler == GRID_SAMPLE and name in ENGINE_BACKENDS and name != 'onnxruntime':
+                results['unavailable'][name + suffix] = (
+                    'TensorRT graphs are always exported with deform_sampling gather'
+                )
+                continue
+            try:
+                backends[name] = make_backend(name, size, context)
+            except BackendSkippedError as error:
+                results['unavailable'][name + suffix] = str(error)
+                continue
+            if hasattr(backends[name], 'engine_info'):
+                results['engines'][f'{name}{suffix}@{size_text}'] = backends[name].engine_info
+        legacy: dict[str, Any] = {}
+        for num_cameras in cameras:
+            frames = host_frames(size, num_cameras)
+            runs = [
+                BackendRun(
+                    name,
+                    backend,
+                    backend.device,
+                    frames,
+                    bench_segmenter(backend, context.config.preprocess, size),
+                    post_config,
+                )
+                for name, backend in backends.items()
+            ]
+            memory = {run_.name: measure_memory(run_, clock) for run_ in runs}
+            for iteration in range(args.warmup + args.iters):
+                for run_ in runs:
+                    run_.round(clock, timed=iteration >= args.warmup)
+            stats = {run_.name: _stage_stats(run_) for run_ in runs}
+            _add_speedups(stats)
+            for run_ in runs:
+                entry = {
+                    'size': size_text,
+                    'cameras': num_cameras,
+                    'backend': run_.name,
+                    **stats[run_.name],
+                    'memory': memory[run_.name],
+                }
+                if sampler is not None:
+                    entry['deform_sampling'] = sampler
+                results['runs'].append(entry)
+            if num_cameras == cameras[0]:
+                legacy = _legacy_rows(requested, stats, not args.no_postprocess)
+        if size_text not in results['sizes']:
+            results['sizes'][size_text] = legacy
+
+
+def sampler_ratios(runs: list[dict[str, Any]], first: str, second: str) -> list[dict[str, Any]]:
+    """Model-stage p50 of `second` over `first` per (size, cameras, backend) run by both."""
+    p50 = {
+        (run['size'], run['cameras'], run['backend'], run['deform_sampling']): run['stages'][
+            'model'
+        ]['p50_ms']
+        for run in runs
+    }
+    ratios = []
+    for (size, cameras, backend, sampler), first_ms in p50.items():
+        second_ms = p50.get((size, cameras, backend, second))
+        if sampler != first or second_ms is None:
+            continue
+        ratios.append(
+            {
+                'size': size,
+                'cameras': cameras,
+                'backend': backend,
+                f'{first}_model_p50_ms': first_ms,
+                f'{second}_model_p50_ms': second_ms,
+                f'{second}_over_{first}': second_ms / first_ms,
+            }
+        )
+    return ratios
 
 
 def _add_speedups(stats: dict[str, dict[str, Any]]) -> None:
@@ -490,7 +588,7 @@ def format_table(results: dict[str, Any]) -> str:
         speedup = entry.get('speedup_vs_' + REFERENCE) or {}
         memory = entry.get('memory') or {}
         lines.append(
-            f'{entry["size"]:>10} {entry["cameras"]:>4} {entry["backend"]:>18} '
+            f'{entry["size"]:>10} {entry["cameras"]:>4} {_label(entry):>18} '
             f'{stages["h2d_pre"]["p50_ms"]:>7.2f} {stages["model"]["p50_ms"]:>7.2f} '
             f'{stages["model"]["p99_ms"]:>7.2f} {stages["post"]["p50_ms"]:>7.2f} '
             f'{stages["d2h"]["p50_ms"]:>7.2f} {stages["total"]["p50_ms"]:>7.2f} '
@@ -501,7 +599,20 @@ def format_table(results: dict[str, Any]) -> str:
     lines.append('stage times are p50 ms; x = speedup against eager FP32 (torch) in this run')
     for name, reason in results['unavailable'].items():
         lines.append(f'unavailable: {name}: {reason}')
+    samplers = results.get('deform_sampling')
+    for ratio in results.get('deform_sampling_ratios', []):
+        first, second = samplers[:2]
+        lines.append(
+            f'deform sampling {ratio["size"]} {ratio["cameras"]} cam {ratio["backend"]}: '
+            f'model p50 {second} {ratio[f"{second}_model_p50_ms"]:.2f} ms / {first} '
+            f'{ratio[f"{first}_model_p50_ms"]:.2f} ms = {ratio[f"{second}_over_{first}"]:.2f}x'
+        )
     return '\n'.join(lines)
+
+
+def _label(entry: dict[str, Any]) -> str:
+    sampler = entry.get('deform_sampling')
+    return entry['backend'] if sampler is None else f'{entry["backend"]}/{sampler}'
 
 
 def _number(value: float | None, width: int, digits: int) -> str:
