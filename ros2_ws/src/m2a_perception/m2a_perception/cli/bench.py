@@ -579,7 +579,7 @@ def format_table(results: dict[str, Any]) -> str:
         f'device {results["device"]}, torch {results["versions"].get("torch")}, '
         f'{results["threads"]} threads, config {results["config"]}, weights {results["weights"]}, '
         f'{results["iters"]} timed rounds after {results["warmup"]} warm-up (round-robin)',
-        f'{"size":>10} {"cams":>4} {"backend":>18} {"pre":>7} {"model":>7} {"m p99":>7} '
+        f'{"size":>10} {"cams":>4} {"backend":>24} {"pre":>7} {"model":>7} {"m p99":>7} '
         f'{"post":>7} {"d2h":>7} {"total":>7} {"t p99":>7} {"fps":>7} {"peakMB":>7} '
         f'{"x model":>7} {"x fps":>7}',
     ]
@@ -588,7 +588,7 @@ def format_table(results: dict[str, Any]) -> str:
         speedup = entry.get('speedup_vs_' + REFERENCE) or {}
         memory = entry.get('memory') or {}
         lines.append(
-            f'{entry["size"]:>10} {entry["cameras"]:>4} {_label(entry):>18} '
+            f'{entry["size"]:>10} {entry["cameras"]:>4} {_label(entry):>24} '
             f'{stages["h2d_pre"]["p50_ms"]:>7.2f} {stages["model"]["p50_ms"]:>7.2f} '
             f'{stages["model"]["p99_ms"]:>7.2f} {stages["post"]["p50_ms"]:>7.2f} '
             f'{stages["d2h"]["p50_ms"]:>7.2f} {stages["total"]["p50_ms"]:>7.2f} '
