@@ -282,7 +282,9 @@ def engine_key_for(
         pixel_mean=preprocess.pixel_mean,
         pixel_std=preprocess.pixel_std,
         precision=request.recipe.id,
-        builder=builder,
+        # The weights hash covers a checkpoint's config, but an in-memory model (m2a-bench,
+        # random weights) can differ from another only in its deformable sampler.
+        builder={**builder, 'model_deform_sampling': request.config.pixel_decoder.deform_sampling},
         toolchain=probe_toolchain(request.device),
     )
 
