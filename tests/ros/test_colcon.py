@@ -147,7 +147,9 @@ def test_node_runs_from_the_install_and_as_console_script(
             assert state == 'unconfigured', process.log_text()
             assert probe.transition(node, Transition.TRANSITION_CONFIGURE), process.log_text()
             assert probe.lifecycle_state(node) == 'inactive'
-            assert 'configured: model tiny' in process.log_text()
+            log = process.log_text()
+            assert 'model tiny ready' in log
+            assert 'configured: cameras front, backend ready' in log
     finally:
         codes = {namespace: process.stop() for namespace, process in processes.items()}
     for namespace, code in codes.items():
