@@ -20,8 +20,10 @@ NAME, TOPIC or NAME=TOPIC. Ground truth on `<ns>/<name>/ground_truth/anomaly` (m
 void) is scored with m2a_perception.metrics. The report is printed and written as JSON
 (default OUT_BAG/replay_report.json).
 
-Exit status: 0 success; 1 the input bag is damaged (the output bag holds everything processed
-before the damage and is readable); 2 usage, parameter or model errors; 130 interrupted (the
+Exit status: 0 success; 1 the input bag is damaged or the output bag could not be written (disk
+full); either way the output bag holds everything processed before and is readable; 2 usage,
+parameter or model errors; 3 corrupt input chunks were skipped and the rest was replayed (see
+"skipped_chunks" in the report; --allow-skipped-chunks makes this 0); 130 interrupted (the
 output bag is closed and readable).
 """
 
@@ -35,6 +37,7 @@ from typing import Any
 
 import torch
 
+from m2a_perception.files import WriteFailedError
 from m2a_perception.inference.backend import PRECISIONS
 from m2a_perception.logs import setup_logging
 from m2a_perception.metrics.pixel import PIXEL_PROTOCOLS
@@ -45,6 +48,8 @@ from m2a_perception.ros.replay.report import ReplayReport
 LOGGER = logging.getLogger(__name__)
 EXIT_DAMAGED_INPUT = 1
 EXIT_USAGE = 2
+EXIT_SKIPPED_CHUNKS = 3
+EXIT_WRITE_FAILED = 1
 EXIT_INTERRUPTED = 130
 REPORT_NAME = 'replay_report.json'
 
@@ -114,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument(
         '--namespace', default='', help='--live: namespace of the node (outputs under it)'
+    )
+    replay.add_argument(
+        '--allow-skipped-chunks',
+        action='store_true',
+        help='exit 0 even when corrupt input chunks were skipped (default: exit 3)',
     )
 
     metrics = parser.add_argument_group('metrics')
@@ -224,6 +234,16 @@ def print_how_to_view(out: Path) -> None:
     )
 
 
+def _write_report(report: ReplayReport, path: Path) -> bool:
+    """Write and name the JSON report; False (with the one-sentence reason) if it failed."""
+    try:
+        print(f'  report: {report.write_json(path)}')
+    except WriteFailedError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -241,10 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         print(report.format_text())
         path = args.report or (args.out / REPORT_NAME if args.out else None)
         if path is not None:
-            print(f'  report: {report.write_json(path)}')
+            _write_report(report, path)
         if report.output_bag:
             print(f'  the output bag {report.output_bag} was closed and is readable')
         return EXIT_DAMAGED_INPUT
+    except WriteFailedError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return EXIT_WRITE_FAILED
     except (BackendError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f'error: {error}', file=sys.stderr)
         return EXIT_USAGE
@@ -253,10 +276,17 @@ def main(argv: list[str] | None = None) -> int:
         print('interrupted: the output bag was closed and is readable', file=sys.stderr)
         return EXIT_INTERRUPTED
     print(report.format_text())
-    if report_path is not None:
-        print(f'  report: {report.write_json(report_path)}')
+    if report_path is not None and not _write_report(report, report_path):
+        return EXIT_WRITE_FAILED
     if report.output_bag:
         print_how_to_view(Path(report.output_bag))
+    if report.skipped_chunks and not args.allow_skipped_chunks:
+        print(
+            f'error: input bag {args.bag}: {report.skipped_chunks} corrupt chunk(s) skipped '
+            '(pass --allow-skipped-chunks to accept)',
+            file=sys.stderr,
+        )
+        return EXIT_SKIPPED_CHUNKS
     return 0
 
 

@@ -423,6 +423,7 @@ def evaluate_recorded_bag(
             evaluator.add_prediction(
                 name, stamp, score, semantic_by_stamp.pop((name, stamp), None)
             )
+        report.add_skipped(reader.skipped)
     report.metrics = evaluator.compute()
     report.latency_ms = {stage: LatencySummary.of(values) for stage, values in timings.items()}
     if first_log is not None and last_log is not None and last_log > first_log:

@@ -644,6 +644,7 @@ def replay_bag(
             stage: LatencySummary.of(values) for stage, values in replayer.timings.stages.items()
         }
         report.metrics = evaluator.compute()
+        report.add_skipped(reader.skipped)
         if options.max_frames is not None and replayer.frames_read >= options.max_frames:
             report.notes.append(f'stopped after max_frames={options.max_frames} frame(s)')
         if report.input_error is not None:

@@ -42,6 +42,7 @@ from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Header
 
 from m2a_perception.classes import VOID_ID, label_ids_to_train_ids
+from m2a_perception.files import WriteFailedError
 from m2a_perception.logs import setup_logging
 from m2a_perception.pictures import read_rgb
 from m2a_perception.ros.conversions import array_to_image_msg, rgb_to_compressed_msg
@@ -445,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
         result = pack_images(
             args.images, args.out, masks=args.masks, semantic=args.semantic, options=options
         )
+    except WriteFailedError as error:  # the bag is closed with what was written
+        print(f'error: {error}', file=sys.stderr)
+        return 1
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ always readable.
 Log times are the node clock (sim time with use_sim_time; the wall clock before the first
 /clock message).
 
-Allowed dependencies: rclpy, `m2a_perception.ros.replay.bag`.
+Allowed dependencies: rclpy, `m2a_perception.ros.replay.bag`, `m2a_perception.files`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.utilities import remove_ros_args
 
+from m2a_perception.files import WriteFailedError
 from m2a_perception.ros.replay.bag import OutputBag, m2a_typestore, remove_bag
 
 NODE_NAME = 'm2a_bag_recorder'
@@ -53,6 +54,8 @@ class BagRecorder:
         self.subscribed: dict[str, str] = {}
         self.received = 0
         self.last_message_s: float | None = None
+        # Set when the bag cannot be written (disk full): the bag is closed, recording stops.
+        self.failure: WriteFailedError | None = None
         self._warned: set[str] = set()
         self.discover()
 
@@ -88,7 +91,12 @@ class BagRecorder:
                 ),
             )
             message_class = _message_class(msgtype)
-            self.bag.add_topic(topic, msgtype)
+            try:
+                self.bag.add_topic(topic, msgtype)
+            except WriteFailedError as error:
+                self.failure = error
+                self.node.get_logger().error(str(error))
+                return
             self.node.create_subscription(
                 message_class,
                 topic,
@@ -100,8 +108,15 @@ class BagRecorder:
             self.node.get_logger().info(f'recording {topic} ({msgtype})')
 
     def _on_message(self, topic: str, data: bytes) -> None:
+        if self.failure is not None:
+            return
         now_ns = self.node.get_clock().now().nanoseconds or time.time_ns()
-        self.bag.write(topic, now_ns, data)
+        try:
+            self.bag.write(topic, now_ns, data)
+        except WriteFailedError as error:
+            self.failure = error
+            self.node.get_logger().error(str(error))
+            return
         self.received += 1
         self.last_message_s = time.monotonic()
 
@@ -150,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     reason = 'shutdown'
     next_discovery = start
     try:
-        while rclpy.ok() and not stop['requested']:
+        while rclpy.ok() and not stop['requested'] and recorder.failure is None:
             executor.spin_once(timeout_sec=0.05)
             now = time.monotonic()
             if now >= next_discovery:
@@ -166,10 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        bag.close()
+        try:
+            bag.close()
+        except WriteFailedError as error:
+            recorder.failure = recorder.failure or error
+        if recorder.failure is not None:
+            reason = str(recorder.failure)
         missing = [t for t in recorder.wanted if t not in recorder.subscribed]
         print(
-            f'recorder: {reason}; wrote {recorder.received} message(s) on '
+            f'recorder: {reason}; wrote {bag.message_count} message(s) on '
             f'{len(recorder.subscribed)} topic(s) to {args.out}'
             + (f'; never published: {", ".join(missing)}' if missing else ''),
             flush=True,
@@ -177,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         executor.remove_node(node)
         node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return 1 if recorder.failure is not None else 0
 
 
 if __name__ == '__main__':
