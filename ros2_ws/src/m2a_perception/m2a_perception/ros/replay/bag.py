@@ -40,7 +40,7 @@ from rosbags.typesys.store import Typestore
 
 from m2a_perception.files import WriteFailedError, write_failure
 from m2a_perception.ros.replay.mcap_io import (
-    CheckedMcapWriter,
+    COMMITTING_STORAGES,
     CheckedWriter,
     NotIndexedError,
     SkippedChunk,
@@ -432,8 +432,9 @@ class BagReader:
 class OutputBag:
     """A rosbag2 bag being written; `close` always leaves a complete, readable bag.
 
-    mcap storage (`mcap_io.CheckedMcapWriter`) writes chunk CRCs and commits whole chunks. When
-    a write fails (a full disk), the bag is closed at once with the chunks already on disk: a
+    mcap storage (`mcap_io.CheckedMcapWriter`) writes chunk CRCs and commits whole chunks,
+    sqlite3 storage commits about every MiB. When a write fails (a full disk), the bag is closed
+    at once with what is committed: a
     `SpaceReserve` file in the bag folder holds the room for the summary and metadata.yaml and
     is released just before closing. `counts` then says what the bag holds, and the
     `WriteFailedError` raised (and kept in `failure`) says so in one sentence.
@@ -548,7 +549,7 @@ class OutputBag:
 
     def _keep_reserve(self) -> None:
         storage = self._writer.storage if self._writer is not None else None
-        if isinstance(storage, CheckedMcapWriter):
+        if isinstance(storage, COMMITTING_STORAGES):
             self._reserve.ensure(storage.summary_bytes())
 
     def _fail(self, error: BaseException) -> WriteFailedError:
@@ -557,7 +558,7 @@ class OutputBag:
         assert writer is not None
         self._reserve.release()
         storage = writer.storage
-        if isinstance(storage, CheckedMcapWriter):
+        if isinstance(storage, COMMITTING_STORAGES):
             storage.discard_pending()
         if storage is None:  # the storage file is complete; metadata.yaml failed
             self.failure = _failure(
@@ -575,7 +576,7 @@ class OutputBag:
             closed = False
             with contextlib.suppress(Exception):
                 writer.abort()
-        if isinstance(storage, CheckedMcapWriter):
+        if isinstance(storage, COMMITTING_STORAGES):
             self.counts = {
                 topic: committed.get(connection.id, 0)
                 for topic, connection in self._connections.items()

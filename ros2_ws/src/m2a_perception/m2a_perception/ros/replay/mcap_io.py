@@ -13,6 +13,8 @@ two changes, both within the MCAP specification:
   valid summary and footer that describe exactly the messages on disk. `SpaceReserve` holds
   the room that summary (and metadata.yaml) needs until the bag is closed.
 
+`CommittingSqlite3Writer` does the same for sqlite3 storage with a commit about every MiB.
+
 Reading (`checked_messages`) takes an indexed MCAP file chunk by chunk in log-time order. A chunk
 that fails a check (position and header against its index entry, decompression, CRC where one
 is stored, record lengths, message times outside the chunk's range, unknown channels) is
@@ -28,6 +30,7 @@ import contextlib
 import errno
 import heapq
 import os
+import sqlite3
 import struct
 import zlib
 from collections import defaultdict
@@ -40,6 +43,7 @@ from typing import Any, BinaryIO, ClassVar
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.rosbag2.enums import CompressionMode
 from rosbags.rosbag2.storage_mcap import McapWriter, PendingChunk
+from rosbags.rosbag2.storage_sqlite3 import Sqlite3Writer
 
 # MCAP record layout (specification: opcode u8, length u64, then the fields).
 _CHUNK = 0x06
@@ -60,6 +64,8 @@ _NOT_STARTED = (2**63 - 1, 0)
 # What closing appends besides schemas and channels: metadata, statistics, offsets, footer.
 _SUMMARY_BASE_BYTES = 16 << 10
 _CHUNK_INDEX_BYTES = 128
+# The sqlite3 writer commits after this many message bytes (rosbags' mcap chunks are 1 MiB).
+_COMMIT_BYTES = 1 << 20
 
 
 # ------------------------------------------------------------------------------------ writing
@@ -186,12 +192,67 @@ class CheckedMcapWriter(McapWriter):
         self._file.close()
 
 
+class CommittingSqlite3Writer(Sqlite3Writer):
+    """rosbags' sqlite3 storage writer committing about every MiB (rosbags: once, at close).
+
+    On a full disk SQLite rolls the open transaction back; the committed messages stay, and
+    `committed_counts` / `committed_times` say which they are.
+    """
+
+    def __init__(self, path: Path, compression: CompressionMode) -> None:
+        super().__init__(path, compression)
+        self._counts: dict[int, int] = {}
+        self._times = _NOT_STARTED
+        self._pending_bytes = 0
+        self.committed_counts: dict[int, int] = {}
+        self.committed_times = _NOT_STARTED
+
+    def add_connection(self, connection: Any, offered_qos_profiles: str) -> None:
+        super().add_connection(connection, offered_qos_profiles)
+        self._counts.setdefault(connection.id, 0)
+        self.commit()  # the topic and its definition survive a later rollback
+
+    def write(self, connection: Any, timestamp: int, data: bytes | memoryview) -> None:
+        super().write(connection, timestamp, data)
+        self._counts[connection.id] += 1
+        self._times = (min(self._times[0], timestamp), max(self._times[1], timestamp))
+        self._pending_bytes += len(data)
+        if self._pending_bytes > _COMMIT_BYTES:
+            self.commit()
+
+    def commit(self) -> None:
+        try:
+            self.conn.commit()
+        except sqlite3.Error:
+            self.discard_pending()
+            raise
+        self._pending_bytes = 0
+        self.committed_counts = dict(self._counts)
+        self.committed_times = self._times
+
+    def discard_pending(self) -> None:
+        """Roll back what is not committed (before closing on a full disk)."""
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.rollback()
+        self._counts = {key: self.committed_counts.get(key, 0) for key in self._counts}
+        self._times = self.committed_times
+        self._pending_bytes = 0
+
+    def summary_bytes(self) -> int:
+        """What closing needs: the metadata row (plus metadata.yaml) and SQLite's journal."""
+        return _SUMMARY_BASE_BYTES + 2048 * len(self._counts) + _COMMIT_BYTES // 4
+
+
+# Storage writers that keep `committed_counts` / `committed_times` and can `discard_pending`.
+COMMITTING_STORAGES = (CheckedMcapWriter, CommittingSqlite3Writer)
+
+
 class CheckedWriter(Writer):
-    """rosbags' rosbag2 writer whose mcap storage is `CheckedMcapWriter`."""
+    """rosbags' rosbag2 writer with `CheckedMcapWriter` and `CommittingSqlite3Writer` storage."""
 
     STORAGE_PLUGINS: ClassVar[Mapping[StoragePlugin, Any]] = {
-        **Writer.STORAGE_PLUGINS,
         StoragePlugin.MCAP: CheckedMcapWriter,
+        StoragePlugin.SQLITE3: CommittingSqlite3Writer,
     }
 
 
@@ -202,7 +263,7 @@ def match_committed(writer: Writer) -> dict[int, int]:
         messages per connection id (what metadata.yaml will say).
     """
     storage = writer.storage
-    if isinstance(storage, CheckedMcapWriter):
+    if isinstance(storage, COMMITTING_STORAGES):
         writer.counts = {key: storage.committed_counts.get(key, 0) for key in writer.counts}
         writer.min_timestamp, writer.max_timestamp = storage.committed_times
     return dict(writer.counts)
