@@ -198,6 +198,12 @@ class BagReader:
     Args:
         path: bag folder or storage file.
 
+    Attributes:
+        topics: the bag's topics by name.
+        storage: 'mcap', 'sqlite3' or 'mixed'.
+        recovering: the mcap files are read sequentially (no usable index).
+        skipped: damaged chunks skipped by the last `messages` call (`mcap_io.SkippedChunk`).
+
     Raises:
         BagReadError: the bag does not exist or cannot be opened at all.
     """
