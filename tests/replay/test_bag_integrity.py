@@ -15,6 +15,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,3 +244,45 @@ def test_m2a_replay_on_a_full_disk_closes_a_readable_output_bag(
             read = sum(1 for _ in reader.messages())
         assert read == sum(counts.values()) == written
         assert 0 < counts['/front/image'] < FRAMES
+
+
+@pytest.mark.ros
+def test_the_live_recorder_on_a_full_disk_closes_a_readable_bag(tmp_path):
+    """The recorder process (as `m2a-replay --live` starts it) records 393 kB frames onto 2 MiB."""
+    from m2a_perception.ros.processes import ros_environment
+
+    from ..ros.helpers import camera_command, start_process
+
+    with small_disk(tmp_path / 'disk', 2 << 20) as disk:
+        if disk is None:
+            pytest.skip('the recorder runs in its own process: needs a real small disk (root)')
+        env = ros_environment({'ROS_DOMAIN_ID': str(150 + os.getpid() % 80)})
+        out = disk / 'recorded'
+        command = [sys.executable, '-m', 'm2a_perception.ros.replay.recorder', str(out)]
+        recorder = subprocess.Popen(
+            [*command, '--topics', '/front/image', '--duration', '60'],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        size = ('--height', str(FRAME[0]), '--width', str(FRAME[1]))
+        camera_args = camera_command('--topic', '/front/image', *size, '--rate', '10')
+        camera = start_process('camera', camera_args, tmp_path, env=env)
+        try:
+            output, _ = recorder.communicate(timeout=120)
+        finally:
+            camera.stop()
+            if recorder.poll() is None:
+                recorder.kill()
+        assert recorder.returncode == 1, output
+        summary = output.strip().splitlines()[-1]
+        match = re.fullmatch(
+            rf'recorder: no space left on \S+ while writing {re.escape(str(out))}; free some '
+            r'space and retry \(the bag was closed and holds the (\d+) message\(s\) written '
+            r'before\); wrote (\d+) message\(s\) on 1 topic\(s\) to .*',
+            summary,
+        )
+        assert match and match.group(1) == match.group(2), summary
+        with AnyReader([out]) as reader:
+            assert sum(1 for _ in reader.messages()) == int(match.group(1)) > 0
