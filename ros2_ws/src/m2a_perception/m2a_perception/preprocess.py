@@ -206,6 +206,10 @@ def resize_uint8(
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(H, W, 3) uint8 numpy image resized to (height, width) with `resize_uint8`."""
+    if image.shape[:2] == tuple(size):
+        return image
+    if not image.flags.writeable:  # e.g. np.asarray of a PIL image; torch wants writable memory
+        image = image.copy()
     return resize_uint8(torch.from_numpy(np.ascontiguousarray(image)), size).numpy()
 
 
