@@ -44,15 +44,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from m2a_perception.evaluation import frames
 from m2a_perception.evaluation.cache import FrameCache
-from m2a_perception.evaluation.frames import (
-    FramePrediction,
-    FrameStats,
-    FrameTruth,
-    frame_anomaly_fpr,
-    frame_error,
-    open_set_binary_label,
-)
+from m2a_perception.evaluation.frames import FramePrediction, FrameTruth
 from m2a_perception.evaluation.two_pass import (
     CALIBRATION_GROUP,
     EvaluationReport,
@@ -85,16 +79,11 @@ from m2a_training.distributed import (
 )
 from m2a_training.evaluation.datasets import DATASET_ERRORS, EvalDataset, EvalFrame, ModelSupport
 
-# Frame helpers of the core, importable from here as before.
-__all__ = [
-    'CALIBRATION_GROUP',
-    'FrameStats',
-    'PassOneState',
-    'PassTwoState',
-    'frame_anomaly_fpr',
-    'open_set_binary_label',
-]
-_frame_error = frame_error
+# Names of the core that callers (and the tests) import from here.
+FrameStats = frames.FrameStats
+frame_anomaly_fpr = frames.frame_anomaly_fpr
+open_set_binary_label = frames.open_set_binary_label
+_frame_error = frames.frame_error
 
 LOGGER = logging.getLogger(__name__)
 
