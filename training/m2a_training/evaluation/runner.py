@@ -465,13 +465,8 @@ def _progress(plan: DatasetPlan, stage: str, options: EvalOptions, context: Dist
 
 
 def _frame_truth(frame: EvalFrame) -> FrameTruth:
-    return FrameTruth(
-        anomaly=frame.anomaly_label,
-        semantic=frame.semantic_label,
-        panoptic_ids=frame.panoptic_ids,
-        panoptic_segments=frame.panoptic_segments,
-        group=frame.group,
-    )
+    labels = (frame.anomaly_label, frame.semantic_label, frame.panoptic_ids)
+    return FrameTruth(*labels, frame.panoptic_segments, frame.group)
 
 
 def _frame_prediction(
