@@ -3,6 +3,8 @@ evaluation with m2a-eval's on the same model outputs."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -26,6 +28,11 @@ def _frame(anomaly_box: tuple[int, int, int, int] | None) -> tuple[np.ndarray, n
         score[top:bottom, left:right] = 0.75
         label[top:bottom, left:right] = 1
     return score, label
+
+
+def _exact(metrics: dict) -> str:
+    """Every value to the last bit (float repr round-trips), NaN equal to NaN."""
+    return json.dumps(metrics, sort_keys=True)
 
 
 def test_perfectly_separated_frames_known_answers(tmp_path: Path) -> None:
@@ -93,7 +100,8 @@ def test_replay_stream_matching_known_answers() -> None:
 def test_replay_and_m2a_eval_give_identical_numbers(tmp_path: Path) -> None:
     """The frames of the synthetic world through a tiny model: m2a-eval's runner on the dataset,
     and the replay's evaluator fed the same anomaly maps as published score images."""
-    torch = pytest.importorskip('torch')
+    import torch
+
     from m2a_perception.config import load_model_config
     from m2a_perception.inference import TorchBackend
     from m2a_perception.model import build_model
@@ -112,9 +120,11 @@ def test_replay_and_m2a_eval_give_identical_numbers(tmp_path: Path) -> None:
         size=(64, 128),
         seed=5,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(2)  # a random model whose best-F1 mask has components (11 here)
     config = load_model_config('tiny')
     model = build_model(config).eval()
+    # The frames at their own 64x128 size (the tiny config would upsample them 4x): seconds.
+    preprocess = dataclasses.replace(config.preprocess, short_side=64, max_size=128)
     dataset = open_eval_dataset('synthetic', tmp_path / 'world')
     options = EvalOptions(
         protocols={'synthetic': SMIYC_PROTOCOL},
@@ -125,13 +135,19 @@ def test_replay_and_m2a_eval_give_identical_numbers(tmp_path: Path) -> None:
     plans = build_plans(
         [dataset],
         TorchBackend(model),
-        config.preprocess,
+        preprocess,
         config.num_classes,
         PostprocessConfig(refinement='off', panoptic=False),
         options,
         DistributedContext(),
     )
-    result = run_evaluation(plans, options, DistributedContext(), config.num_classes, None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the shared test machine; also keeps the run deterministic
+    try:
+        result = run_evaluation(plans, options, DistributedContext(), config.num_classes, None)
+        outputs = [plans[0].segmenter(dataset.load(i).image) for i in range(len(dataset))]
+    finally:
+        torch.set_num_threads(threads)
     assert result is not None
     evaluated = result.datasets['synthetic']
     assert evaluated.pixel is not None and evaluated.component is not None
@@ -140,17 +156,15 @@ def test_replay_and_m2a_eval_give_identical_numbers(tmp_path: Path) -> None:
         EvaluationSettings(pixel_protocol='smiyc', component_track='obstacle'),
         {'front': ('anomaly',)},
     )
-    with torch.no_grad():
-        for index in range(len(dataset)):
-            frame = dataset.load(index)
-            output = plans[0].segmenter(frame.image)
-            score = output.anomaly_map.float().cpu().numpy()
-            replay.add_prediction('front', index, score, None)
-            replay.add_ground_truth('front', index, 'anomaly', frame.anomaly_label)
+    for index, output in enumerate(outputs):
+        score = output.anomaly_map.float().cpu().numpy()
+        replay.add_prediction('front', index, score, None)
+        replay.add_ground_truth('front', index, 'anomaly', dataset.load(index).anomaly_label)
     metrics = replay.compute()
     assert metrics is not None and metrics['frames_evaluated'] == 3
-    assert metrics['pixel'] == evaluated.pixel.as_dict()
-    assert metrics['components'] == evaluated.component.as_dict()
+    assert _exact(metrics['pixel']) == _exact(evaluated.pixel.as_dict())
+    assert _exact(metrics['components']) == _exact(evaluated.component.as_dict())
     assert metrics['thresholds']['components'] == evaluated.pixel.best_f1_threshold
     assert math.isfinite(evaluated.pixel.best_f1_threshold)
     assert evaluated.pixel.num_positive_pixels > 0
+    assert evaluated.component.num_pred_components > 0
