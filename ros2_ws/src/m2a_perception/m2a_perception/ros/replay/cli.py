@@ -37,13 +37,13 @@ from typing import Any
 
 import torch
 
+from m2a_perception.evaluation.streams import COMPONENT_TRACKS, EvaluationSettings
 from m2a_perception.files import WriteFailedError
 from m2a_perception.inference.backend import PRECISIONS
 from m2a_perception.logs import setup_logging
 from m2a_perception.metrics.pixel import PIXEL_PROTOCOLS
 from m2a_perception.ros.replay.bag import BagReadError
-from m2a_perception.ros.replay.evaluation import COMPONENT_TRACKS, EvaluationSettings
-from m2a_perception.ros.replay.report import ReplayReport
+from m2a_perception.runtime.report import ReplayReport
 
 LOGGER = logging.getLogger(__name__)
 EXIT_DAMAGED_INPUT = 1

@@ -44,11 +44,11 @@ from m2a_perception.ros.replay.bag import (
     ground_truth_kinds,
     remove_bag,
 )
-from m2a_perception.ros.replay.report import ReplayReport
 from m2a_perception.ros.topics import OUTPUT_TOPICS
+from m2a_perception.runtime.report import ReplayReport
 
 if TYPE_CHECKING:
-    from m2a_perception.ros.replay.evaluation import EvaluationSettings
+    from m2a_perception.evaluation.streams import EvaluationSettings
 
 LOGGER = logging.getLogger(__name__)
 PLAYER_MODULE = 'm2a_perception.ros.replay.player'

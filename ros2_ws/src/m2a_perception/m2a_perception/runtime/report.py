@@ -1,5 +1,7 @@
 """Replay results: latency and throughput statistics, frame counters, metrics, as text and JSON.
 
+Written by the replay (`m2a_perception.ros.replay`); ROS-free, so it lives in the core.
+
 Allowed dependencies: numpy, standard library, `m2a_perception.files`.
 """
 
@@ -92,7 +94,8 @@ class ReplayReport:
         wall_time_s: seconds spent replaying (excluding model loading).
         throughput_fps: processed frames per wall-clock second.
         output_counts: messages written per topic.
-        metrics: evaluation results (`EvaluationResult.as_dict()`), None without ground truth.
+        metrics: evaluation results (`GroundTruthEvaluator.compute()` of
+            `m2a_perception.evaluation.streams`), None without ground truth.
         input_error: why reading stopped early (damaged input), None if the bag was read fully.
         skipped_chunks: damaged input chunks that were skipped (the rest was replayed).
         skipped_messages: input messages in those chunks (None: unknown, their index is
@@ -210,7 +213,7 @@ class ReplayReport:
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> list[str]:
-    """Text lines of an `EvaluationResult.as_dict()`."""
+    """Text lines of a `GroundTruthEvaluator.compute()` dict."""
     lines = [
         f'  metrics over {metrics.get("frames_evaluated", 0)} labelled frame(s) '
         f'({metrics.get("frames_without_output", 0)} labelled frame(s) without output):'
