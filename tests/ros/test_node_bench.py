@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from m2a_perception.ros.bench import NODE_STAGES, OUTPUT_TYPES, STAGES, cdr_stamp, parse_size
+from m2a_perception.cli.args import parse_size
+from m2a_perception.cli.node_bench import NODE_STAGES, OUTPUT_TYPES, STAGES, cdr_stamp
 
 from .helpers import REPO_ROOT, ros_env
 
@@ -20,7 +21,7 @@ def test_bench_measures_both_output_resolutions(tmp_path, tiny_checkpoint):
     command = [
         sys.executable,
         '-m',
-        'm2a_perception.ros.bench',
+        'm2a_perception.cli.node_bench',
         '--checkpoint',
         str(tiny_checkpoint),
         '--size',
@@ -31,7 +32,7 @@ def test_bench_measures_both_output_resolutions(tmp_path, tiny_checkpoint):
         '3',
         '--warmup',
         '1',
-        '--rate',
+        '--fps',
         '20',
         '--repeats',
         '3',
