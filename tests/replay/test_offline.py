@@ -21,7 +21,7 @@ from m2a_perception.pictures import read_rgb
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.ros.params import settings_from_parameters
 from m2a_perception.ros.replay.bag import BagReadError
-from m2a_perception.ros.replay.cli import main as replay_main
+from m2a_perception.cli.replay import main as replay_main
 from m2a_perception.ros.replay.evaluation import EvaluationSettings, evaluate_recorded_bag
 from m2a_perception.ros.replay.offline import ReplayOptions, replay_bag
 from m2a_perception.ros.replay.pack import PackOptions, pack_images
