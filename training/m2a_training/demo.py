@@ -209,7 +209,7 @@ def replay_through_node(anomaly_root: Path, checkpoint: Path, out: Path) -> str:
     """
     camera_bag, output_bag = out / 'camera_bag', out / 'output_bag'
     run_console_script(
-        'm2a_perception.ros.replay.pack',
+        'm2a_perception.cli.pack_bag',
         [
             str(anomaly_root / 'images'),
             '--masks',
@@ -218,13 +218,13 @@ def replay_through_node(anomaly_root: Path, checkpoint: Path, out: Path) -> str:
             str(camera_bag),
             '--camera',
             'front',
-            '--rate',
+            '--fps',
             '5',
             '--overwrite',
         ],
     )
     return run_console_script(
-        'm2a_perception.ros.replay.cli',
+        'm2a_perception.cli.replay',
         [
             str(camera_bag),
             '--out',
@@ -235,7 +235,7 @@ def replay_through_node(anomaly_root: Path, checkpoint: Path, out: Path) -> str:
             '--overwrite',
             '--param',
             'output_resolution:=source',
-            '--report',
+            '--json',
             str(out / 'replay_report.json'),
             '--no-progress',
         ],
