@@ -17,18 +17,18 @@ from typing import Any, ClassVar
 
 import pytest
 
+from m2a_perception.cli.bag_player import build_parser as player_parser
+from m2a_perception.cli.bag_recorder import build_parser as recorder_parser
 from m2a_perception.cli.replay import build_parser as replay_parser
 from m2a_perception.ros.replay.live import plan_live_replay
-from m2a_perception.ros.replay.player import build_parser as player_parser
-from m2a_perception.ros.replay.recorder import build_parser as recorder_parser
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = REPO_ROOT / 'launch' / 'replay_eval.launch.py'
 # Console scripts the launch file needs in ros2_ws/src/m2a_perception/setup.py.
 EXECUTABLES = {
     'perception_node': 'm2a_perception.ros.main',
-    'bag_player': 'm2a_perception.ros.replay.player',
-    'bag_recorder': 'm2a_perception.ros.replay.recorder',
+    'bag_player': 'm2a_perception.cli.bag_player',
+    'bag_recorder': 'm2a_perception.cli.bag_recorder',
 }
 
 

@@ -62,8 +62,8 @@ setup(
             'm2a-replay = m2a_perception.cli.replay:main',
             'm2a-pack-bag = m2a_perception.cli.pack_bag:main',
             # Used by launch/replay_eval.launch.py (play a bag into the node, record its outputs).
-            'bag_player = m2a_perception.ros.replay.player:main',
-            'bag_recorder = m2a_perception.ros.replay.recorder:main',
+            'bag_player = m2a_perception.cli.bag_player:main',
+            'bag_recorder = m2a_perception.cli.bag_recorder:main',
         ],
     },
 )

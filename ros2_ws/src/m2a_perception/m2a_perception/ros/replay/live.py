@@ -51,8 +51,8 @@ if TYPE_CHECKING:
     from m2a_perception.ros.replay.evaluation import EvaluationSettings
 
 LOGGER = logging.getLogger(__name__)
-PLAYER_MODULE = 'm2a_perception.ros.replay.player'
-RECORDER_MODULE = 'm2a_perception.ros.replay.recorder'
+PLAYER_MODULE = 'm2a_perception.cli.bag_player'
+RECORDER_MODULE = 'm2a_perception.cli.bag_recorder'
 DIAGNOSTICS_TOPIC = '/diagnostics'
 SIM_TIME_ARGUMENTS = ('--ros-args', '-p', 'use_sim_time:=true')
 # Console scripts of a ROS install (ros2_ws/src/m2a_perception/setup.py), for the launch file.
@@ -209,7 +209,7 @@ def player_arguments(
     tail_s: float,
 ) -> list[str]:
     """Arguments of bag_player (after the program name): waits for node and recorder."""
-    arguments = [str(bag), '--topics', *plan.play_topics, '--rate', f'{speed:g}', '--clock']
+    arguments = [str(bag), '--topics', *plan.play_topics, '--speed', f'{speed:g}', '--clock']
     for topic in plan.wait_topics:
         arguments += ['--wait-topic', topic]
     return [
