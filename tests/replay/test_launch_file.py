@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = REPO_ROOT / 'launch' / 'replay_eval.launch.py'
 # Console scripts the launch file needs in ros2_ws/src/m2a_perception/setup.py.
 EXECUTABLES = {
-    'perception_node': 'm2a_perception.ros.main',
+    'perception_node': 'm2a_perception.cli.perception_node',
     'bag_player': 'm2a_perception.cli.bag_player',
     'bag_recorder': 'm2a_perception.cli.bag_recorder',
 }

@@ -351,8 +351,8 @@ def test_every_named_executable_exists():
     if missing:
         pytest.fail(
             f'setup.py console_scripts lacks {missing}; add '
-            "'perception_node = m2a_perception.ros.main:main' and "
-            "'m2a-perception-node = m2a_perception.ros.main:main'"
+            "'perception_node = m2a_perception.cli.perception_node:main' and "
+            "'m2a-perception-node = m2a_perception.cli.perception_node:main'"
         )
     for name in ('perception_node', 'm2a-perception-node'):
         module_name, function = scripts[name].split(':')

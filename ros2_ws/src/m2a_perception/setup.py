@@ -56,8 +56,8 @@ setup(
             'm2a-build-engine = m2a_perception.cli.build_engine:main',
             'm2a-doctor = m2a_perception.cli.doctor:main',
             # The ROS node: `ros2 run m2a_perception perception_node`, or without ROS tooling.
-            'perception_node = m2a_perception.ros.main:main',
-            'm2a-perception-node = m2a_perception.ros.main:main',
+            'perception_node = m2a_perception.cli.perception_node:main',
+            'm2a-perception-node = m2a_perception.cli.perception_node:main',
             'm2a-node-bench = m2a_perception.cli.node_bench:main',
             'm2a-replay = m2a_perception.cli.replay:main',
             'm2a-pack-bag = m2a_perception.cli.pack_bag:main',

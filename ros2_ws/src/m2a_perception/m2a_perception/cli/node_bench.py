@@ -1,7 +1,7 @@
 """m2a-node-bench: the perception node's own per-frame overhead, separate from the model.
 
 Processes:
-    node   the real node (`python -m m2a_perception.ros.main` with the shipped parameter file)
+    node   the real node (`python -m m2a_perception.cli.perception_node` with the shipped parameter file)
            in a child process, serving one camera;
     bench  this process: the camera (one HxW frame, published again with a fresh stamp for
            every measured frame) and a sink subscribed to every output of that camera. The sink

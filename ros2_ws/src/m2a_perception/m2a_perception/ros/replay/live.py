@@ -2,7 +2,7 @@
 
 Three ROS processes, as on a vehicle (the same plan `launch/replay_eval.launch.py` launches):
 
-    perception node   `m2a_perception.ros.main`, use_sim_time, cameras from the bag
+    perception node   `m2a_perception.cli.perception_node`, use_sim_time, cameras from the bag
     bag_recorder      the camera inputs, their ground truth and every node output -> OUT_BAG
     bag_player        the camera and ground-truth topics with recorded timing and /clock;
                       starts once the node and the recorder subscribe to every camera
