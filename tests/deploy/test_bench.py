@@ -13,7 +13,18 @@ from m2a_perception.cli.bench import STAGES, main
 from .conftest import TINY_SIZE
 
 SIZE_ARG = f'{TINY_SIZE[0]}x{TINY_SIZE[1]}'
-BASE = ['--model-config', 'tiny', '--size', SIZE_ARG, '--iters', '2', '--warmup', '1', '--device', 'cpu']
+BASE = [
+    '--model-config',
+    'tiny',
+    '--size',
+    SIZE_ARG,
+    '--iters',
+    '2',
+    '--warmup',
+    '1',
+    '--device',
+    'cpu',
+]
 
 
 def _run(tmp_path, capsys, *extra):

@@ -30,8 +30,8 @@ from .conftest import TINY_SIZE
 
 SIZE_ARG = f'{TINY_SIZE[0]}x{TINY_SIZE[1]}'
 ORT_ARGS = (
-    f'--model-config tiny --random-weights --backend onnxruntime --precision fp32 --size {SIZE_ARG} '
-    '--device cpu'
+    f'--model-config tiny --random-weights --backend onnxruntime --precision fp32 '
+    f'--size {SIZE_ARG} --device cpu'
 ).split()
 TENSORRT_IMPORTABLE = False
 try:  # only to pick the expected message; never required
@@ -48,7 +48,9 @@ except Exception:
     [('cpu', 'run on CUDA devices'), ('cuda', 'CUDA, which is not available')],
 )
 def test_build_engine_without_tensorrt_exits_with_a_clear_error(capsys, device, message):
-    code = main(['--model-config', 'tiny', '--random-weights', '--size', SIZE_ARG, '--device', device])
+    code = main(
+        ['--model-config', 'tiny', '--random-weights', '--size', SIZE_ARG, '--device', device]
+    )
     assert code == 2
     error = capsys.readouterr().err
     assert 'backend tensorrt is unavailable on this machine' in error and message in error
@@ -96,7 +98,15 @@ def test_argument_errors_exit_2(capsys):
     assert '--checkpoint' in capsys.readouterr().err
     assert (
         main(
-            ['--model-config', 'tiny', '--random-weights', '--backend', 'onnxruntime', '--device', 'cpu']
+            [
+                '--model-config',
+                'tiny',
+                '--random-weights',
+                '--backend',
+                'onnxruntime',
+                '--device',
+                'cpu',
+            ]
         )
         == 2
     )

@@ -9,9 +9,9 @@ from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
 from m2a_perception.classes import label_ids_to_train_ids
+from m2a_perception.cli.pack_bag import main
 from m2a_perception.pictures import read_rgb
 from m2a_perception.ros.conversions import compressed_msg_to_rgb, image_msg_to_rgb
-from m2a_perception.cli.pack_bag import main
 from m2a_perception.ros.replay.pack import PackOptions, pack_images
 
 from .conftest import NUM_ANOMALY_SCENES, write_pngs

@@ -157,7 +157,9 @@ def add_option(
 def add_checkpoint(
     group: Any, *, required: bool = False, help: str = 'm2a .safetensors checkpoint'
 ) -> argparse.Action:
-    return add_option(group, '--checkpoint', type=Path, required=required, metavar='PATH', help=help)
+    return add_option(
+        group, '--checkpoint', type=Path, required=required, metavar='PATH', help=help
+    )
 
 
 def add_model_config(
@@ -168,7 +170,12 @@ def add_model_config(
     if default is not None:
         text += ' (default %(default)s)'
     return add_option(
-        group, '--model-config', deprecated=('--config',), default=default, metavar='NAME', help=text
+        group,
+        '--model-config',
+        deprecated=('--config',),
+        default=default,
+        metavar='NAME',
+        help=text,
     )
 
 
@@ -222,7 +229,9 @@ def add_engine_cache(
     )
 
 
-def add_device(group: Any, *, default: str | None = None, help: str = DEVICE_HELP) -> argparse.Action:
+def add_device(
+    group: Any, *, default: str | None = None, help: str = DEVICE_HELP
+) -> argparse.Action:
     """--device; default: cuda when available, else cpu (or `default`)."""
     return add_option(group, '--device', default=default or default_device(), help=help)
 
@@ -263,11 +272,16 @@ def add_deform_sampling(
 ) -> argparse.Action:
     """--deform-sampling grid_sample|gather (or a comma-separated list with `several`)."""
     if several:
-        return add_option(
-            group, '--deform-sampling', type=ListOf(str), default=default, help=help
-        )
+        return add_option(group, '--deform-sampling', type=ListOf(str), default=default, help=help)
     return add_option(
         group, '--deform-sampling', choices=tuple(choices), default=default, help=help
+    )
+
+
+def add_flip(group: Any, *, default: bool | None, help: str) -> argparse.Action:
+    """--flip / --no-flip: average with the pass on the mirrored image."""
+    return add_option(
+        group, '--flip', action=argparse.BooleanOptionalAction, default=default, help=help
     )
 
 
@@ -341,14 +355,21 @@ def add_params(group: Any, *, params_file_help: str, param_help: str) -> None:
     """--params-file PATH and -p/--param NAME:=VALUE (repeatable): node parameters."""
     add_option(group, '--params-file', type=Path, metavar='PATH', help=params_file_help)
     add_option(
-        group, ('-p', '--param'), action='append', default=[], metavar='NAME:=VALUE', help=param_help
+        group,
+        ('-p', '--param'),
+        action='append',
+        default=[],
+        metavar='NAME:=VALUE',
+        help=param_help,
     )
 
 
 # -- output --------------------------------------------------------------------------------------
 
 
-def add_out(group: Any, *, help: str, required: bool = True, default: Any = None) -> argparse.Action:
+def add_out(
+    group: Any, *, help: str, required: bool = True, default: Any = None
+) -> argparse.Action:
     return add_option(
         group, '--out', type=Path, required=required, default=default, metavar='PATH', help=help
     )

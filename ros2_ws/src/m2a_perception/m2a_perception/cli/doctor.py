@@ -63,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
         help='engine file (opened through its sidecar); default: one per backend, precision '
         'and size in --engine-cache',
     )
-    cli_args.add_engine_cache(parser, help='folder for the default engine (default '
-                              '$M2A_ENGINE_CACHE or ~/.cache/m2a/engines)')
+    cli_args.add_engine_cache(
+        parser,
+        help='folder for the default engine (default $M2A_ENGINE_CACHE or ~/.cache/m2a/engines)',
+    )
     cli_args.add_engine_policy(parser, choices=ENGINE_POLICIES, default=BUILD_IF_MISSING)
     cli_args.add_allow_gate_failed(
         parser, help='use an engine whose accuracy gate failed (the check still fails)'
@@ -85,7 +87,8 @@ def default_engine(args: argparse.Namespace, precision: str) -> Path:
     folder = args.engine_cache or default_cache_dir()
     height, width = args.size
     return (
-        folder / f'm2a-doctor-{args.backend}-{precision}-{height}x{width}{ENGINE_SUFFIXES[args.backend]}'
+        folder
+        / f'm2a-doctor-{args.backend}-{precision}-{height}x{width}{ENGINE_SUFFIXES[args.backend]}'
     )
 
 

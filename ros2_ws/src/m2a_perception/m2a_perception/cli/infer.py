@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help='open-set semantic threshold (Eq. 14); pixels scoring at least this are unknown',
     )
-    parser.add_argument('--flip', action='store_true', help='average with a flipped pass')
+    cli_args.add_flip(parser, default=False, help='average with a flipped pass (default off)')
     parser.add_argument('--scf', action='store_true', help='CSL structure-constrained fusion')
     parser.add_argument('--no-mining', action='store_true', help='skip unknown-instance mining')
     parser.add_argument('--alpha', type=float, default=0.5, help='overlay opacity')

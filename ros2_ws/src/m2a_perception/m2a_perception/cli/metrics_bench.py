@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cli_args.add_size(parser, default=(1024, 2048), help='frame size HxW (default 1024x2048)')
     parser.add_argument('--seed', type=int, default=0)
-    cli_args.add_json(parser, help="also write the figures as JSON here ('-': print only the JSON)")
+    cli_args.add_json(
+        parser, help="also write the figures as JSON here ('-': print only the JSON)"
+    )
     return parser
 
 

@@ -1,8 +1,8 @@
 """m2a-node-bench: the perception node's own per-frame overhead, separate from the model.
 
 Processes:
-    node   the real node (`python -m m2a_perception.cli.perception_node` with the shipped parameter file)
-           in a child process, serving one camera;
+    node   the real node (`python -m m2a_perception.cli.perception_node` with the shipped
+           parameter file) in a child process, serving one camera;
     bench  this process: the camera (one HxW frame, published again with a fresh stamp for
            every measured frame) and a sink subscribed to every output of that camera. The sink
            takes serialized messages (raw subscriptions), so the bench spends little CPU next to
@@ -131,7 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--frames', type=int, default=40, help='measured frames per resolution')
     parser.add_argument('--warmup', type=int, default=5, help='unmeasured frames per resolution')
     cli_args.add_fps(
-        parser, default=5.0, help='maximum frame rate (default %(default)s)', deprecated=('--rate',)
+        parser,
+        default=5.0,
+        help='maximum frame rate (default %(default)s)',
+        deprecated=('--rate',),
     )
     parser.add_argument(
         '--overlay-rate',
