@@ -12,8 +12,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from m2a_perception.weights import load_checkpoint
+from m2a_training.cli.demo import main
 from m2a_training.config import load_train_config
-from m2a_training.demo import format_figures, main, obstacle_is_hottest
+from m2a_training.demo import format_figures, obstacle_is_hottest
 
 SMALL_WORLD = [
     'data.synthetic_world.num_train=4',
