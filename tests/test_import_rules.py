@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from .entry_points import console_scripts
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_ROOTS = {
     'm2a_perception': REPO_ROOT / 'ros2_ws' / 'src' / 'm2a_perception' / 'm2a_perception',
@@ -223,22 +225,6 @@ def test_every_module_is_checked():
 
 def test_layering_rules_hold_for_every_module():
     assert violations() == []
-
-
-def console_scripts() -> dict[str, str]:
-    """Every console script of both packages: name -> 'module:function'."""
-    import tomllib
-
-    setup = (REPO_ROOT / 'ros2_ws' / 'src' / 'm2a_perception' / 'setup.py').read_text()
-    entries = (
-        line.strip().strip("',").split('=', 1)
-        for line in setup.splitlines()
-        if line.strip().startswith("'") and ' = m2a_perception.' in line
-    )
-    scripts = {name.strip(): target.strip() for name, target in entries}
-    pyproject = tomllib.loads((REPO_ROOT / 'training' / 'pyproject.toml').read_text())
-    scripts.update(pyproject['project']['scripts'])
-    return scripts
 
 
 def test_every_entry_point_is_a_cli_module():

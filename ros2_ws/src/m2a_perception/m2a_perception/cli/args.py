@@ -138,7 +138,7 @@ class DeprecatedAlias(argparse.Action):
 
 
 def add_option(
-    group: Any, name: str, *, deprecated: Sequence[str] = (), **kwargs: Any
+    group: Any, name: str | tuple[str, ...], *, deprecated: Sequence[str] = (), **kwargs: Any
 ) -> argparse.Action:
     """`group.add_argument(name, **kwargs)`, plus hidden deprecated aliases of it.
 

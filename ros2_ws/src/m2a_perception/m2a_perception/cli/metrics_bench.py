@@ -22,9 +22,7 @@ from m2a_perception.metrics.bench import run
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_args.new_parser('m2a-metrics-bench', __doc__)
-    parser.add_argument(
-        '--frames', type=cli_args.positive_int, default=20, help='number of synthetic frames'
-    )
+    parser.add_argument('--frames', type=int, default=20, help='number of synthetic frames')
     cli_args.add_size(parser, default=(1024, 2048), help='frame size HxW (default 1024x2048)')
     parser.add_argument('--seed', type=int, default=0)
     cli_args.add_json(
@@ -38,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     height, width = args.size
-    if height < 8 or width < 8:
-        parser.error('need frames of at least 8x8 pixels')
+    if args.frames < 1 or height < 8 or width < 8:
+        parser.error('need at least one frame of at least 8x8 pixels')
     results = run(args.frames, height, width, args.seed)
     to_stdout = args.json is not None and str(args.json) == '-'
     if not to_stdout:  # '--json -' prints the JSON alone, for pipes
