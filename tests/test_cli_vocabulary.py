@@ -128,6 +128,18 @@ def test_old_spellings_still_work_with_one_warning(capsys, tool, old, new, dest,
     assert getattr(default, dest) == visible_options(parser)[new].default
 
 
+def test_parse_size_reads_height_by_width():
+    assert cli_args.parse_size('1024x2048') == (1024, 2048)
+    assert cli_args.parse_size('512X1024') == (512, 1024)
+    with pytest.raises(
+        argparse.ArgumentTypeError, match=r"look like 512x1024 \(HxW\), got '1024'"
+    ):
+        cli_args.parse_size('1024')
+    with pytest.raises(argparse.ArgumentTypeError, match="positive, got '0x64'"):
+        cli_args.parse_size('0x64')
+    assert cli_args.ListOf(cli_args.parse_size)('64x128, 32x64,') == [(64, 128), (32, 64)]
+
+
 def test_size_lists_and_single_sizes_parse_alike():
     sizes = PARSERS['m2a-bench'].parse_args(['--size', '64x128,32x64']).size
     assert sizes == [(64, 128), (32, 64)]

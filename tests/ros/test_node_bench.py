@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from m2a_perception.cli.args import parse_size
 from m2a_perception.cli.node_bench import NODE_STAGES, OUTPUT_TYPES, STAGES, cdr_stamp
 
 from .helpers import REPO_ROOT, ros_env
@@ -82,9 +81,3 @@ def test_cdr_stamp_reads_the_header_of_serialized_messages():
     msg = Image()
     msg.header.stamp.sec, msg.header.stamp.nanosec = 1_234_567, 890
     assert cdr_stamp(serialize_message(msg)) == (1_234_567, 890)
-
-
-def test_parse_size():
-    assert parse_size('1024x2048') == (1024, 2048)
-    with pytest.raises(Exception, match='HEIGHTxWIDTH'):
-        parse_size('1024')
