@@ -16,7 +16,7 @@ helpers, so a flag means the same thing in every tool:
     --fps HZ              a frame rate in frames per second
     --speed X             a playback speed factor (1 = recorded timing)
     --timing MODE         replay timing mode: as-fast or recorded
-    --json PATH           write a JSON summary to PATH (always a path; '-' is stdout)
+    --json PATH           write a JSON summary or report to PATH (always a path, never a switch)
     --out PATH            the tool's main output (file or folder, per tool)
     --params-file PATH    node parameter YAML;  -p/--param NAME:=VALUE  parameter override
     -v/--verbose          debug logging
@@ -28,6 +28,7 @@ as a count) still work as hidden aliases that print a one-line deprecation warni
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -376,7 +377,7 @@ def add_out(
 
 
 def add_json(group: Any, *, help: str, default: Any = None) -> argparse.Action:
-    """--json PATH: always a path ('-' writes to stdout)."""
+    """--json PATH: always a path (the benches also take '-' for stdout)."""
     return add_option(group, '--json', type=Path, default=default, metavar='PATH', help=help)
 
 
@@ -396,10 +397,12 @@ def add_verbose(group: Any) -> argparse.Action:
     return add_option(group, ('-v', '--verbose'), action='store_true', help='debug logging')
 
 
-def write_json_output(path: Path, text: str) -> str:
-    """Write `text` to `path` atomically ('-' prints it); returns where it went."""
+def write_json_output(path: Path, data: Any) -> str:
+    """Write `data` as indented JSON to `path` atomically ('-' prints it); returns where it went
+    ('stdout' or the path), for the tool's 'wrote ...' line."""
+    text = json.dumps(data, indent=2) + '\n'
     if str(path) == '-':
-        print(text, end='' if text.endswith('\n') else '\n')
+        print(text, end='')
         return 'stdout'
     from m2a_perception.weights.checkpoint import atomic_write
 

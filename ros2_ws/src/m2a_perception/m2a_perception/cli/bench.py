@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import platform
 import statistics
@@ -637,8 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_table(results))
     if args.json:
-        text = json.dumps(results, indent=2) + '\n'
-        print(f'wrote {cli_args.write_json_output(args.json, text)}')
+        print(f'wrote {cli_args.write_json_output(args.json, results)}')
     return 0
 
 

@@ -24,7 +24,6 @@ the background, reporting 'building' in its diagnostics.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -238,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: {error}', file=sys.stderr)
         return 5
     if args.json:
-        text = json.dumps(summaries, indent=2) + '\n'
-        print(f'wrote {cli_args.write_json_output(args.json, text)}')
+        print(f'wrote {cli_args.write_json_output(args.json, summaries)}')
     return 0
 
 

@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from m2a_perception.cli import args as cli_args
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, fps in results.items():
             print(f'  {name:36s} {fps:8.2f} frames/s')
     if args.json:
-        where = cli_args.write_json_output(args.json, json.dumps(results, indent=2) + '\n')
+        where = cli_args.write_json_output(args.json, results)
         if not to_stdout:
             print(f'wrote {where}')
     return 0

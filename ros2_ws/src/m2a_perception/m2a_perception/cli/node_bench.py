@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import signal
@@ -704,8 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     receive = receive_cost(camera_msg, max(args.repeats, 5))
     print(format_report(args, results, receive, model))
     if args.json:
-        text = json.dumps(to_json(args, results, receive, model), indent=2) + '\n'
-        cli_args.write_json_output(args.json, text)
+        cli_args.write_json_output(args.json, to_json(args, results, receive, model))
     return 0
 
 
