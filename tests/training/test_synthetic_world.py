@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
+from m2a_training.cli.synthetic_world import main
 from m2a_training.data import synthetic
 from m2a_training.data.synthetic import (
     FULL_FRAME_LABELS,
@@ -21,7 +22,6 @@ from m2a_training.data.synthetic import (
     SyntheticWorld,
     generate_synthetic_world,
     load_synthetic_world,
-    main,
 )
 
 SIZE = (64, 128)
@@ -157,7 +157,19 @@ def test_scenes_are_not_colour_trivial(world: SyntheticWorld) -> None:
     assert accuracy < 0.75
 
 
-def test_cli_writes_a_world(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ('size', 'warning'),
+    [
+        (['--size', '64x96'], ''),
+        (
+            ['--height', '64', '--width', '96'],
+            'm2a-synthetic-world: warning: --height/--width are deprecated; use --size HxW\n',
+        ),
+    ],
+)
+def test_cli_writes_a_world(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], size: list[str], warning: str
+) -> None:
     args = [
         str(tmp_path / 'cli'),
         '--num-train',
@@ -168,15 +180,14 @@ def test_cli_writes_a_world(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         '1',
         '--num-outlier-images',
         '1',
-        '--height',
-        '64',
-        '--width',
-        '96',
+        *size,
         '--seed',
         '1',
     ]
     assert main(args) == 0
-    assert 'coco json' in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert 'coco json' in captured.out
+    assert captured.err == warning
     manifest = json.loads((tmp_path / 'cli' / 'manifest.json').read_text())
     assert manifest['size'] == [64, 96]
 

@@ -37,7 +37,6 @@ Allowed dependencies: numpy, Pillow, pycocotools, m2a_perception.classes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -1332,35 +1331,3 @@ def load_synthetic_world(root: str | Path) -> SyntheticWorld:
             manifest.get('outlier_object_scale', DEFAULT_OUTLIER_OBJECT_SCALE)
         ),
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: write a synthetic world and print where its parts are."""
-    parser = argparse.ArgumentParser(description='Write the m2a synthetic road world.')
-    parser.add_argument('root', type=Path, help='output folder')
-    parser.add_argument('--num-train', type=int, default=200)
-    parser.add_argument('--num-val', type=int, default=50)
-    parser.add_argument('--num-anomaly-val', type=int, default=40)
-    parser.add_argument('--num-outlier-images', type=int, default=120)
-    parser.add_argument('--height', type=int, default=128)
-    parser.add_argument('--width', type=int, default=256)
-    parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args(argv)
-    world = generate_synthetic_world(
-        args.root,
-        num_train=args.num_train,
-        num_val=args.num_val,
-        num_anomaly_val=args.num_anomaly_val,
-        num_outlier_images=args.num_outlier_images,
-        size=(args.height, args.width),
-        seed=args.seed,
-    )
-    print(f'cityscapes:  {world.cityscapes_root}')
-    print(f'coco images: {world.coco_image_dir}')
-    print(f'coco json:   {world.coco_annotation_file}')
-    print(f'anomaly val: {world.anomaly_root}')
-    return 0
-
-
-if __name__ == '__main__':
-    raise SystemExit(main())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from m2a_perception.cli import args as cli_args
 from m2a_perception.config import load_model_config
 from m2a_perception.model import build_model
 from m2a_perception.weights.checkpoint import CheckpointError, WriteFailedError, save_checkpoint
@@ -22,18 +23,10 @@ SOURCE_FORMATS = ('auto', 'mask2anomaly', 'mask2former', 'torchvision-resnet', '
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='m2a-convert-checkpoint',
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli_args.new_parser('m2a-convert-checkpoint', __doc__)
     parser.add_argument('source', type=Path, help='.pth / .pkl / .safetensors weights to convert')
-    parser.add_argument('--out', type=Path, required=True, help='output .safetensors checkpoint')
-    parser.add_argument(
-        '--config',
-        default='cityscapes_r50_gma',
-        help='model config name (config/model/<name>.yaml) or YAML path',
-    )
+    cli_args.add_out(parser, help='output .safetensors checkpoint')
+    cli_args.add_model_config(parser, default='cityscapes_r50_gma')
     parser.add_argument('--source-format', choices=SOURCE_FORMATS, default='auto')
     parser.add_argument(
         '--seed', type=int, default=0, help='seed for the heads of backbone-only conversions'
@@ -43,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = load_model_config(args.config)
+    config = load_model_config(args.model_config)
     torch.manual_seed(args.seed)
     model_state = build_model(config).state_dict()
     try:
