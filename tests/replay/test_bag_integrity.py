@@ -29,12 +29,12 @@ from mcap.stream_reader import StreamReader
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
+from m2a_perception.cli.pack_bag import main as pack_main
+from m2a_perception.cli.replay import main as replay_main
 from m2a_perception.pictures import read_rgb
 from m2a_perception.ros.replay import mcap_io
 from m2a_perception.ros.replay.bag import IMAGE_TYPE, RESERVE_NAME, BagReader, m2a_typestore
-from m2a_perception.ros.replay.cli import main as replay_main
 from m2a_perception.ros.replay.pack import PackOptions, pack_images
-from m2a_perception.ros.replay.pack import main as pack_main
 
 from ..disk import small_disk
 from .conftest import write_pngs
@@ -212,7 +212,7 @@ def test_m2a_pack_bag_on_a_full_disk_closes_a_readable_bag(
         pytest.skip('a full disk under SQLite needs a real small file system (root)')
     with full_disk(tmp_path / 'disk', 2 << 20, monkeypatch) as disk:
         out = disk / 'bag'
-        args = [str(frames), '--out', str(out), '--rate', '5', '--storage', storage]
+        args = [str(frames), '--out', str(out), '--fps', '5', '--storage', storage]
         assert pack_main(args) == 1
         written = no_space_line(capsys.readouterr().err, out)
         # The first chunk or transaction (three frames, > 1 MiB) fits in 2 MiB, the second not.
@@ -258,7 +258,7 @@ def test_the_live_recorder_on_a_full_disk_closes_a_readable_bag(tmp_path):
             pytest.skip('the recorder runs in its own process: needs a real small disk (root)')
         env = ros_environment({'ROS_DOMAIN_ID': str(150 + os.getpid() % 80)})
         out = disk / 'recorded'
-        command = [sys.executable, '-m', 'm2a_perception.ros.replay.recorder', str(out)]
+        command = [sys.executable, '-m', 'm2a_perception.cli.bag_recorder', str(out)]
         recorder = subprocess.Popen(
             [*command, '--topics', '/front/image', '--duration', '60'],
             stdout=subprocess.PIPE,
