@@ -31,7 +31,11 @@ def kan_micro_config(micro_config):
     decoder = dataclasses.replace(
         micro_config.transformer_decoder, mask_embed='kan', kan_grid_range=(-3.0, 3.0)
     )
-    return dataclasses.replace(micro_config, name='micro_kan', transformer_decoder=decoder)
+    # The gather sampler, as every deploy graph (GridSample is forbidden from TensorRT 10.14 on).
+    pixel_decoder = dataclasses.replace(micro_config.pixel_decoder, deform_sampling='gather')
+    return dataclasses.replace(
+        micro_config, name='micro_kan', transformer_decoder=decoder, pixel_decoder=pixel_decoder
+    )
 
 
 @pytest.fixture

@@ -26,7 +26,10 @@ def vit_micro_model():
     config = dataclasses.replace(
         config,
         name='micro_dinov2',
-        pixel_decoder=dataclasses.replace(config.pixel_decoder, encoder_layers=1),
+        # The gather sampler, as every deploy graph (GridSample is forbidden from TensorRT 10.14).
+        pixel_decoder=dataclasses.replace(
+            config.pixel_decoder, encoder_layers=1, deform_sampling='gather'
+        ),
         transformer_decoder=dataclasses.replace(config.transformer_decoder, num_layers=1),
     )
     torch.manual_seed(0)
