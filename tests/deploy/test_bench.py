@@ -153,3 +153,11 @@ def test_both_deform_samplers_in_one_run_with_the_ratio(tmp_path, capsys, fast_o
 def test_unknown_deform_sampler_is_an_argument_error(capsys):
     assert main([*BASE, '--deform-sampling', 'grid_sample,bicubic']) == 2
     assert "unknown deform_sampling 'bicubic'" in capsys.readouterr().err
+
+
+def test_bench_prints_the_model_cost(tmp_path, capsys, tiny_model):
+    results, output = _run(tmp_path, capsys)
+    cost = results['model_cost']
+    assert cost['size'] == list(TINY_SIZE) and cost['mask_embed'] == 'mlp'
+    assert cost['parameters'] == sum(p.numel() for p in tiny_model.parameters())
+    assert f'model cost at {SIZE_ARG}: ' in output and 'mask_embed mlp' in output

@@ -72,6 +72,7 @@ from m2a_perception.config import (
 from m2a_perception.inference import Backend
 from m2a_perception.logs import setup_logging
 from m2a_perception.model import Mask2Anomaly, build_model
+from m2a_perception.model.cost import format_model_cost, model_cost
 from m2a_perception.model.ms_deform_attn import set_deform_sampling
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.postprocess import PostprocessConfig
@@ -432,6 +433,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results,
                 sampler if compare else None,
             )
+    # Parameters and multiply-adds of the network at the first size (model/cost.py).
+    results['model_cost'] = model_cost(config, sizes[0][1]).as_dict()
     if compare:
         results['deform_sampling'] = samplers
         results['deform_sampling_ratios'] = sampler_ratios(results['runs'], *samplers[:2])
@@ -594,6 +597,8 @@ def format_table(results: dict[str, Any]) -> str:
             f'{_number(speedup.get("model_p50"), 7, 2)} {_number(speedup.get("throughput"), 7, 2)}'
         )
     lines.append('stage times are p50 ms; x = speedup against eager FP32 (torch) in this run')
+    if results.get('model_cost'):
+        lines.append(format_model_cost(results['model_cost']))
     for name, reason in results['unavailable'].items():
         lines.append(f'unavailable: {name}: {reason}')
     samplers = results.get('deform_sampling')

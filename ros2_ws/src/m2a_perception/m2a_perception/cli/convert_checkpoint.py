@@ -17,9 +17,20 @@ from m2a_perception.cli import args as cli_args
 from m2a_perception.config import load_model_config
 from m2a_perception.model import build_model
 from m2a_perception.weights.checkpoint import CheckpointError, WriteFailedError, save_checkpoint
-from m2a_perception.weights.convert import convert_state_dict, read_weights_file
+from m2a_perception.weights.convert import (
+    BACKBONE_ONLY_FORMATS,
+    convert_state_dict,
+    read_weights_file,
+)
 
-SOURCE_FORMATS = ('auto', 'mask2anomaly', 'mask2former', 'torchvision-resnet', 'detectron2-resnet')
+SOURCE_FORMATS = (
+    'auto',
+    'mask2anomaly',
+    'mask2former',
+    'torchvision-resnet',
+    'detectron2-resnet',
+    'dinov2',
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
-    backbone_only = report.source_format in ('torchvision-resnet', 'detectron2-resnet')
+    backbone_only = report.source_format in BACKBONE_ONLY_FORMATS
     try:
         save_checkpoint(
             args.out,
