@@ -8,22 +8,25 @@ launch arguments that are not empty override it, e.g. `transports:=rear:compress
 
 Ending: launch ends with the node. When the node exits with a non-zero status (it could not
 start), launch logs it and exits 1 (launch's status for a failed launch; the node's own status
-is in the log), so systemd's `Restart=on-failure` fires. `rviz:=true` without rviz2 installed
-logs a warning and runs the node alone. RViz is resolved before the node starts, so a failing
-RViz include cannot leave the node running. Stop with Ctrl-C (SIGINT; systemd:
-`KillSignal=SIGINT`): SIGTERM ends launch at once and leaves the node running.
+is in the log), so systemd's `Restart=on-failure` fires. A `params_file` that is not a file
+fails launch (exit 1) before the node starts (launch_ros would only warn and run the defaults).
+`rviz:=true` without rviz2 installed logs a warning and runs the node alone. RViz is resolved
+before the node starts, so a failing RViz include cannot leave the node running. Stop with
+Ctrl-C (SIGINT; systemd: `KillSignal=SIGINT`): SIGTERM ends launch at once and leaves the node
+running. A Ctrl-C exits 0.
 """
 
+import os
+
+import launch.logging
 from launch.actions import (
     DeclareLaunchArgument,
     EmitEvent,
     IncludeLaunchDescription,
-    LogInfo,
     OpaqueFunction,
     RegisterEventHandler,
     SetEnvironmentVariable,
 )
-from launch.conditions import LaunchConfigurationNotEquals
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
 from launch.events.process import ProcessExited
@@ -36,6 +39,7 @@ from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = 'm2a_perception'
 TRANSPORTS = ('raw', 'compressed')
+NODE_STOP_TIMEOUT_S = '10'
 
 ARGUMENTS = (
     (
@@ -121,16 +125,33 @@ def rviz2_installed() -> bool:
     return True
 
 
+def params_file_path(context: LaunchContext) -> str:
+    """The `params_file` argument, which must name a file.
+
+    Raises:
+        RuntimeError: it does not (launch_ros would only warn and start the node without it,
+            i.e. with every default); launch exits 1 before anything starts.
+    """
+    path = LaunchConfiguration('params_file').perform(context).strip()
+    if not os.path.isfile(path):
+        raise RuntimeError(f'params_file:={path} is not a file')
+    return path
+
+
 def _node(context: LaunchContext) -> list[object]:
     node = LifecycleNode(
         package=PACKAGE,
         executable='perception_node',
         name='m2a_perception',
         namespace=LaunchConfiguration('namespace'),
-        parameters=[LaunchConfiguration('params_file'), _overrides(context)],
+        parameters=[params_file_path(context), _overrides(context)],
         arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
         output='screen',
         emulate_tty=True,
+        # The node ignores signals after the first while its worker stops (ros/main.py), so
+        # launch's SIGTERM escalation after the default 5 s would only log an error on a loaded
+        # machine; SIGKILL still follows 5 s later (15 s in all, inside systemd's 20 s).
+        sigterm_timeout=NODE_STOP_TIMEOUT_S,
     )
     return [RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_node_exit)), node]
 
@@ -138,22 +159,39 @@ def _node(context: LaunchContext) -> list[object]:
 def on_node_exit(event: ProcessExited, context: LaunchContext) -> list[object]:
     """The node ended: launch ends too (RViz with it); a failed node makes launch fail.
 
+    During launch's own shutdown (Ctrl-C) nothing more is emitted: a second Shutdown event would
+    run launch_ros' shutdown handler twice ("Cannot shutdown a ROS adapter that is not running")
+    and make a clean Ctrl-C exit 1.
+
     Raises:
         RuntimeError: the node exited with a non-zero status outside a launch shutdown; launch
             logs it, shuts down and exits 1.
     """
-    if event.returncode != 0 and not context.is_shutdown:
+    if context.is_shutdown:
+        return []
+    if event.returncode != 0:
         raise RuntimeError(
             f'{event.action.name} exited with status {event.returncode}; see its log above'
         )
     return [EmitEvent(event=Shutdown(reason=f'{event.action.name} exited'))]
 
 
+def fastdds_profile(context: LaunchContext) -> list[object]:
+    """`FASTDDS_DEFAULT_PROFILES_FILE` for the processes launch starts; none if the argument is
+    empty. (An OpaqueFunction, not a condition: LaunchConfigurationNotEquals is deprecated from
+    Jazzy on and its replacement, NotEqualsSubstitution, does not exist in Humble.)"""
+    profile = LaunchConfiguration('fastdds_profile').perform(context).strip()
+    return [SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', profile)] if profile else []
+
+
 def _rviz(context: LaunchContext) -> list[object]:
     if LaunchConfiguration('rviz').perform(context).strip().lower() != 'true':
         return []
     if not rviz2_installed():
-        return [LogInfo(msg='WARNING: rviz:=true, but rviz2 is not installed: no RViz')]
+        launch.logging.get_logger('launch').warning(
+            'rviz:=true, but rviz2 is not installed: no RViz'
+        )
+        return []
     return [
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(
@@ -178,11 +216,7 @@ def generate_launch_description() -> LaunchDescription:
             ),
             # Before the node and RViz: shared memory sized for multi-MB frames, any discovery
             # range.
-            SetEnvironmentVariable(
-                'FASTDDS_DEFAULT_PROFILES_FILE',
-                LaunchConfiguration('fastdds_profile'),
-                condition=LaunchConfigurationNotEquals('fastdds_profile', ''),
-            ),
+            OpaqueFunction(function=fastdds_profile),
             # RViz first: whatever fails while launch resolves it, the node is not running yet.
             OpaqueFunction(function=_rviz),
             OpaqueFunction(function=_node),

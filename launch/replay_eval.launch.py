@@ -14,9 +14,10 @@ Three processes, planned by `m2a_perception.ros.replay.live.plan_live_replay` ex
 
 The recorder stops by itself `idle_timeout` seconds after the last message; then
 `m2a-replay OUT --recorded-outputs` prints latency, throughput and (with ground-truth topics)
-metrics, writes OUT/replay_report.json, and the launch shuts down. Fast DDS large-data transport
-is set for every process unless FASTDDS_BUILTIN_TRANSPORTS is already set. Stop early with
-Ctrl-C (SIGINT): the recorder closes the bag properly.
+metrics, writes OUT/replay_report.json, and the launch shuts down. Every process gets the
+package's Fast DDS large-frame profile (`fastdds_profile`, as m2a_perception.launch.py; it also
+works with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, where FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA
+loses multi-MB frames). Stop early with Ctrl-C (SIGINT): the recorder closes the bag properly.
 """
 
 import sys
@@ -32,9 +33,10 @@ from launch.actions import (
 )
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
+from launch.events.process import ProcessExited
 from launch.launch_context import LaunchContext
 from launch.launch_description import LaunchDescription
-from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
@@ -70,7 +72,27 @@ ARGUMENTS = (
         'Pixel metric protocol: smiyc, smiyc_binned, fishyscapes, mask2anomaly.',
     ),
     ('log_level', 'info', 'Log level of the node.'),
+    (
+        'fastdds_profile',
+        PathJoinSubstitution([FindPackageShare(PACKAGE), 'config', 'fastdds_large_frames.xml']),
+        'Fast DDS XML profile for multi-MB frames (FASTDDS_DEFAULT_PROFILES_FILE of every '
+        'process); empty keeps the environment.',
+    ),
 )
+
+
+def on_node_exit(event: ProcessExited, context: LaunchContext) -> list[object]:
+    """The node died outside launch's shutdown: nothing will be evaluated, so launch fails now
+    (exit 1) instead of the player waiting `startup_timeout` for its subscription.
+
+    Raises:
+        RuntimeError: the node exited with a non-zero status outside a launch shutdown.
+    """
+    if context.is_shutdown or event.returncode == 0:
+        return []
+    raise RuntimeError(
+        f'{event.action.name} exited with status {event.returncode}; see its log above'
+    )
 
 
 def _replay(context: LaunchContext) -> list[object]:
@@ -91,6 +113,8 @@ def _replay(context: LaunchContext) -> list[object]:
         parameters=[arg('params_file'), plan.node_parameters],
         arguments=['--ros-args', '--log-level', arg('log_level')],
         output='screen',
+        # As in m2a_perception.launch.py: the node ignores signals while its worker stops.
+        sigterm_timeout='10',
     )
     recorder = Node(
         package=PACKAGE,
@@ -129,7 +153,13 @@ def _replay(context: LaunchContext) -> list[object]:
             evaluation,
             RegisterEventHandler(OnProcessExit(target_action=evaluation, on_exit=[shutdown])),
         ]
+    profile = arg('fastdds_profile')
+    environment = [SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', profile)]
+    if not profile:
+        environment = []
     return [
+        *environment,
+        RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_node_exit)),
         node,
         recorder,
         player,
@@ -140,10 +170,6 @@ def _replay(context: LaunchContext) -> list[object]:
 def generate_launch_description() -> LaunchDescription:
     return LaunchDescription(
         [
-            SetEnvironmentVariable(
-                'FASTDDS_BUILTIN_TRANSPORTS',
-                EnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS', default_value='LARGE_DATA'),
-            ),
             *(
                 DeclareLaunchArgument(name, default_value=default, description=text)
                 for name, default, text in ARGUMENTS

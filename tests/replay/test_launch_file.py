@@ -91,10 +91,10 @@ def launch_module(monkeypatch):
         },
         'launch.event_handlers': {'OnProcessExit': _kind('OnProcessExit')},
         'launch.events': {'Shutdown': _kind('Shutdown')},
+        'launch.events.process': {'ProcessExited': _kind('ProcessExited')},
         'launch.launch_context': {'LaunchContext': FakeContext},
         'launch.launch_description': {'LaunchDescription': _kind('LaunchDescription')},
         'launch.substitutions': {
-            'EnvironmentVariable': _kind('EnvironmentVariable'),
             'LaunchConfiguration': LaunchConfiguration,
             'PathJoinSubstitution': PathJoinSubstitution,
         },
@@ -116,8 +116,6 @@ def launch_module(monkeypatch):
 def test_replay_eval_launch(launch_module, anomaly_bag, tmp_path):
     description = launch_module.generate_launch_description()
     entities = description.args[0]
-    assert type(entities[0]).__name__ == 'SetEnvironmentVariable'
-    assert entities[0].args[0] == 'FASTDDS_BUILTIN_TRANSPORTS'
     context = FakeContext({})
     for entity in entities:
         if isinstance(entity, DeclareLaunchArgument):
@@ -136,7 +134,20 @@ def test_replay_eval_launch(launch_module, anomaly_bag, tmp_path):
     context.launch_configurations.update(
         bag=str(anomaly_bag), out=str(out), checkpoint='/models/m2a.safetensors'
     )
-    node, recorder, player, handler = launch_module._replay(context)
+    profile, node_exit, node, recorder, player, handler = launch_module._replay(context)
+    # The shipped large-frame profile for every process (as m2a_perception.launch.py), which
+    # also works with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST; empty keeps the environment.
+    assert profile.args == (
+        'FASTDDS_DEFAULT_PROFILES_FILE',
+        str(REPO_ROOT / 'config' / 'fastdds_large_frames.xml'),
+    )
+    assert (REPO_ROOT / 'config' / 'fastdds_large_frames.xml').is_file()
+    # A node that dies at start fails launch at once (the player would wait startup_timeout).
+    assert node_exit.args[0].kwargs == {
+        'target_action': node,
+        'on_exit': launch_module.on_node_exit,
+    }
+    assert node.kwargs['sigterm_timeout'] == '10'
     plan = plan_live_replay(anomaly_bag, {'model.checkpoint': '/models/m2a.safetensors'})
 
     assert type(node).__name__ == 'LifecycleNode'
@@ -167,6 +178,26 @@ def test_replay_eval_launch(launch_module, anomaly_bag, tmp_path):
     parsed = replay_parser().parse_args(command[3:])
     assert parsed.recorded_outputs and parsed.bag == out
     assert then.args[0].kwargs['on_exit'][0].kwargs['event'] is not None
+
+    context.launch_configurations['fastdds_profile'] = ''
+    assert type(launch_module._replay(context)[0]).__name__ == 'RegisterEventHandler'
+
+
+class FakeProcessExited:
+    def __init__(self, returncode: int) -> None:
+        self.returncode = returncode
+        self.action = types.SimpleNamespace(name='perception_node-1')
+
+
+def test_replay_eval_fails_when_the_node_dies(launch_module):
+    context = FakeContext({})
+    context.is_shutdown = False
+    with pytest.raises(RuntimeError, match='perception_node-1 exited with status 2'):
+        launch_module.on_node_exit(FakeProcessExited(2), context)
+    assert launch_module.on_node_exit(FakeProcessExited(0), context) == []
+    # Stopped by launch after the evaluation (or Ctrl-C): no error.
+    context.is_shutdown = True
+    assert launch_module.on_node_exit(FakeProcessExited(-9), context) == []
 
 
 def test_launch_executables_are_importable_entry_points():

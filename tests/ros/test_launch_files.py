@@ -61,6 +61,19 @@ class Recorded:
 class FakeContext:
     def __init__(self, configurations: dict[str, str]) -> None:
         self.launch_configurations = configurations
+        self.is_shutdown = False
+
+
+class FakeLogger:
+    """launch.logging.get_logger(name): keeps what was logged in `FakeLogger.lines`."""
+
+    lines: ClassVar[list[tuple[str, str, str]]] = []
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def warning(self, message: str) -> None:
+        FakeLogger.lines.append((self.name, 'warning', message))
 
 
 def perform(value: Any, context: FakeContext) -> str:
@@ -94,18 +107,14 @@ def stub_modules() -> dict[str, types.ModuleType]:
     """Stand-ins for the parts of launch / launch_ros the launch files import."""
     contents = {
         'launch': {},
+        'launch.logging': {'get_logger': lambda name: FakeLogger(name)},
         'launch.actions': {
             'DeclareLaunchArgument': DeclareLaunchArgument,
             'IncludeLaunchDescription': type('IncludeLaunchDescription', (Recorded,), {}),
             'OpaqueFunction': type('OpaqueFunction', (Recorded,), {}),
             'EmitEvent': type('EmitEvent', (Recorded,), {}),
-            'LogInfo': type('LogInfo', (Recorded,), {}),
             'RegisterEventHandler': type('RegisterEventHandler', (Recorded,), {}),
             'SetEnvironmentVariable': type('SetEnvironmentVariable', (Recorded,), {}),
-        },
-        'launch.conditions': {
-            'IfCondition': type('IfCondition', (Recorded,), {}),
-            'LaunchConfigurationNotEquals': type('LaunchConfigurationNotEquals', (Recorded,), {}),
         },
         'launch.event_handlers': {'OnProcessExit': type('OnProcessExit', (Recorded,), {})},
         'launch.events': {'Shutdown': type('Shutdown', (Recorded,), {})},
@@ -133,6 +142,8 @@ def stub_modules() -> dict[str, types.ModuleType]:
         module = types.ModuleType(name)
         module.__dict__.update(attributes)
         modules[name] = module
+    # `import launch.logging` then reads the attribute `launch.logging`.
+    modules['launch'].logging = modules['launch.logging']
     return modules
 
 
@@ -141,6 +152,7 @@ def load_launch(monkeypatch):
     for name, module in stub_modules().items():
         monkeypatch.setitem(sys.modules, name, module)
     Recorded.instances = []
+    FakeLogger.lines = []
 
     def load(file_name: str) -> Any:
         path = LAUNCH_DIR / file_name
@@ -213,7 +225,9 @@ def test_node_launch_arguments_files_and_executable(load_launch, monkeypatch):
         'm2a_perception',
     )
     params_file, overrides = node['parameters']
-    assert installed_share_file(perform(params_file, context)) == PARAMS_FILE
+    assert installed_share_file(params_file) == PARAMS_FILE
+    # The node ignores signals while its worker stops: no SIGTERM escalation after 5 s.
+    assert node['sigterm_timeout'] == '10'
     assert overrides == {
         'use_sim_time': False,
         'autostart': True,
@@ -246,19 +260,34 @@ class FakeProcessExited:
 def test_node_exit_ends_launch_and_a_failed_node_fails_it(load_launch):
     module = load_launch('m2a_perception.launch.py')
     context = FakeContext({})
-    context.is_shutdown = False
     # A clean exit (lifecycle shutdown): launch shuts down, RViz with it.
     (shutdown,) = module.on_node_exit(FakeProcessExited(0), context)
     assert type(shutdown).__name__ == 'EmitEvent'
     assert type(shutdown.kwargs['event']).__name__ == 'Shutdown'
     # A node that could not start: the exception makes LaunchService.run() return 1
     # (launch/launch_service.py, `except Exception` in run_async), so systemd restarts it.
-    with pytest.raises(RuntimeError, match='perception_node-1 exited with status 1'):
-        module.on_node_exit(FakeProcessExited(1), context)
-    # Killed during launch's own shutdown (Ctrl-C escalation): no second error.
+    with pytest.raises(RuntimeError, match='perception_node-1 exited with status 2'):
+        module.on_node_exit(FakeProcessExited(2), context)
+    # The node ends during launch's own shutdown (Ctrl-C, also after SIGTERM/SIGKILL
+    # escalation): nothing more. A second Shutdown event ran launch_ros' shutdown handler twice
+    # under the real launch ("Cannot shutdown a ROS adapter that is not running"), so Ctrl-C
+    # exited 1.
     context.is_shutdown = True
-    (shutdown,) = module.on_node_exit(FakeProcessExited(-15), context)
-    assert type(shutdown).__name__ == 'EmitEvent'
+    for status in (0, -2, -15, -9):
+        assert module.on_node_exit(FakeProcessExited(status), context) == []
+
+
+def test_a_params_file_that_is_not_a_file_fails_launch_before_the_node(load_launch, tmp_path):
+    module = load_launch('m2a_perception.launch.py')
+    description = module.generate_launch_description()
+    missing = tmp_path / 'vehicle.yaml'
+    # launch_ros would only warn "Parameter file path is not a file" and run every default.
+    with pytest.raises(RuntimeError, match=f'params_file:={missing} is not a file'):
+        module._node(launch_context(description, params_file=str(missing)))
+    assert not of_type('LifecycleNode')
+    missing.write_text('/**:\n  ros__parameters: {}\n')
+    (_, node) = module._node(launch_context(description, params_file=str(missing)))
+    assert node.kwargs['parameters'][0] == str(missing)
 
 
 def test_rviz_is_resolved_before_the_node_and_skipped_without_rviz2(load_launch, monkeypatch):
@@ -270,11 +299,12 @@ def test_rviz_is_resolved_before_the_node_and_skipped_without_rviz2(load_launch,
         if type(entity).__name__ == 'OpaqueFunction'
     ]
     # Launch visits entities in order: a failing RViz include aborts it before the node runs.
-    assert functions == [module._rviz, module._node]
+    assert functions == [module.fastdds_profile, module._rviz, module._node]
     monkeypatch.setattr(module, 'rviz2_installed', lambda: False)
-    (warning,) = module._rviz(launch_context(description, rviz='true'))
-    assert type(warning).__name__ == 'LogInfo'
-    assert 'rviz2 is not installed' in warning.kwargs['msg']
+    assert module._rviz(launch_context(description, rviz='true')) == []
+    assert FakeLogger.lines == [
+        ('launch', 'warning', 'rviz:=true, but rviz2 is not installed: no RViz')
+    ]
     assert not of_type('IncludeLaunchDescription')
     assert module.rviz2_installed() is False  # no rviz2 in this environment
 
@@ -298,16 +328,20 @@ def test_transports_argument(load_launch):
 def test_node_launch_loads_the_fast_dds_profile_before_the_node(load_launch):
     module = load_launch('m2a_perception.launch.py')
     description = module.generate_launch_description()
-    context = launch_context(description)
-    (setter,) = of_type('SetEnvironmentVariable')
+    functions = [
+        e.kwargs['function'] for e in description.args[0] if type(e).__name__ == 'OpaqueFunction'
+    ]
+    # First, so RViz and the node both start with it.
+    assert functions[0] is module.fastdds_profile
+    (setter,) = module.fastdds_profile(launch_context(description))
+    assert type(setter).__name__ == 'SetEnvironmentVariable'
     name, value = setter.args
     assert name == 'FASTDDS_DEFAULT_PROFILES_FILE'
-    profile = installed_share_file(perform(value, context))
+    profile = installed_share_file(value)
     assert profile == REPO_ROOT / 'config' / 'fastdds_large_frames.xml' and profile.is_file()
-    assert setter.kwargs['condition'].args == ('fastdds_profile', '')
-    entities = description.args[0]
-    kinds = [type(e).__name__ for e in entities]
-    assert kinds.index('SetEnvironmentVariable') < kinds.index('OpaqueFunction')
+    # Empty keeps the environment (no condition classes: LaunchConfigurationNotEquals is
+    # deprecated from Jazzy on, its replacement does not exist in Humble).
+    assert module.fastdds_profile(launch_context(description, fastdds_profile=' ')) == []
 
 
 def test_rviz_launch_renders_a_layout_per_camera(load_launch, tmp_path, monkeypatch):
@@ -401,3 +435,31 @@ def test_systemd_unit_stops_launch_with_sigint_and_restarts_on_failure():
         }
     docs = (REPO_ROOT / 'docs' / 'vehicle_deployment.md').read_text()
     assert 'config/m2a_perception.service' in docs and 'KillSignal=SIGINT' in docs
+
+
+def test_list_parameters_as_launch_ros_writes_them_reach_the_node(tmp_path):
+    """launch_ros dumps a launch file's parameters with yaml.dump after turning lists into
+    tuples, so `cameras:=front,left` reaches the node as `!!python/tuple` in a temporary
+    parameter file; the node read that file as refused Python data and exited 2 (seen with
+    the real launch: replay_eval.launch.py never started the node)."""
+    from m2a_perception.config import parse_yaml
+    from m2a_perception.ros.main import params_file_problem
+
+    path = tmp_path / 'launch_params_x'
+    path.write_text(
+        yaml.dump({'/m2a_perception': {'ros__parameters': {'cameras.names': ('front', 'left')}}})
+    )
+    assert '!!python/tuple' in path.read_text()
+    assert params_file_problem(['--params-file', str(path)]) is None
+    assert parse_yaml(path.read_text(), 'p') == {
+        '/m2a_perception': {'ros__parameters': {'cameras.names': ['front', 'left']}}
+    }
+    # Only the tuple itself: Python objects inside it, and every other Python tag, are refused.
+    for text in (
+        'a: !!python/tuple [!!python/name:os.system ]\n',
+        'a: !!python/object:os.Foo {}\n',
+    ):
+        path.write_text(text)
+        assert 'is refused (only plain data is allowed)' in params_file_problem(
+            ['--params-file', str(path)]
+        )

@@ -62,6 +62,21 @@ def test_integer_doubles_are_accepted_and_ctrl_c_with_frames_flowing_is_clean(
     assert '[ERROR]' not in log and 'Traceback' not in log, log
 
 
+def test_ctrl_c_ends_a_sim_time_node_whose_clock_stopped(tiny_checkpoint, tmp_path, probe):
+    # After a replay with --clock ends, /clock stops and no sim-time timer fires any more; the
+    # node still has to end on SIGINT (under replay_eval.launch.py it was killed after 25 s).
+    command = node_command(tiny_checkpoint, '/st', 'use_sim_time:=true')
+    node = start_process('node', command, tmp_path)
+    try:
+        _wait_active(probe, '/st/m2a_perception', node)
+        # Before the fix the process never reacted and was killed: status -9.
+        assert node.stop(timeout_s=30.0) == 0, node.log_text()
+    finally:
+        node.stop()
+    log = node.log_text()
+    assert '[ERROR]' not in log and 'Traceback' not in log, log
+
+
 def test_lifecycle_shutdown_ends_the_process(tiny_checkpoint, tmp_path, probe):
     node = start_process('node', node_command(tiny_checkpoint, '/fin'), tmp_path)
     try:

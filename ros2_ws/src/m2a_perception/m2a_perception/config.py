@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -350,18 +350,37 @@ def load_model_config(name_or_path: str | os.PathLike[str]) -> ModelConfig:
     return ModelConfig.from_dict(data)
 
 
+def _construct_tuple_as_list(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> list[Any]:
+    return loader.construct_sequence(node, deep=True)
+
+
+class _PlainDataLoader(yaml.SafeLoader):
+    """yaml's SafeLoader that also reads `!!python/tuple` as a list of plain values.
+
+    launch_ros writes every list parameter of a launch file that way (it dumps the parameters
+    as tuples into its temporary parameter file); the items still go through the safe
+    constructors, so nothing but plain data is built.
+    """
+
+    yaml_constructors: ClassVar[dict[str, Any]] = {
+        **yaml.SafeLoader.yaml_constructors,
+        'tag:yaml.org,2002:python/tuple': _construct_tuple_as_list,
+    }
+
+
 def parse_yaml(text: str, source: str) -> Any:
     """Plain YAML data (never Python objects) from `text`; `source` names it in errors.
 
     Every YAML file or value a user hands m2a goes through here: model configs, parameter files,
-    `-p name:=value` overrides.
+    `-p name:=value` overrides. A `!!python/tuple` (what launch_ros writes for list parameters)
+    reads as a list; every other Python tag is refused.
 
     Raises:
         ValueError: one sentence naming `source` and the line, e.g. for a `!!python/object` tag
             (refused without constructing anything) or a syntax error.
     """
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_PlainDataLoader)  # a SafeLoader: plain data only
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f'{source} line {mark.line + 1}' if mark is not None else source

@@ -19,6 +19,8 @@ from pathlib import Path
 from m2a_perception.ros.allocator import tune_allocator
 
 EXIT_BAD_ARGUMENTS = 2
+# Longest wait of the executor between checks for Ctrl-C / SIGTERM.
+SIGNAL_POLL_S = 0.2
 
 
 def main(args: list[str] | None = None) -> int:
@@ -68,7 +70,11 @@ def main(args: list[str] | None = None) -> int:
     executor.add_node(node)
     try:
         node.run_autostart()
-        executor.spin_until_future_complete(node.finalized)
+        # rclpy's signal handler is off (see above), so a signal does not wake the executor's
+        # wait: wait in short slices, or Ctrl-C would wait for the next timer, which with sim
+        # time and /clock stopped (a replay that has ended) never fires.
+        while not node.finalized.done():
+            executor.spin_once(timeout_sec=SIGNAL_POLL_S)
         if node.finalized.done():
             node.get_logger().info('finalized: exiting')
     except (KeyboardInterrupt, ExternalShutdownException):
