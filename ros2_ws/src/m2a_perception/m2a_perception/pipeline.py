@@ -139,7 +139,9 @@ class Segmenter:
         `infer`)."""
         flipped = None
         if prediction.flipped is not None:
-            flipped = (prediction.flipped[0][index], prediction.flipped[1][index])
+            flipped = NetworkOutput(
+                prediction.flipped.class_logits[index], prediction.flipped.mask_logits[index]
+            )
         with torch.inference_mode():
             return postprocess(
                 prediction.class_logits[index],
