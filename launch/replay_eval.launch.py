@@ -116,7 +116,7 @@ def _replay(context: LaunchContext) -> list[object]:
             cmd=[
                 sys.executable,
                 '-m',
-                'm2a_perception.ros.replay.cli',
+                'm2a_perception.cli.replay',
                 out,
                 '--recorded-outputs',
                 '--no-progress',

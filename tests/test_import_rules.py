@@ -4,9 +4,12 @@ Read statically from the source (every `import`, also those inside functions), s
 for code paths no test happens to run:
 
 - the model core (`m2a_perception` outside `ros/` and `cli/`) imports neither rclpy, ROS message
-  or launch packages, nor `m2a_training`;
+  or launch packages, nor `m2a_training`, nor `m2a_perception.ros`;
 - `m2a_training` imports nothing from `m2a_perception.ros`;
-- no library module (anything outside `m2a_perception/cli/`) imports `m2a_perception.cli`;
+- no library module imports a CLI module: the CLI modules are the application layer
+  (`m2a_perception.cli`, which may import anything in its package, and `m2a_training.cli`, which
+  may import the training library, the core and the shared vocabulary `m2a_perception.cli.args`);
+- every console script of setup.py and pyproject.toml is a `main` in one of those CLI packages;
 - the module-level imports between first-party modules have no cycle.
 """
 
@@ -19,6 +22,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from .entry_points import console_scripts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_ROOTS = {
@@ -112,10 +117,23 @@ def _resolve(target: str) -> str:
     return target
 
 
+CLI_PACKAGES = ('m2a_perception.cli', 'm2a_training.cli')
+# What the training entry points may use of the perception CLI package.
+SHARED_CLI_MODULE = 'm2a_perception.cli.args'
+
+
+def in_package(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + '.')
+
+
 def is_core(name: str) -> bool:
-    return name.startswith('m2a_perception') and not name.startswith(
-        ('m2a_perception.ros', 'm2a_perception.cli')
+    return in_package(name, 'm2a_perception') and not (
+        in_package(name, 'm2a_perception.ros') or in_package(name, 'm2a_perception.cli')
     )
+
+
+def is_cli(name: str) -> bool:
+    return any(in_package(name, package) for package in CLI_PACKAGES)
 
 
 def violations() -> list[str]:
@@ -124,13 +142,25 @@ def violations() -> list[str]:
         for imported in sorted(imports_of(name, path, top_level_only=False)):
             if (name, imported) in KNOWN_VIOLATIONS:
                 continue
-            if is_core(name) and (imported in ROS_PACKAGES or imported.startswith('m2a_training')):
+            if is_core(name) and (
+                imported in ROS_PACKAGES
+                or in_package(imported, 'm2a_training')
+                or in_package(imported, 'm2a_perception.ros')
+            ):
                 found.append(f'core module {name} imports {imported}')
-            if name.startswith('m2a_training') and imported.startswith('m2a_perception.ros'):
+            if in_package(name, 'm2a_training') and in_package(imported, 'm2a_perception.ros'):
                 found.append(f'training module {name} imports {imported}')
-            library = not name.startswith('m2a_perception.cli')
-            if library and imported.startswith('m2a_perception.cli'):
+            if not is_cli(name) and is_cli(imported):
                 found.append(f'library module {name} imports the CLI module {imported}')
+            training_cli = in_package(name, 'm2a_training.cli')
+            if (
+                training_cli
+                and in_package(imported, 'm2a_perception.cli')
+                and imported not in (SHARED_CLI_MODULE, 'm2a_perception.cli')
+            ):
+                found.append(
+                    f'training CLI module {name} imports {imported} (only {SHARED_CLI_MODULE})'
+                )
     return found
 
 
@@ -197,6 +227,18 @@ def test_layering_rules_hold_for_every_module():
     assert violations() == []
 
 
+def test_every_entry_point_is_a_cli_module():
+    scripts = console_scripts()
+    assert {'m2a-replay', 'perception_node', 'bag_player', 'm2a-eval', 'm2a-train'} <= set(scripts)
+    outside = {
+        name: target for name, target in scripts.items() if not is_cli(target.split(':')[0])
+    }
+    assert outside == {}
+    for target in scripts.values():
+        module, function = target.split(':')
+        assert module in MODULES and function == 'main', target
+
+
 def test_no_import_cycles():
     assert import_cycles() == []
 
@@ -207,7 +249,11 @@ def test_no_import_cycles():
         ('m2a_perception.metrics.fake', 'import rclpy', 'core module'),
         ('m2a_perception.pipeline', 'from m2a_training.trainer import Trainer', 'core module'),
         ('m2a_training.fake', 'from m2a_perception.ros import node', 'training module'),
-        ('m2a_perception.deploy.fake', 'def f():\n    from ..cli import common', 'CLI module'),
+        ('m2a_perception.deploy.fake', 'def f():\n    from ..cli import args', 'CLI module'),
+        ('m2a_perception.ros.fake', 'from m2a_perception.cli.replay import main', 'CLI module'),
+        ('m2a_training.fake', 'from m2a_training.cli.evaluate import main', 'CLI module'),
+        ('m2a_perception.metrics.fake', 'from m2a_perception.ros import topics', 'core module'),
+        ('m2a_training.cli.fake', 'from m2a_perception.cli import replay', 'training CLI'),
     ],
 )
 def test_the_rules_catch_a_violation(tmp_path, monkeypatch, name, code, expected):

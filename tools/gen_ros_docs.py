@@ -149,7 +149,8 @@ def render() -> str:
         '# ROS 2 interface of `m2a_perception`',
         '',
         f'Node `{NODE_NAME}` (a lifecycle node; executable `perception_node`, or '
-        '`m2a-perception-node` / `python -m m2a_perception.ros.main` without ROS tooling). '
+        '`m2a-perception-node` / `python -m m2a_perception.cli.perception_node` without ROS '
+        'tooling). '
         'Topic names are relative to the node namespace; `<camera>` is each entry of '
         '`cameras.names`.',
         '',

@@ -13,19 +13,30 @@ from m2a_perception.cli.bench import STAGES, main
 from .conftest import TINY_SIZE
 
 SIZE_ARG = f'{TINY_SIZE[0]}x{TINY_SIZE[1]}'
-BASE = ['--config', 'tiny', '--size', SIZE_ARG, '--iters', '2', '--warmup', '1', '--device', 'cpu']
+BASE = [
+    '--model-config',
+    'tiny',
+    '--size',
+    SIZE_ARG,
+    '--iters',
+    '2',
+    '--warmup',
+    '1',
+    '--device',
+    'cpu',
+]
 
 
 def _run(tmp_path, capsys, *extra):
     out = tmp_path / 'bench.json'
-    assert main([*BASE, '--cameras', '1,2', '--json', str(out), *extra]) == 0
+    assert main([*BASE, '--num-cameras', '1,2', '--json', str(out), *extra]) == 0
     return json.loads(out.read_text()), capsys.readouterr().out
 
 
 def test_bench_reports_stages_throughput_and_speedups_per_camera_count(tmp_path, capsys):
     results, output = _run(tmp_path, capsys)
     assert results['device'] == 'cpu' and results['cameras'] == [1, 2]
-    assert results['command'].startswith('m2a-bench --config tiny')
+    assert results['command'].startswith('m2a-bench --model-config tiny')
     assert {'torch', 'tensorrt', 'cuda'} <= set(results['versions'])
     runs = {(run['size'], run['cameras'], run['backend']): run for run in results['runs']}
     assert set(runs) == {(SIZE_ARG, 1, 'torch'), (SIZE_ARG, 2, 'torch')}
@@ -94,7 +105,9 @@ def test_engine_backends_are_provisioned_through_the_engine_cache(
 def test_bad_arguments(capsys):
     assert main([*BASE, '--backend', 'tpu']) == 2
     assert 'unknown backend' in capsys.readouterr().err
-    assert main([*BASE, '--cameras', '0']) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main([*BASE, '--num-cameras', '0'])
+    assert exit_info.value.code == 2
     assert 'positive' in capsys.readouterr().err
     assert main([*BASE, '--iters', '0']) == 2
     assert '--iters' in capsys.readouterr().err
@@ -140,3 +153,11 @@ def test_both_deform_samplers_in_one_run_with_the_ratio(tmp_path, capsys, fast_o
 def test_unknown_deform_sampler_is_an_argument_error(capsys):
     assert main([*BASE, '--deform-sampling', 'grid_sample,bicubic']) == 2
     assert "unknown deform_sampling 'bicubic'" in capsys.readouterr().err
+
+
+def test_bench_prints_the_model_cost(tmp_path, capsys, tiny_model):
+    results, output = _run(tmp_path, capsys)
+    cost = results['model_cost']
+    assert cost['size'] == list(TINY_SIZE) and cost['mask_embed'] == 'mlp'
+    assert cost['parameters'] == sum(p.numel() for p in tiny_model.parameters())
+    assert f'model cost at {SIZE_ARG}: ' in output and 'mask_embed mlp' in output

@@ -30,8 +30,8 @@ from .conftest import TINY_SIZE
 
 SIZE_ARG = f'{TINY_SIZE[0]}x{TINY_SIZE[1]}'
 ORT_ARGS = (
-    f'--config tiny --random-weights --backend onnxruntime --precision fp32 --size {SIZE_ARG} '
-    '--device cpu'
+    f'--model-config tiny --random-weights --backend onnxruntime --precision fp32 '
+    f'--size {SIZE_ARG} --device cpu'
 ).split()
 TENSORRT_IMPORTABLE = False
 try:  # only to pick the expected message; never required
@@ -48,7 +48,9 @@ except Exception:
     [('cpu', 'run on CUDA devices'), ('cuda', 'CUDA, which is not available')],
 )
 def test_build_engine_without_tensorrt_exits_with_a_clear_error(capsys, device, message):
-    code = main(['--config', 'tiny', '--random-weights', '--size', SIZE_ARG, '--device', device])
+    code = main(
+        ['--model-config', 'tiny', '--random-weights', '--size', SIZE_ARG, '--device', device]
+    )
     assert code == 2
     error = capsys.readouterr().err
     assert 'backend tensorrt is unavailable on this machine' in error and message in error
@@ -58,7 +60,7 @@ def test_build_engine_without_tensorrt_exits_with_a_clear_error(capsys, device, 
 @pytest.mark.parametrize('backend', ['tensorrt', 'tensorrt-onnx'])
 def test_missing_tensorrt_on_a_cuda_machine_is_named(monkeypatch, capsys, backend):
     monkeypatch.setattr(tensorrt_backend.torch.cuda, 'is_available', lambda: True)
-    args = ['--config', 'tiny', '--random-weights', '--size', SIZE_ARG, '--device', 'cuda:0']
+    args = ['--model-config', 'tiny', '--random-weights', '--size', SIZE_ARG, '--device', 'cuda:0']
     code = main([*args, '--backend', backend])
     assert code == 2
     error = capsys.readouterr().err
@@ -66,7 +68,7 @@ def test_missing_tensorrt_on_a_cuda_machine_is_named(monkeypatch, capsys, backen
 
 
 def test_build_engine_cli_end_to_end_on_cpu(tmp_path, capsys, fast_onnxruntime_kind):
-    args = [*ORT_ARGS, '--cache-dir', str(tmp_path / 'cache'), '--gate-images', '2']
+    args = [*ORT_ARGS, '--engine-cache', str(tmp_path / 'cache'), '--gate-images', '2']
     assert main([*args, '--json', str(tmp_path / 'first.json')]) == 0
     output = capsys.readouterr().out
     for state in ('checking', 'building', 'gating', 'saving', 'ready'):
@@ -85,7 +87,7 @@ def test_build_engine_cli_end_to_end_on_cpu(tmp_path, capsys, fast_onnxruntime_k
 
 
 def test_load_only_without_an_engine_exits_4(tmp_path, capsys, fast_onnxruntime_kind):
-    code = main([*ORT_ARGS, '--cache-dir', str(tmp_path), '--policy', 'load_only'])
+    code = main([*ORT_ARGS, '--engine-cache', str(tmp_path), '--policy', 'load_only'])
     assert code == 4
     assert 'm2a-build-engine --backend onnxruntime' in capsys.readouterr().err
     assert not fast_onnxruntime_kind
@@ -96,7 +98,15 @@ def test_argument_errors_exit_2(capsys):
     assert '--checkpoint' in capsys.readouterr().err
     assert (
         main(
-            ['--config', 'tiny', '--random-weights', '--backend', 'onnxruntime', '--device', 'cpu']
+            [
+                '--model-config',
+                'tiny',
+                '--random-weights',
+                '--backend',
+                'onnxruntime',
+                '--device',
+                'cpu',
+            ]
         )
         == 2
     )

@@ -71,7 +71,7 @@ def test_onnxruntime_route_builds_gates_and_times_the_engine(
     tmp_path, capsys, checkpoint, fast_onnxruntime_kind
 ):
     out = tmp_path / 'report.json'
-    argv = ['--checkpoint', str(checkpoint), '--kind', 'onnxruntime', '--device', 'cpu']
+    argv = ['--checkpoint', str(checkpoint), '--backend', 'onnxruntime', '--device', 'cpu']
     argv += ['--size', SIZE_ARG, '--engine-cache', str(tmp_path / 'engines'), '--iters', '2']
     assert main([*argv, '--json', str(out)]) == 1  # require all: TensorRT is still missing
     report = json.loads(out.read_text())

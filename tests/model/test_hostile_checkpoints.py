@@ -115,7 +115,7 @@ def test_convert_checkpoint_on_a_full_disk_keeps_the_previous_file(tmp_path, mon
     source = tmp_path / 'official.pth'
     torch.save({'model': build_model(load_model_config('tiny')).state_dict()}, source)
     first = tmp_path / 'first.safetensors'
-    assert convert_main([str(source), '--config', 'tiny', '--out', str(first)]) == 0
+    assert convert_main([str(source), '--model-config', 'tiny', '--out', str(first)]) == 0
     size = first.stat().st_size
     with small_disk(tmp_path / 'disk', int(size * 1.5)) as disk:
         if disk is None:  # not root: a full disk as safetensors reports it
@@ -127,7 +127,7 @@ def test_convert_checkpoint_on_a_full_disk_keeps_the_previous_file(tmp_path, mon
         out = (disk or tmp_path) / 'model.safetensors'
         out.write_bytes(first.read_bytes())  # the previous good file
         capsys.readouterr()
-        assert convert_main([str(source), '--config', 'tiny', '--out', str(out)]) == 1
+        assert convert_main([str(source), '--model-config', 'tiny', '--out', str(out)]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1, err
         assert err[0].startswith(f'error: no space left on {disk or ""}'), err

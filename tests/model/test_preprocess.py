@@ -12,8 +12,12 @@ from m2a_perception.preprocess import (
     DegenerateResizeError,
     Preprocessor,
     PreprocessRecord,
+    bilinear_taps,
     compute_resized_size,
     map_to_source,
+    resize_uint8,
+    resize_uint8_pil,
+    resize_uint8_torch,
 )
 
 
@@ -101,3 +105,97 @@ def test_extreme_aspect_ratios_are_refused_before_resizing(
         compute_resized_size(height, width, short_side, max_size)
     # A 1-row frame max_size wide still keeps its one row.
     assert compute_resized_size(1, max_size, short_side, max_size) == (1, max_size)
+
+
+# (source height, width, target height, width): camera frames at the usual inference sizes,
+# up-scaling, odd ratios, one-pixel sides, and frames whose height shrinks more than twice the
+# width does (where Pillow 13 runs its vertical pass first).
+RESIZE_CASES = [
+    (1080, 1920, 512, 910),
+    (720, 1280, 1024, 1820),
+    (128, 256, 256, 512),
+    (375, 1242, 256, 848),
+    (193, 141, 179, 384),
+    (40, 68, 120, 300),
+    (300, 200, 40, 190),
+    (190, 291, 17, 250),
+    (1, 7, 3, 2),
+    (9, 1, 1, 5),
+]
+
+
+def _pillow13_vertical_first(source: tuple[int, int], target: tuple[int, int]) -> bool:
+    """Pillow 13's rule (Resample.c ImagingResampleInner): vertical pass first when the height
+    shrinks by more than twice what the width does."""
+    shrink_h, shrink_w = source[0] - target[0], source[1] - target[1]
+    return shrink_h > 0 and shrink_h > 2 * shrink_w
+
+
+def _frame(height: int, width: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(('height', 'width', 'out_h', 'out_w'), RESIZE_CASES)
+def test_torch_resize_gives_pillows_bytes(height, width, out_h, out_w):
+    frame = _frame(height, width, seed=height * width)
+    expected = np.array(Image.fromarray(frame).resize((out_w, out_h), Image.Resampling.BILINEAR))
+    order = _pillow13_vertical_first((height, width), (out_h, out_w))
+    frame_t = torch.from_numpy(frame)
+    on_torch = resize_uint8_torch(frame_t, (out_h, out_w), vertical_first=order)
+    on_pil = resize_uint8_pil(frame_t, (out_h, out_w), vertical_first=order)
+    np.testing.assert_array_equal(on_torch.numpy(), expected)
+    np.testing.assert_array_equal(on_pil.numpy(), expected)
+
+
+def test_default_pass_order_is_horizontal_first_as_before_pillow_13():
+    """Pillow <= 12 (detectron2's, the released checkpoints') always resized the width first;
+    for a frame whose height shrinks much more, Pillow 13's two-axis resize differs."""
+    frame = _frame(300, 200, seed=3)
+    width_then_height = (
+        Image.fromarray(frame)
+        .resize((190, 300), Image.Resampling.BILINEAR)
+        .resize((190, 40), Image.Resampling.BILINEAR)
+    )
+    ours = resize_uint8(torch.from_numpy(frame), (40, 190))
+    np.testing.assert_array_equal(ours.numpy(), np.array(width_then_height))
+    np.testing.assert_array_equal(resize_uint8_torch(torch.from_numpy(frame), (40, 190)), ours)
+    pillow13 = np.array(Image.fromarray(frame).resize((190, 40), Image.Resampling.BILINEAR))
+    assert (pillow13 != ours.numpy()).any()
+
+
+def test_torch_resize_taps_for_a_two_to_one_shrink():
+    """Known answer: halving 4 pixels widens the triangle to support 2; output 0 (centre 1.0)
+    takes pixels 0..2 at scaled distances -0.25, 0.25, 0.75, i.e. weights 3/4 3/4 1/4,
+    normalised to 3/7 3/7 1/7 and rounded to 22-bit fixed point."""
+    indices, weights = bilinear_taps(4, 2)
+    one = 1 << 22
+    assert indices[0].tolist()[:3] == [0, 1, 2]
+    assert weights[0].tolist()[:3] == [round(one * 3 / 7), round(one * 3 / 7), round(one * 1 / 7)]
+    frame = torch.tensor([[[0], [70], [140], [210]]], dtype=torch.uint8).expand(1, 4, 1)
+    resized = resize_uint8_torch(frame.contiguous(), (1, 2))
+    expected = np.array(
+        Image.fromarray(frame[..., 0].numpy()).resize((2, 1), Image.Resampling.BILINEAR)
+    )
+    assert resized[..., 0].tolist() == expected.tolist()
+
+
+def test_preprocessor_resizes_like_pillow_then_normalises():
+    config = PreprocessConfig(short_side=64, max_size=256)
+    frame = _frame(90, 160, seed=7)
+    images, record = Preprocessor(config)(frame)
+    assert record.resized_size == (64, 114)
+    resized = np.array(Image.fromarray(frame).resize((114, 64), Image.Resampling.BILINEAR))
+    mean = np.array(config.pixel_mean, dtype=np.float32)
+    std = np.array(config.pixel_std, dtype=np.float32)
+    expected = ((resized.astype(np.float32) - mean) / std).transpose(2, 0, 1)
+    np.testing.assert_allclose(images[0, :, :64, :114].numpy(), expected, rtol=0, atol=1e-6)
+    assert float(images[0, :, :, 114:].abs().max()) == 0.0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(('height', 'width', 'out_h', 'out_w'), RESIZE_CASES[:4])
+def test_resize_on_cuda_gives_the_cpu_bytes(height, width, out_h, out_w):
+    frame = torch.from_numpy(_frame(height, width, seed=1))
+    on_cuda = resize_uint8(frame.cuda(), (out_h, out_w))
+    assert on_cuda.is_cuda
+    np.testing.assert_array_equal(on_cuda.cpu().numpy(), resize_uint8(frame, (out_h, out_w)))

@@ -17,18 +17,18 @@ from typing import Any, ClassVar
 
 import pytest
 
-from m2a_perception.ros.replay.cli import build_parser as replay_parser
+from m2a_perception.cli.bag_player import build_parser as player_parser
+from m2a_perception.cli.bag_recorder import build_parser as recorder_parser
+from m2a_perception.cli.replay import build_parser as replay_parser
 from m2a_perception.ros.replay.live import plan_live_replay
-from m2a_perception.ros.replay.player import build_parser as player_parser
-from m2a_perception.ros.replay.recorder import build_parser as recorder_parser
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = REPO_ROOT / 'launch' / 'replay_eval.launch.py'
 # Console scripts the launch file needs in ros2_ws/src/m2a_perception/setup.py.
 EXECUTABLES = {
-    'perception_node': 'm2a_perception.ros.main',
-    'bag_player': 'm2a_perception.ros.replay.player',
-    'bag_recorder': 'm2a_perception.ros.replay.recorder',
+    'perception_node': 'm2a_perception.cli.perception_node',
+    'bag_player': 'm2a_perception.cli.bag_player',
+    'bag_recorder': 'm2a_perception.cli.bag_recorder',
 }
 
 
@@ -163,7 +163,7 @@ def test_replay_eval_launch(launch_module, anomaly_bag, tmp_path):
     assert on_exit.kwargs['target_action'] is recorder
     evaluation, then = on_exit.kwargs['on_exit']
     command = evaluation.kwargs['cmd']
-    assert command[:3] == [sys.executable, '-m', 'm2a_perception.ros.replay.cli']
+    assert command[:3] == [sys.executable, '-m', 'm2a_perception.cli.replay']
     parsed = replay_parser().parse_args(command[3:])
     assert parsed.recorded_outputs and parsed.bag == out
     assert then.args[0].kwargs['on_exit'][0].kwargs['event'] is not None

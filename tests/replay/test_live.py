@@ -8,6 +8,8 @@ import os
 import pytest
 from rosbags.rosbag2 import Reader
 
+from m2a_perception.cli.bag_player import build_parser as player_parser
+from m2a_perception.cli.bag_recorder import build_parser as recorder_parser
 from m2a_perception.ros.replay.bag import BagReadError
 from m2a_perception.ros.replay.evaluation import EvaluationSettings
 from m2a_perception.ros.replay.live import (
@@ -19,8 +21,6 @@ from m2a_perception.ros.replay.live import (
     run_live_replay,
 )
 from m2a_perception.ros.replay.offline import ReplayOptions, replay_bag
-from m2a_perception.ros.replay.player import build_parser as player_parser
-from m2a_perception.ros.replay.recorder import build_parser as recorder_parser
 
 from .conftest import NUM_ANOMALY_SCENES
 from .test_offline import OUTPUTS, header_key, read_with_mcap, read_with_rosbags, same

@@ -14,6 +14,7 @@ from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from m2a_perception.classes import label_ids_to_train_ids
+from m2a_perception.cli.replay import main as replay_main
 from m2a_perception.metrics.component import OBSTACLE_TRACK, ComponentAccumulator
 from m2a_perception.metrics.pixel import SMIYC_PROTOCOL, PixelCurveAccumulator
 from m2a_perception.metrics.semantic import ConfusionMatrix
@@ -21,7 +22,6 @@ from m2a_perception.pictures import read_rgb
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.ros.params import settings_from_parameters
 from m2a_perception.ros.replay.bag import BagReadError
-from m2a_perception.ros.replay.cli import main as replay_main
 from m2a_perception.ros.replay.evaluation import EvaluationSettings, evaluate_recorded_bag
 from m2a_perception.ros.replay.offline import ReplayOptions, replay_bag
 from m2a_perception.ros.replay.pack import PackOptions, pack_images
@@ -168,7 +168,7 @@ def test_metrics_match_a_direct_computation(world, tiny_checkpoint, replayed):
 
 def test_metrics_match_m2a_eval(world, tiny_checkpoint, replayed, tmp_path):
     """`m2a-eval --protocol node` on the folder the bag was packed from gives the same numbers."""
-    from m2a_training.evaluate import main as eval_main
+    from m2a_training.cli.evaluate import main as eval_main
 
     out = tmp_path / 'eval'
     status = eval_main(

@@ -9,9 +9,10 @@ from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
 from m2a_perception.classes import label_ids_to_train_ids
+from m2a_perception.cli.pack_bag import main
 from m2a_perception.pictures import read_rgb
 from m2a_perception.ros.conversions import compressed_msg_to_rgb, image_msg_to_rgb
-from m2a_perception.ros.replay.pack import PackOptions, main, pack_images
+from m2a_perception.ros.replay.pack import PackOptions, pack_images
 
 from .conftest import NUM_ANOMALY_SCENES, write_pngs
 
@@ -123,7 +124,7 @@ def test_mask_map_and_bad_labels(tmp_path):
 
 def test_cli(world, tmp_path, capsys):
     out = tmp_path / 'bag'
-    assert main([str(world.anomaly_root), '--out', str(out), '--rate', '5', '--limit', '2']) == 0
+    assert main([str(world.anomaly_root), '--out', str(out), '--fps', '5', '--limit', '2']) == 0
     assert 'wrote' in capsys.readouterr().out
     assert main([str(world.anomaly_root), '--out', str(out)]) == 2
     assert 'exists' in capsys.readouterr().err

@@ -18,10 +18,10 @@ def test_ctrl_c_while_playing_exits_0_without_traceback(anomaly_bag):
     command = [
         sys.executable,
         '-m',
-        'm2a_perception.ros.replay.player',
+        'm2a_perception.cli.bag_player',
         str(anomaly_bag),
         '--clock',
-        '--rate',
+        '--speed',
         '0.02',
         '--progress',
     ]

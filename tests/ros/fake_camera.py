@@ -8,7 +8,8 @@ Scenarios:
     good  valid frames in `--encoding` (or `--format jpeg|png` for CompressedImage);
     bad   a cycle of malformed Image messages (wrong encoding, short step, short data, zero
           size, huge frame, NaN float image) with a valid frame after each, and, with
-          `--compressed-topic`, corrupt and valid JPEGs on that topic.
+          `--compressed-topic`, corrupt and valid JPEGs on that topic;
+    oversized  CompressedImage "JPEGs" of `--payload-bytes` (above the node's compressed limit).
 
 Synthetic stamps are `sec = 1_000_000 + i, nanosec = 500` so tests can match outputs to inputs
 exactly; `now` stamps measure latency.
@@ -107,6 +108,13 @@ def corrupt_jpeg(rgb: np.ndarray, truncated: bool) -> CompressedImage:
     return msg
 
 
+def oversized_jpeg(size: int) -> CompressedImage:
+    """A CompressedImage of `size` bytes that starts like a JPEG (the node checks sizes first)."""
+    msg = CompressedImage(format='jpeg')
+    msg.data = array.array('B', b'\xff\xd8' + bytes(size - 2))
+    return msg
+
+
 class FakeCamera(Node):
     """Publishes `args.count` frames (0 = until stopped) at `args.rate` Hz."""
 
@@ -122,7 +130,7 @@ class FakeCamera(Node):
                 else ReliabilityPolicy.BEST_EFFORT
             ),
         )
-        msg_type = CompressedImage if args.format else Image
+        msg_type = CompressedImage if args.format or args.scenario == 'oversized' else Image
         self.pub = self.create_publisher(msg_type, args.topic, qos)
         self.compressed_pub = None
         if args.compressed_topic:
@@ -146,9 +154,11 @@ class FakeCamera(Node):
         args = self.args
         rgb = make_rgb(self.index, args.height, args.width)
         header = self.header()
-        if args.scenario == 'bad' and self.index % 2 == 0:
+        if args.scenario == 'oversized':
+            msg: Image | CompressedImage = oversized_jpeg(args.payload_bytes)
+        elif args.scenario == 'bad' and self.index % 2 == 0:
             kind = BAD_KINDS[(self.index // 2) % len(BAD_KINDS)]
-            msg: Image | CompressedImage = bad_image(kind, args.height, args.width)
+            msg = bad_image(kind, args.height, args.width)
         elif args.format:
             msg = rgb_to_compressed_msg(rgb, args.format)
         else:
@@ -179,7 +189,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument('--frame-id', default='camera')
     parser.add_argument('--stamp', default='synthetic', choices=('synthetic', 'now'))
     parser.add_argument('--reliability', default='reliable', choices=('reliable', 'best_effort'))
-    parser.add_argument('--scenario', default='good', choices=('good', 'bad'))
+    parser.add_argument('--scenario', default='good', choices=('good', 'bad', 'oversized'))
+    parser.add_argument('--payload-bytes', type=int, default=70_000_000, help='oversized only')
     return parser.parse_args(argv)
 
 

@@ -22,14 +22,14 @@ EVIL_YAML = (
 
 
 def run_node(*ros_args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, '-m', 'm2a_perception.ros.main', '--ros-args', *ros_args]
+    command = [sys.executable, '-m', 'm2a_perception.cli.perception_node', '--ros-args', *ros_args]
     return subprocess.run(
         command, capture_output=True, text=True, env=ros_env(), timeout=timeout_s, check=False
     )
 
 
 def run_replay(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, '-m', 'm2a_perception.ros.replay.cli', *args]
+    command = [sys.executable, '-m', 'm2a_perception.cli.replay', *args]
     return subprocess.run(
         command, capture_output=True, text=True, env=ros_env(), timeout=120, check=False
     )

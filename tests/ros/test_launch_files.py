@@ -26,12 +26,12 @@ from m2a_perception.ros.rviz_config import (
     topic_for,
 )
 
+from ..entry_points import setup_console_scripts as console_scripts
 from .helpers import PARAMS_FILE, REPO_ROOT
 
 pytestmark = pytest.mark.ros
 
 LAUNCH_DIR = REPO_ROOT / 'launch'
-SETUP_PY = REPO_ROOT / 'ros2_ws' / 'src' / 'm2a_perception' / 'setup.py'
 RVIZ_FILE = REPO_ROOT / 'config' / 'm2a_perception.rviz'
 REQUIRED_ARGUMENTS = {
     'params_file',
@@ -165,20 +165,6 @@ def launch_context(description: Recorded, **overrides: str) -> FakeContext:
             context.launch_configurations[entity.name] = perform(default, context)
     context.launch_configurations.update(overrides)
     return context
-
-
-def console_scripts() -> dict[str, str]:
-    """`name -> module:function` of setup.py's console_scripts, read without running it."""
-    tree = ast.parse(SETUP_PY.read_text())
-    scripts: dict[str, str] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Dict):
-            for key, value in zip(node.keys, node.values, strict=True):
-                if isinstance(key, ast.Constant) and key.value == 'console_scripts':
-                    for item in ast.literal_eval(value):
-                        name, target = (part.strip() for part in item.split('='))
-                        scripts[name] = target
-    return scripts
 
 
 def installed_share_file(path: str) -> Path:
@@ -351,8 +337,8 @@ def test_every_named_executable_exists():
     if missing:
         pytest.fail(
             f'setup.py console_scripts lacks {missing}; add '
-            "'perception_node = m2a_perception.ros.main:main' and "
-            "'m2a-perception-node = m2a_perception.ros.main:main'"
+            "'perception_node = m2a_perception.cli.perception_node:main' and "
+            "'m2a-perception-node = m2a_perception.cli.perception_node:main'"
         )
     for name in ('perception_node', 'm2a-perception-node'):
         module_name, function = scripts[name].split(':')

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from m2a_perception.ros.bench import NODE_STAGES, OUTPUT_TYPES, STAGES, cdr_stamp, parse_size
+from m2a_perception.cli.node_bench import NODE_STAGES, OUTPUT_TYPES, STAGES, cdr_stamp
 
 from .helpers import REPO_ROOT, ros_env
 
@@ -20,7 +20,7 @@ def test_bench_measures_both_output_resolutions(tmp_path, tiny_checkpoint):
     command = [
         sys.executable,
         '-m',
-        'm2a_perception.ros.bench',
+        'm2a_perception.cli.node_bench',
         '--checkpoint',
         str(tiny_checkpoint),
         '--size',
@@ -31,7 +31,7 @@ def test_bench_measures_both_output_resolutions(tmp_path, tiny_checkpoint):
         '3',
         '--warmup',
         '1',
-        '--rate',
+        '--fps',
         '20',
         '--repeats',
         '3',
@@ -81,9 +81,3 @@ def test_cdr_stamp_reads_the_header_of_serialized_messages():
     msg = Image()
     msg.header.stamp.sec, msg.header.stamp.nanosec = 1_234_567, 890
     assert cdr_stamp(serialize_message(msg)) == (1_234_567, 890)
-
-
-def test_parse_size():
-    assert parse_size('1024x2048') == (1024, 2048)
-    with pytest.raises(Exception, match='HEIGHTxWIDTH'):
-        parse_size('1024')

@@ -49,7 +49,7 @@ def built_engine(tiny_checkpoint, tmp_path_factory) -> Path:
     command = [
         sys.executable, '-m', 'm2a_perception.cli.build_engine',
         '--checkpoint', str(tiny_checkpoint), '--backend', 'onnxruntime', '--precision', 'fp32',
-        '--size', SIZE, '--device', 'cpu', '--cache-dir', str(cache), '--gate-images', '2',
+        '--size', SIZE, '--device', 'cpu', '--engine-cache', str(cache), '--gate-images', '2',
         '--json', str(summary),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from m2a_training.cli.evaluate import main
 from m2a_training.data.benchmarks import (
     BenchmarkDatasetError,
     fishyscapes_lost_and_found,
     fishyscapes_static,
 )
-from m2a_training.evaluate import main, parse_protocols
+from m2a_training.evaluate import parse_protocols
 from tests.training import benchmark_layouts as layouts
 
 

@@ -4,6 +4,7 @@ writes every promised output."""
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -12,8 +13,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from m2a_perception.weights import load_checkpoint
+from m2a_training import demo
+from m2a_training.cli.demo import main
 from m2a_training.config import load_train_config
-from m2a_training.demo import format_figures, main, obstacle_is_hottest
+from m2a_training.demo import format_figures, obstacle_is_hottest
 
 SMALL_WORLD = [
     'data.synthetic_world.num_train=4',
@@ -86,3 +89,22 @@ def test_obstacle_is_hottest_compares_obstacle_and_inlier_maxima():
     anomaly[0, 1] = 0.7  # a tie is not a win
     assert not obstacle_is_hottest(anomaly, label)
     assert not obstacle_is_hottest(anomaly, np.zeros_like(label))
+
+
+def test_the_demo_replay_commands_parse_with_their_tools(tmp_path, monkeypatch):
+    # The demo's replay runs `python -m` tools in child processes; each command line must be
+    # one those tools' parsers accept, with the shared vocabulary's meanings.
+    calls = []
+    monkeypatch.setattr(demo, 'run_console_script', lambda *call: calls.append(call) or 'report')
+    checkpoint = tmp_path / 'model.safetensors'
+    assert demo.replay_through_node(tmp_path / 'anomaly', checkpoint, tmp_path) == 'report'
+    modules = [module for module, _ in calls]
+    assert modules == ['m2a_perception.cli.pack_bag', 'm2a_perception.cli.replay']
+    pack, replay = (
+        importlib.import_module(module).build_parser().parse_args(arguments)
+        for module, arguments in calls
+    )
+    assert pack.fps == 5.0 and pack.out == tmp_path / 'camera_bag' and pack.overwrite
+    assert replay.live and replay.checkpoint == checkpoint.resolve()
+    assert replay.json == tmp_path / 'replay_report.json'
+    assert replay.param == ['output_resolution:=source']

@@ -40,13 +40,13 @@ from m2a_perception.pipeline import Segmenter
 from m2a_perception.postprocess import PostprocessConfig
 from m2a_perception.types import SegmentKind
 from m2a_perception.weights import save_checkpoint
+from m2a_training.cli.evaluate import main
 from m2a_training.data.benchmarks import smiyc_road_anomaly21
 from m2a_training.data.cityscapes import (
     find_cityscapes_records,
     read_cityscapes_sample,
 )
 from m2a_training.data.synthetic import generate_synthetic_world
-from m2a_training.evaluate import main
 
 WORLD_SIZE = (64, 128)
 NUM_VAL = 5
@@ -314,7 +314,7 @@ def test_torchrun_two_processes_match_one(world, checkpoint, torch_report, tmp_p
     out = tmp_path / 'eval_torchrun'
     command = [
         sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-        '-m', 'm2a_training.evaluate', '--checkpoint', str(checkpoint), '--workers', '0',
+        '-m', 'm2a_training.cli.evaluate', '--checkpoint', str(checkpoint), '--workers', '0',
         *_eval_args(world, out),
     ]  # fmt: skip
     environment = {**os.environ, 'OMP_NUM_THREADS': '1'}

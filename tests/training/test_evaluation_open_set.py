@@ -30,8 +30,8 @@ from m2a_perception.pipeline import Segmenter
 from m2a_perception.postprocess import PostprocessConfig
 from m2a_perception.types import SegmentKind
 from m2a_perception.weights import save_checkpoint
+from m2a_training.cli.evaluate import main
 from m2a_training.data.benchmarks import coco_panoptic, street_hazards
-from m2a_training.evaluate import main
 from m2a_training.evaluation.datasets import (
     STREETHAZARDS_REFINEMENT_IDS,
     STREETHAZARDS_THING_IDS,

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from m2a_training import checkpointing
-from m2a_training.train import main as train_main
+from m2a_training.cli.train import main as train_main
 
 from ..disk import folder_bytes, small_disk
 from .train_helpers import CONFIG_DIR, make_tiny_world, tiny_overrides

@@ -350,3 +350,37 @@ def test_resample_stretch_uses_align_corners_true_and_crop_keeps_alignment() -> 
 def test_contrastive_config_rejects_unknown_variant() -> None:
     with pytest.raises(ValueError, match='variant'):
         ContrastiveLossConfig(variant='margin')  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- KAN regulariser
+
+
+def test_criterion_adds_the_kan_regulariser_only_for_kan_layers() -> None:
+    import math
+
+    from m2a_perception.model.kan import KANLinear
+    from m2a_perception.model.transformer_decoder import MLP
+
+    outputs = _random_outputs(2, 5, 3, 2, (8, 8), seed=0)
+    targets = _half_targets((32, 32))
+    config = CriterionConfig(num_classes=3, num_points=64, kan_regularization_weight=0.5)
+    criterion = SetCriterion(config)
+
+    def run(model):
+        return criterion(outputs, targets, None, torch.Generator().manual_seed(0), model=model)
+
+    plain = run(None)
+    mlp = run(MLP(4, 4, 4, 3))
+    assert 'loss_kan_reg' not in mlp.terms and torch.equal(mlp.total, plain.total)
+    kan = KANLinear(2, 1, grid_size=1, spline_order=1)
+    with torch.no_grad():
+        kan.spline_weight.copy_(torch.tensor([[[1.0, -1.0], [3.0, -3.0]]]))
+    result = run(torch.nn.Sequential(kan))
+    # l1 = (1, 3): 4 + entropy(1/4, 3/4), weighted by 0.5 and added once.
+    expected = 4.0 - (0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert result.terms['loss_kan_reg'].item() == pytest.approx(expected, abs=1e-6)
+    assert (result.total - plain.total).item() == pytest.approx(0.5 * expected, abs=1e-5)
+    result.total.backward()
+    assert kan.spline_weight.grad is not None and kan.spline_weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match='non-negative'):
+        CriterionConfig(kan_regularization_weight=-1.0)

@@ -32,7 +32,7 @@ def train_in_process(world: Path, output_dir: Path, env: dict[str, str], pin: st
     command = [
         sys.executable,
         '-m',
-        'm2a_training.train',
+        'm2a_training.cli.train',
         str(CONFIG_DIR / 'synthetic_stage1.yaml'),
         *overrides,
     ]

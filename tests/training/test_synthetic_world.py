@@ -12,14 +12,16 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
+from m2a_training.cli.synthetic_world import main
+from m2a_training.data import synthetic
 from m2a_training.data.synthetic import (
+    FULL_FRAME_LABELS,
     HELD_OUT_KINDS,
     OUTLIER_KINDS,
     PROBE_KINDS,
     SyntheticWorld,
     generate_synthetic_world,
     load_synthetic_world,
-    main,
 )
 
 SIZE = (64, 128)
@@ -126,6 +128,13 @@ def test_anomaly_validation_set_layout(world: SyntheticWorld) -> None:
         assert label.shape == SIZE
         assert set(np.unique(label).tolist()) <= {0, 1, 255}
         assert (label == 1).sum() >= 12
+        full_frame = np.asarray(
+            Image.open(world.anomaly_root / FULL_FRAME_LABELS / label_path.name)
+        )
+        # Same obstacle; the road-only labels are the full-frame ones with off-road pixels void.
+        np.testing.assert_array_equal(full_frame == 1, label == 1)
+        assert ((label == 0) <= (full_frame == 0)).all()
+        assert (label == 255).sum() > (full_frame == 255).sum()
     objects = json.loads((world.anomaly_root / 'objects.json').read_text())
     assert set(objects['kinds']) == set(HELD_OUT_KINDS) | set(OUTLIER_KINDS)
     assert not set(objects['kinds']) & set(PROBE_KINDS)
@@ -148,7 +157,19 @@ def test_scenes_are_not_colour_trivial(world: SyntheticWorld) -> None:
     assert accuracy < 0.75
 
 
-def test_cli_writes_a_world(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ('size', 'warning'),
+    [
+        (['--size', '64x96'], ''),
+        (
+            ['--height', '64', '--width', '96'],
+            'm2a-synthetic-world: warning: --height/--width are deprecated; use --size HxW\n',
+        ),
+    ],
+)
+def test_cli_writes_a_world(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], size: list[str], warning: str
+) -> None:
     args = [
         str(tmp_path / 'cli'),
         '--num-train',
@@ -159,15 +180,14 @@ def test_cli_writes_a_world(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         '1',
         '--num-outlier-images',
         '1',
-        '--height',
-        '64',
-        '--width',
-        '96',
+        *size,
         '--seed',
         '1',
     ]
     assert main(args) == 0
-    assert 'coco json' in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert 'coco json' in captured.out
+    assert captured.err == warning
     manifest = json.loads((tmp_path / 'cli' / 'manifest.json').read_text())
     assert manifest['size'] == [64, 96]
 
@@ -183,3 +203,31 @@ def test_load_describes_a_generated_world(world: SyntheticWorld, tmp_path: Path)
     assert load_synthetic_world(world.root) == world
     with pytest.raises(FileNotFoundError, match='no synthetic world'):
         load_synthetic_world(tmp_path)
+
+
+def test_anomaly_targets_judge_the_road_only() -> None:
+    """Known answer on a 2x4 scene: road, sidewalk, car, obstacle, hood."""
+    ids = synthetic._label_ids()
+    obstacle = synthetic._ANOMALY_LABEL
+    label = np.array(
+        [
+            [ids.road, ids.road, ids.sidewalk, ids.car],
+            [obstacle, ids.road, ids.ego_vehicle, ids.sky],
+        ],
+        dtype=np.uint8,
+    )
+    full_frame, road_only = synthetic.anomaly_targets(label, ids)
+    assert full_frame.tolist() == [[0, 0, 0, 0], [1, 0, 255, 0]]
+    assert road_only.tolist() == [[0, 0, 255, 255], [1, 0, 255, 255]]
+
+
+def test_a_world_of_an_older_format_is_not_current(world: SyntheticWorld) -> None:
+    assert synthetic.synthetic_world_is_current(world.root)
+    manifest = json.loads((world.root / 'manifest.json').read_text())
+    manifest.pop('format')
+    (world.root / 'manifest.json').write_text(json.dumps(manifest))
+    try:
+        assert not synthetic.synthetic_world_is_current(world.root)
+    finally:
+        manifest['format'] = synthetic.WORLD_FORMAT
+        (world.root / 'manifest.json').write_text(json.dumps(manifest))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from m2a_training.cli.train import main
 from m2a_training.config import (
     ConfigError,
     TrainConfig,
@@ -19,7 +20,6 @@ from m2a_training.config import (
 )
 from m2a_training.data.sampler import IterationBatches
 from m2a_training.schedule import PolyWithWarmup
-from m2a_training.train import main
 
 from .train_helpers import CONFIG_DIR
 

@@ -127,7 +127,7 @@ def train_step(
                 f'non-finite model outputs (images {batch.names} on this rank: '
                 f'{"finite" if finite else "non-finite"}); no optimiser step was taken'
             )
-        losses = criterion(outputs, batch.targets, batch.ood_masks, generator)
+        losses = criterion(outputs, batch.targets, batch.ood_masks, generator, model=model)
     loss_value = float(losses.total.detach())
     if not _finite_on_all_ranks(math.isfinite(loss_value), device):
         bad = sorted(k for k, v in losses.terms.items() if not torch.isfinite(v))

@@ -39,7 +39,8 @@ cache (float16, or float32 where float32 thresholds follow; about 6-10 MB per 10
 pass 2 computes the threshold-dependent metrics from it (see `m2a_training.evaluation.runner`).
 
 Split a large evaluation over processes with the training launcher:
-    torchrun --standalone --nproc_per_node 4 -m m2a_training.evaluate --checkpoint ... --out ...
+    torchrun --standalone --nproc_per_node 4 -m m2a_training.cli.evaluate \\
+        --checkpoint ... --out ...
 
 Examples:
     m2a-eval --checkpoint model.safetensors --dataset smiyc_ra21=data/RoadAnomaly21 \
@@ -52,34 +53,23 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import errno
 import functools
 import logging
 import platform
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from m2a_perception.inference.backend import PRECISIONS
-from m2a_perception.logs import setup_logging
 from m2a_perception.metrics.pixel import PIXEL_PROTOCOLS, PixelProtocol, get_pixel_protocol
-from m2a_perception.postprocess import SCORERS, SCORING_PROTOCOLS, PostprocessConfig
-from m2a_perception.postprocess.config import (
-    LABEL_UPSAMPLING,
-    REFINEMENT_MODES,
-    SCORING_RESOLUTIONS,
-    UNIT_RANGE_SCORERS,
-)
-from m2a_perception.runtime.loader import BackendError, BackendSpec, engine_kind, load_backend
-from m2a_perception.weights import CheckpointError, WriteFailedError
+from m2a_perception.postprocess import SCORING_PROTOCOLS, PostprocessConfig
+from m2a_perception.postprocess.config import UNIT_RANGE_SCORERS
+from m2a_perception.runtime.loader import BackendSpec, engine_kind, load_backend
+from m2a_perception.weights import WriteFailedError
 from m2a_perception.weights.checkpoint import atomic_write, write_failure
-from m2a_training.data.benchmarks import LAF_SPLITS, BenchmarkOptions
-from m2a_training.distributed import DistributedContext, init_distributed, shutdown_distributed
+from m2a_training.data.benchmarks import BenchmarkOptions
+from m2a_training.distributed import DistributedContext
 from m2a_training.evaluation.datasets import (
-    DATASET_ERRORS,
-    DATASET_NAMES,
     LEADERBOARD_PIXEL_PROTOCOLS,
     AnomalyEvalDataset,
     EvalDataset,
@@ -96,165 +86,12 @@ from m2a_training.evaluation.report import (
 )
 from m2a_training.evaluation.runner import (
     EvalOptions,
-    EvaluationError,
     EvaluationResult,
     build_plans,
     run_evaluation,
 )
 
 LOGGER = logging.getLogger(__name__)
-
-EXIT_USAGE = 2
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='m2a-eval', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    model = parser.add_argument_group('model')
-    model.add_argument('--checkpoint', type=Path, help='m2a .safetensors checkpoint')
-    model.add_argument(
-        '--engine',
-        type=Path,
-        help='engine from m2a-build-engine: .onnx (onnxruntime), .ep (tensorrt) or .plan '
-        '(tensorrt-onnx); opened through its sidecar, checked against --checkpoint',
-    )
-    model.add_argument(
-        '--backend',
-        choices=('torch', 'torch-compile'),
-        default='torch',
-        help='backend of --checkpoint without --engine',
-    )
-    model.add_argument(
-        '--allow-gate-failed',
-        action='store_true',
-        help='use an engine whose accuracy gate failed (explicit override)',
-    )
-    model.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    model.add_argument('--precision', choices=PRECISIONS, default='fp32')
-    model.add_argument('--method-name', help='row label in the tables (default: file stem)')
-
-    data = parser.add_argument_group('data')
-    data.add_argument(
-        '--dataset',
-        action='append',
-        required=True,
-        metavar='NAME=PATH',
-        help=f'dataset to evaluate (repeatable); NAME in {", ".join(DATASET_NAMES)}',
-    )
-    data.add_argument('--limit', type=int, help='evaluate only the first N frames of each dataset')
-    data.add_argument(
-        '--streethazards-convention',
-        choices=('mask2anomaly', 'densehybrid', 'caos'),
-        default='mask2anomaly',
-        help='void labels of StreetHazards pixel metrics (default: the Mask2Anomaly script)',
-    )
-    data.add_argument('--workers', type=int, default=2, help='frame-decoding workers')
-    data.add_argument(
-        '--unknown-labels',
-        choices=('error', 'void'),
-        default='error',
-        help='a label value the dataset does not define: stop with the file and value '
-        '(default), or treat it as void as SMIYC and bdl-benchmark do',
-    )
-    data.add_argument(
-        '--lost-and-found-split',
-        choices=LAF_SPLITS,
-        default='testNoKnown',
-        help="Lost & Found split (default testNoKnown, the SMIYC leaderboard's 1043 frames)",
-    )
-    data.add_argument(
-        '--lost-and-found-root',
-        type=Path,
-        help='Lost & Found tree (with leftImg8bit/) for the Fishyscapes L&F images '
-        '(default: detected next to the labels)',
-    )
-    data.add_argument(
-        '--cityscapes-root',
-        type=Path,
-        help='Cityscapes tree (with leftImg8bit/val/) for the released Fishyscapes Static '
-        'overlays (default: detected next to them)',
-    )
-    data.add_argument(
-        '--fs-static-version',
-        type=int,
-        metavar='N',
-        help='Fishyscapes Static overlay version fs_val_vN (needed when several are present)',
-    )
-    data.add_argument(
-        '--list-frames',
-        action='store_true',
-        help='open the datasets, print their frame counts and exit (no model needed)',
-    )
-
-    metrics = parser.add_argument_group('metrics')
-    metrics.add_argument(
-        '--protocol',
-        action='append',
-        default=[],
-        metavar='[DATASET=]NAME',
-        help=(
-            f'scoring protocol, one of {", ".join(SCORING_PROTOCOLS)} (default official), or '
-            f'pixel protocol, one of {", ".join(PIXEL_PROTOCOLS)} (default: smiyc_binned on '
-            'the SMIYC tracks, smiyc elsewhere); repeatable'
-        ),
-    )
-    metrics.add_argument(
-        '--calibrate-on',
-        metavar='NAME',
-        help='choose the open-set threshold at 95%% TPR on this dataset, apply it to all',
-    )
-    metrics.add_argument('--calibration-scale', type=float, default=0.5)
-    metrics.add_argument(
-        '--calibration-mantissa-bits',
-        type=int,
-        default=16,
-        help='precision of the float32 calibration curve (23 = exact, more memory)',
-    )
-    metrics.add_argument('--no-panoptic', action='store_true', help='skip PQ (faster)')
-
-    post = parser.add_argument_group('post-processing')
-    post.add_argument('--scorer', choices=SCORERS, help='default: the protocol (mask2anomaly)')
-    post.add_argument(
-        '--refinement', choices=REFINEMENT_MODES, help='default: the protocol (code)'
-    )
-    post.add_argument(
-        '--scoring-resolution',
-        choices=SCORING_RESOLUTIONS,
-        help='source = score at full resolution (official), mask = at 1/4 (node); '
-        'default: the protocol',
-    )
-    post.add_argument(
-        '--refinement-min-queries',
-        type=int,
-        metavar='N',
-        help='refine only with at least N confident queries (official 2, node 1)',
-    )
-    post.add_argument(
-        '--flip',
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help='average with the pass on the mirrored source image (official geometry); '
-        'default: the protocol (official on, node off)',
-    )
-    post.add_argument('--scf', action='store_true', help='CSL structure-constrained fusion')
-    post.add_argument('--no-mining', action='store_true', help='no unknown-instance mining')
-    post.add_argument(
-        '--label-upsampling',
-        choices=LABEL_UPSAMPLING,
-        help='bilinear = labels from upsampled class scores (official, with source scoring in '
-        'the official order), nearest = faster; default: the protocol',
-    )
-
-    output = parser.add_argument_group('output')
-    output.add_argument('--out', type=Path, required=True, help='output folder (created)')
-    output.add_argument('--gallery', type=int, default=8, help='worst frames per dataset')
-    output.add_argument('--cache-dir', type=Path, help='score-map cache (default OUT/cache)')
-    output.add_argument('--keep-cache', action='store_true')
-    output.add_argument('--no-progress', action='store_true')
-    output.add_argument('--threads', type=int, help='torch CPU threads')
-    output.add_argument('-v', '--verbose', action='store_true')
-    return parser
 
 
 def scoring_protocol_of(specs: list[str]) -> str:
@@ -456,45 +293,3 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
     for path in files['report']:
         print(f'wrote {path}')
     return 0
-
-
-EXPECTED_ERRORS = (
-    *DATASET_ERRORS,
-    CheckpointError,
-    BackendError,
-    WriteFailedError,
-    EvaluationError,
-    FileNotFoundError,
-    ValueError,
-)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (also under torchrun: every rank runs it)."""
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    context = init_distributed(args.device)
-    device = context.device
-    try:
-        return _run(args, context, device)
-    except EXPECTED_ERRORS as error:
-        # EvaluationError messages already name the failing rank.
-        named = context.is_distributed and not isinstance(error, EvaluationError)
-        prefix = f'rank {context.rank}: ' if named else ''
-        print(f'error: {prefix}{error}', file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as error:
-        # A full disk anywhere under --out (gallery, curves, caches); other OS errors propagate.
-        failure = write_failure(args.out, error) if args.out is not None else None
-        if failure is None or failure.errno != errno.ENOSPC:
-            raise
-        print(f'error: {failure}', file=sys.stderr)
-        return EXIT_USAGE
-    finally:
-        shutdown_distributed(context)
-
-
-if __name__ == '__main__':
-    sys.exit(main())

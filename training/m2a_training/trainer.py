@@ -50,7 +50,7 @@ from m2a_training.data.anomaly_mix import AnomalyMix, build_outlier_pool
 from m2a_training.data.augment import Augmenter, Transform, compose_transforms
 from m2a_training.data.cityscapes import CityscapesDataset
 from m2a_training.data.sampler import IterationBatches, keep_batch
-from m2a_training.data.synthetic import generate_synthetic_world
+from m2a_training.data.synthetic import generate_synthetic_world, synthetic_world_is_current
 from m2a_training.distributed import (
     DistributedContext,
     all_gather_objects,
@@ -169,10 +169,11 @@ def build_train_transform(config: TrainConfig) -> Transform:
 
 
 def ensure_synthetic_world(config: TrainConfig, context: DistributedContext) -> None:
-    """Generate the synthetic world at `data.root` (rank 0) if configured and missing."""
+    """Generate the synthetic world at `data.root` (rank 0) if configured and missing, or if
+    the world there was written by a version whose files meant something else."""
     spec = config.data.synthetic_world
     root = Path(config.data.root)
-    if spec is not None and context.is_main and not (root / 'manifest.json').is_file():
+    if spec is not None and context.is_main and not synthetic_world_is_current(root):
         logger.info('generating the synthetic road world at %s', root)
         kinds = {} if spec.anomaly_kinds is None else {'anomaly_kinds': spec.anomaly_kinds}
         generate_synthetic_world(

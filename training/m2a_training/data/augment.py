@@ -12,9 +12,10 @@ Both are followed by ColorAugSSD photometric jitter (brightness ±32, then contr
 saturation [0.5, 1.5] + hue ±18 in random order, each with probability 0.5, computed in BGR as
 detectron2 does) and a horizontal flip with probability 0.5.
 
-The image is resized with PIL bilinear; every label map (semantic, instance ids, outlier mask)
-with one nearest-neighbour index map, so all of them, and the image, stay in register through
-every step. The index map is detectron2's: the official mapper reads the labels as float64
+The image is resized with Pillow's bilinear (the core's `resize_image`); every label map
+(semantic, instance ids, outlier mask) with one nearest-neighbour index map, so all of them, and
+the image, stay in register through every step. The index map is detectron2's: the official
+mapper reads the labels as float64
 (`mask_former_semantic_dataset_mapper.py` line 204, `.astype("double")`; the pasted outliers are
 label 254 in that map), so detectron2's `ResizeTransform.apply_image` resizes them with torch's
 `F.interpolate(mode='nearest')`, source index floor(i · in/out) in float32, not PIL's
@@ -32,9 +33,9 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from m2a_perception.classes import VOID_ID
+from m2a_perception.preprocess import resize_image
 
 # Semantic label of pasted outlier pixels (AnomalyMix); void pixels keep `VOID_ID`.
 OUTLIER_LABEL = 254
@@ -179,13 +180,12 @@ def nearest_indices(source: int, target: int, rule: LabelResize = 'detectron2') 
 def resize_sample(
     sample: AnnotatedImage, size: tuple[int, int], label_resize: LabelResize = 'detectron2'
 ) -> AnnotatedImage:
-    """Resize: image bilinear (PIL), every label map nearest with the same index map."""
+    """Resize: image bilinear (Pillow's), every label map nearest with the same index map."""
     if sample.size == tuple(size):
         return sample
     height, width = size
-    image = np.asarray(
-        Image.fromarray(sample.image).resize((width, height), Image.Resampling.BILINEAR)
-    )
+    # The core's resize: Pillow's bilinear with Pillow <= 12's pass order, as at test time.
+    image = resize_image(sample.image, (height, width))
     rows = nearest_indices(sample.size[0], height, label_resize)[:, None]
     cols = nearest_indices(sample.size[1], width, label_resize)[None, :]
     return replace(

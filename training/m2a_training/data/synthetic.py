@@ -8,7 +8,14 @@ demo and the replay tooling run on CPU in seconds:
     root/cityscapes/gtFine/{train,val}/<city>/<stem>_gtFine_instanceIds.png  (uint16, id·1000+k)
     root/coco/train2017/<id>.png, root/coco/annotations/instances_train2017.json
     root/anomaly_val/images/<stem>.png, root/anomaly_val/labels_masks/<stem>.png  (0/1/255)
+    root/anomaly_val/labels_masks_full_frame/<stem>.png                           (0/1/255)
     root/anomaly_val/objects.json, root/manifest.json
+
+The anomaly scenes are labelled like the road-obstacle benchmarks they imitate (Lost&Found,
+Fishyscapes L&F, SMIYC RoadObstacle21): `labels_masks` marks the obstacle 1, the drivable road 0
+and everything off the road void (255), so the scores are judged on the road, where the
+question "is something on my lane" is asked. `labels_masks_full_frame` keeps every known pixel
+as inlier 0 (the Anomaly-track view), for the full-frame figures.
 
 Scenes are rendered with a pinhole camera over a flat ground plane: a straight road with lane
 markings and crossings, sidewalks, building facades with windows, trees and hedges, a distant
@@ -30,7 +37,6 @@ Allowed dependencies: numpy, Pillow, pycocotools, m2a_perception.classes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -1106,6 +1112,28 @@ def _write_cityscapes_split(
         _save_png(instance.astype(np.uint16), gt_dir / f'{stem}_gtFine_instanceIds.png')
 
 
+# Folder of the anomaly scenes' labels with every known pixel inlier (see the module docstring).
+FULL_FRAME_LABELS = 'labels_masks_full_frame'
+# Bumped when the files a world holds change meaning; an older world is generated anew.
+WORLD_FORMAT = 2
+
+
+def anomaly_targets(label: np.ndarray, ids: _LabelIds) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) scene label ids -> (full-frame, road-only) 0/1/255 anomaly targets.
+
+    Full frame: obstacle 1, every other pixel 0, the ego-vehicle hood void. Road only (the
+    road-obstacle benchmarks' policy): obstacle 1, road 0, everything else void.
+    """
+    obstacle = label == _ANOMALY_LABEL
+    full_frame = np.zeros(label.shape, np.uint8)
+    full_frame[label == ids.ego_vehicle] = 255
+    full_frame[obstacle] = 1
+    road_only = np.full(label.shape, 255, np.uint8)
+    road_only[label == ids.road] = 0
+    road_only[obstacle] = 1
+    return full_frame, road_only
+
+
 def _write_anomaly_split(
     root: Path, count: int, size: tuple[int, int], seed: int, kinds: Sequence[str]
 ) -> None:
@@ -1120,12 +1148,11 @@ def _write_anomaly_split(
             )
             if int((label == _ANOMALY_LABEL).sum()) >= 12:
                 break
-        target = np.zeros(label.shape, np.uint8)
-        target[label == _ANOMALY_LABEL] = 1
-        target[label == ids.ego_vehicle] = 255
+        full_frame, road_only = anomaly_targets(label, ids)
         _save_png(image, root / 'images' / f'{stem}.png')
-        _save_png(target, root / 'labels_masks' / f'{stem}.png')
-        records[stem] = {'anomaly_pixels': int((target == 1).sum())}
+        _save_png(road_only, root / 'labels_masks' / f'{stem}.png')
+        _save_png(full_frame, root / FULL_FRAME_LABELS / f'{stem}.png')
+        records[stem] = {'anomaly_pixels': int((road_only == 1).sum())}
     (root / 'objects.json').write_text(
         json.dumps({'kinds': list(kinds), 'images': records}, indent=1, sort_keys=True)
     )
@@ -1243,6 +1270,7 @@ def generate_synthetic_world(
         world.outlier_object_scale,
     )
     manifest = {
+        'format': WORLD_FORMAT,
         'seed': seed,
         'size': list(world.size),
         'num_train': num_train,
@@ -1257,6 +1285,18 @@ def generate_synthetic_world(
     (root / 'manifest.json').write_text(json.dumps(manifest, indent=1, sort_keys=True))
     logger.info('synthetic world written to %s', root)
     return world
+
+
+def synthetic_world_is_current(root: str | Path) -> bool:
+    """True if `root` holds a world written in this version's format (see `WORLD_FORMAT`)."""
+    manifest_path = Path(root) / 'manifest.json'
+    if not manifest_path.is_file():
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get('format') == WORLD_FORMAT
 
 
 def load_synthetic_world(root: str | Path) -> SyntheticWorld:
@@ -1291,35 +1331,3 @@ def load_synthetic_world(root: str | Path) -> SyntheticWorld:
             manifest.get('outlier_object_scale', DEFAULT_OUTLIER_OBJECT_SCALE)
         ),
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: write a synthetic world and print where its parts are."""
-    parser = argparse.ArgumentParser(description='Write the m2a synthetic road world.')
-    parser.add_argument('root', type=Path, help='output folder')
-    parser.add_argument('--num-train', type=int, default=200)
-    parser.add_argument('--num-val', type=int, default=50)
-    parser.add_argument('--num-anomaly-val', type=int, default=40)
-    parser.add_argument('--num-outlier-images', type=int, default=120)
-    parser.add_argument('--height', type=int, default=128)
-    parser.add_argument('--width', type=int, default=256)
-    parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args(argv)
-    world = generate_synthetic_world(
-        args.root,
-        num_train=args.num_train,
-        num_val=args.num_val,
-        num_anomaly_val=args.num_anomaly_val,
-        num_outlier_images=args.num_outlier_images,
-        size=(args.height, args.width),
-        seed=args.seed,
-    )
-    print(f'cityscapes:  {world.cityscapes_root}')
-    print(f'coco images: {world.coco_image_dir}')
-    print(f'coco json:   {world.coco_annotation_file}')
-    print(f'anomaly val: {world.anomaly_root}')
-    return 0
-
-
-if __name__ == '__main__':
-    raise SystemExit(main())

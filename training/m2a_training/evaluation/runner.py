@@ -1,5 +1,9 @@
 """Two-pass streaming evaluation: no dataset's score maps are ever held in memory together.
 
+The metrics of both passes are `m2a_perception.evaluation.two_pass.TwoPassEvaluator` (the one the
+replay uses too); this module adds the data sets, inference, sharding, the thresholds that span
+data sets, and the gallery.
+
 Pass 1 (inference), frame by frame on each rank's shard:
     segmenter(image) -> anomaly map (float32), closed-set semantic map, panoptic ids; the pixel
     curve, the calibration curves, the confusion matrix and the panoptic statistics are updated,
@@ -30,7 +34,6 @@ import dataclasses
 import heapq
 import logging
 import math
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,28 +44,30 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from m2a_perception.classes import VOID_ID
-from m2a_perception.metrics.component import ComponentAccumulator, ComponentMetrics
+from m2a_perception.evaluation import frames
+from m2a_perception.evaluation.cache import FrameCache
+from m2a_perception.evaluation.frames import FramePrediction, FrameTruth
+from m2a_perception.evaluation.two_pass import (
+    CALIBRATION_GROUP,
+    EvaluationReport,
+    EvaluationSpec,
+    PassOneState,
+    PassTwoState,
+    PassTwoThresholds,
+    TwoPassEvaluator,
+    anomaly_thresholds,
+    build_report,
+)
 from m2a_perception.metrics.open_set import (
-    OpenSetConfusion,
-    OpenSetMetrics,
     OperatingPoint,
     calibrate_threshold,
     calibration_town,
-    closed_set_target,
-    downscale_for_calibration,
-    weighted_town_mean,
 )
-from m2a_perception.metrics.panoptic import PanopticAccumulator, PanopticMetrics, PanopticSegment
+from m2a_perception.metrics.panoptic import PanopticSegment
 from m2a_perception.metrics.pixel import (
     FISHYSCAPES_PROTOCOL,
-    PixelCurve,
-    PixelCurveAccumulator,
-    PixelMetrics,
     PixelProtocol,
-    round_scores,
 )
-from m2a_perception.metrics.semantic import ConfusionMatrix, SemanticMetrics
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.postprocess import PostprocessConfig, default_refinement_class_ids
 from m2a_perception.types import SegmentationOutput, SegmentKind
@@ -74,9 +79,13 @@ from m2a_training.distributed import (
 )
 from m2a_training.evaluation.datasets import DATASET_ERRORS, EvalDataset, EvalFrame, ModelSupport
 
-LOGGER = logging.getLogger(__name__)
+# Names of the core that callers (and the tests) import from here.
+FrameStats = frames.FrameStats
+frame_anomaly_fpr = frames.frame_anomaly_fpr
+open_set_binary_label = frames.open_set_binary_label
+_frame_error = frames.frame_error
 
-CALIBRATION_GROUP = 'all'
+LOGGER = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -153,49 +162,29 @@ class DatasetPlan:
         """StreetHazards t5/t6 cross-calibration applies."""
         return self.dataset.groups is not None and self.support.semantic
 
-
-@dataclass
-class FrameStats:
-    """Per-frame numbers for the gallery ranking and the per-frame CSV."""
-
-    index: int
-    name: str
-    anomaly_pixels: int | None = None
-    ap: float | None = None
-    fpr_at_tpr95_threshold: float | None = None
-    miou: float | None = None
-    pq: float | None = None
-    error: float = 0.0
-
-    def as_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class PassOneState:
-    """Streaming statistics of one dataset on one rank after inference (picklable)."""
-
-    pixel: PixelCurveAccumulator | None
-    calibration: dict[str, PixelCurveAccumulator]
-    semantic: ConfusionMatrix | None
-    panoptic: PanopticAccumulator | None
-    frames: dict[int, FrameStats] = field(default_factory=dict)
-    group_counts: dict[str, int] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def merge(self, other: PassOneState) -> None:
-        """Fold in another rank's state (frames are kept per rank, not merged)."""
-        if self.pixel is not None and other.pixel is not None:
-            self.pixel.merge(other.pixel)
-        for group, curve in other.calibration.items():
-            self.calibration[group].merge(curve)
-        if self.semantic is not None and other.semantic is not None:
-            self.semantic.merge(other.semantic)
-        if self.panoptic is not None and other.panoptic is not None:
-            self.panoptic.merge(other.panoptic)
-        for group, count in other.group_counts.items():
-            self.group_counts[group] = self.group_counts.get(group, 0) + count
-        _add_seconds(self.seconds, other.seconds)
+    def evaluation_spec(self, options: EvalOptions, num_classes: int) -> EvaluationSpec:
+        """What the core evaluator computes on this dataset."""
+        dataset = self.dataset
+        panoptic = self.support.panoptic and self.segmenter.postprocess_config.panoptic
+        if panoptic:
+            assert dataset.panoptic_categories is not None
+        return EvaluationSpec(
+            protocol=self.protocol,
+            anomaly=dataset.has_anomaly,
+            component_track=dataset.component_track,
+            num_classes=num_classes,
+            semantic='closed' if self.support.semantic else None,
+            open_set_truth_classes=dataset.semantic_classes
+            if dataset.semantic_has_anomaly
+            else None,
+            calibration_groups=self.calibration_groups,
+            calibration_protocol=options.calibration_protocol(),
+            calibration_scale=options.calibration_scale,
+            town_protocol=self.town_protocol,
+            panoptic_categories=dataset.panoptic_categories if panoptic else None,
+            unknown_category_id=dataset.unknown_category_id,
+            cache_dtype=self.cache_dtype,
+        )
 
 
 @dataclass(frozen=True)
@@ -209,29 +198,15 @@ class GalleryItem:
 
 
 @dataclass
-class PassTwoState:
-    """Statistics of one dataset on one rank from the cached maps (picklable)."""
+class RankPassTwo:
+    """Pass-2 statistics of one dataset on one rank and its rendered gallery (picklable)."""
 
-    component: ComponentAccumulator | None = None
-    open_set_calibrated: OpenSetConfusion | None = None
-    open_set_towns: dict[str, OpenSetConfusion] = field(default_factory=dict)
-    transfer_counts: np.ndarray | None = None  # [tp, fn, fp, tn] at the calibrated threshold
-    frames: list[FrameStats] = field(default_factory=list)
+    state: PassTwoState
     gallery: list[GalleryItem] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
 
-    def merge(self, other: PassTwoState) -> None:
-        if self.component is not None and other.component is not None:
-            self.component.merge(other.component)
-        if self.open_set_calibrated is not None and other.open_set_calibrated is not None:
-            self.open_set_calibrated.merge(other.open_set_calibrated)
-        for town, confusion in other.open_set_towns.items():
-            self.open_set_towns[town].merge(confusion)
-        if self.transfer_counts is not None and other.transfer_counts is not None:
-            self.transfer_counts = self.transfer_counts + other.transfer_counts
-        self.frames.extend(other.frames)
+    def merge(self, other: RankPassTwo) -> None:
+        self.state.merge(other.state)
         self.gallery.extend(other.gallery)
-        _add_seconds(self.seconds, other.seconds)
 
 
 @dataclass(frozen=True)
@@ -252,26 +227,25 @@ class Thresholds:
     towns: dict[str, OperatingPoint]
     notes: dict[str, list[str]]
 
+    def for_dataset(self, name: str, town_protocol: bool) -> PassTwoThresholds:
+        """The thresholds pass 2 applies to one dataset."""
+        return PassTwoThresholds(
+            component=self.component.get(name, math.nan),
+            tpr95=self.tpr95.get(name, math.nan),
+            calibrated=self.calibrated,
+            towns=dict(self.towns) if town_protocol else {},
+        )
 
-@dataclass
-class DatasetResult:
-    """Merged results of one dataset (rank 0)."""
+
+@dataclass(kw_only=True)
+class DatasetResult(EvaluationReport):
+    """Merged results of one dataset (rank 0): the core's report plus what the tables and the
+    gallery need."""
 
     name: str
     title: str
     description: dict[str, object]
     protocol: str | None
-    pixel: PixelMetrics | None = None
-    curve: PixelCurve | None = None
-    component: ComponentMetrics | None = None
-    semantic: SemanticMetrics | None = None
-    open_set_towns: dict[str, OpenSetMetrics] = field(default_factory=dict)
-    open_set_town_frames: dict[str, int] = field(default_factory=dict)
-    open_set_towns_mean: float | None = None
-    open_set_calibrated: OpenSetMetrics | None = None
-    transfer: dict[str, float] | None = None
-    panoptic: PanopticMetrics | None = None
-    frames: list[FrameStats] = field(default_factory=list)
     gallery: list[GalleryItem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -288,11 +262,6 @@ class EvaluationResult:
     world_size: int
 
 
-def _add_seconds(total: dict[str, float], more: dict[str, float]) -> None:
-    for key, value in more.items():
-        total[key] = total.get(key, 0.0) + value
-
-
 class _Timer:
     """Accumulates wall time per stage into a dict."""
 
@@ -304,6 +273,10 @@ class _Timer:
         now = time.perf_counter()
         self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._start
         self._start = now
+
+    def restart(self) -> None:
+        """Start the next lap now (time spent meanwhile is counted elsewhere)."""
+        self._start = time.perf_counter()
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,14 +375,6 @@ def build_plans(
 # Frame-level helpers
 
 
-def open_set_binary_label(semantic_label: np.ndarray, num_known: int) -> np.ndarray:
-    """(H, W) open-set labels -> anomaly labels: K -> 1, ignore -> 255, known -> 0."""
-    label = np.zeros(semantic_label.shape, dtype=np.uint8)
-    label[semantic_label == num_known] = 1
-    label[semantic_label == VOID_ID] = VOID_ID
-    return label
-
-
 def predicted_panoptic(
     output: SegmentationOutput, class_to_category: Sequence[int], unknown_category_id: int | None
 ) -> tuple[np.ndarray, list[PanopticSegment]]:
@@ -431,40 +396,6 @@ def predicted_panoptic(
             category = class_to_category[segment.class_id]
         segments.append(PanopticSegment(segment.id, category))
     return ids, segments
-
-
-def frame_anomaly_fpr(
-    score: np.ndarray, label: np.ndarray, threshold: float, score_dtype: str
-) -> float | None:
-    """Fraction of a frame's inlier pixels with score >= threshold (None without inliers)."""
-    negatives = label == 0
-    count = int(negatives.sum())
-    if count == 0 or not math.isfinite(threshold):
-        return None
-    rounded = round_scores(score, score_dtype)  # type: ignore[arg-type]
-    return float(np.count_nonzero(rounded[negatives] >= threshold)) / count
-
-
-class _Cache:
-    """Per-rank `.npz` files of the maps pass 2 needs."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def path(self, dataset: str, index: int) -> Path:
-        return self.root / dataset / f'{index:08d}.npz'
-
-    def write(self, dataset: str, index: int, arrays: dict[str, np.ndarray]) -> None:
-        path = self.path(dataset, index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **arrays)
-
-    def read(self, dataset: str, index: int) -> dict[str, np.ndarray]:
-        with np.load(self.path(dataset, index), allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-
-    def remove(self, dataset: str) -> None:
-        shutil.rmtree(self.root / dataset, ignore_errors=True)
 
 
 class FrameReadError(ValueError):
@@ -533,121 +464,46 @@ def _progress(plan: DatasetPlan, stage: str, options: EvalOptions, context: Dist
 # Pass 1
 
 
-def _new_pass_one(plan: DatasetPlan, options: EvalOptions, num_classes: int) -> PassOneState:
-    dataset = plan.dataset
-    panoptic = None
-    if plan.support.panoptic and plan.segmenter.postprocess_config.panoptic:
-        assert dataset.panoptic_categories is not None
-        panoptic = PanopticAccumulator(dataset.panoptic_categories, dataset.unknown_category_id)
-    return PassOneState(
-        pixel=PixelCurveAccumulator(plan.protocol) if dataset.has_anomaly else None,
-        calibration={
-            group: PixelCurveAccumulator(options.calibration_protocol())
-            for group in plan.calibration_groups
-        },
-        semantic=ConfusionMatrix(num_classes) if plan.support.semantic else None,
-        panoptic=panoptic,
-    )
+def _frame_truth(frame: EvalFrame) -> FrameTruth:
+    labels = (frame.anomaly_label, frame.semantic_label, frame.panoptic_ids)
+    return FrameTruth(*labels, frame.panoptic_segments, frame.group)
 
 
-def _calibration_label(plan: DatasetPlan, frame: EvalFrame) -> np.ndarray:
-    if plan.dataset.semantic_has_anomaly and frame.semantic_label is not None:
-        assert plan.dataset.semantic_classes is not None
-        return open_set_binary_label(frame.semantic_label, plan.dataset.semantic_classes)
-    if frame.anomaly_label is None:
-        raise ValueError(f'{plan.name} has no anomaly labels to calibrate a threshold on')
-    return frame.anomaly_label
-
-
-def _pass_one_frame(
-    plan: DatasetPlan,
-    frame: EvalFrame,
-    output: SegmentationOutput,
-    state: PassOneState,
-    cache: _Cache,
-    options: EvalOptions,
-    timer: _Timer,
-) -> None:
+def _frame_prediction(
+    plan: DatasetPlan, evaluator: TwoPassEvaluator, frame: EvalFrame, output: SegmentationOutput
+) -> FramePrediction:
+    """The output as numpy; panoptic ids in dataset categories where PQ is computed."""
     score = output.anomaly_map.float().cpu().numpy()
     semantic = None if output.semantic is None else output.semantic.cpu().numpy()
-    timer.lap('inference')
-    stats = FrameStats(frame.index, frame.name)
-    arrays: dict[str, np.ndarray] = {'score': score.astype(plan.cache_dtype)}
-
-    if state.pixel is not None and frame.anomaly_label is not None:
-        frame_pixel = PixelCurveAccumulator(plan.protocol)
-        frame_pixel.update(score, frame.anomaly_label)
-        stats.anomaly_pixels = int(np.count_nonzero(frame.anomaly_label == 1))
-        if stats.anomaly_pixels:
-            stats.ap = frame_pixel.compute().auprc
-        state.pixel.merge(frame_pixel)
-        arrays['label'] = frame.anomaly_label
-
-    groups = [g for g in (CALIBRATION_GROUP, frame.group) if g in state.calibration]
-    if groups:
-        label = _calibration_label(plan, frame)
-        small_score, small_label = score, label
-        if options.calibration_scale != 1.0:
-            small_score, small_label = downscale_for_calibration(
-                score, label, options.calibration_scale
-            )
-        for group in groups:
-            state.calibration[group].update(small_score, small_label)
-
-    if state.semantic is not None and semantic is not None and frame.semantic_label is not None:
-        truth = frame.semantic_label
-        num_known = state.semantic.num_classes
-        closed_truth = (
-            closed_set_target(truth, num_known) if plan.dataset.semantic_has_anomaly else truth
-        )
-        frame_matrix = ConfusionMatrix(num_known)
-        frame_matrix.update(semantic, closed_truth)
-        stats.miou = frame_matrix.compute().miou
-        state.semantic.merge(frame_matrix)
-        arrays['semantic_pred'] = semantic
-        arrays['semantic_gt'] = truth
-
-    if state.panoptic is not None and frame.panoptic_ids is not None:
-        assert frame.panoptic_segments is not None
-        pred_ids, pred_segments = predicted_panoptic(
+    panoptic = None
+    if evaluator.first.panoptic is not None and frame.panoptic_ids is not None:
+        panoptic = predicted_panoptic(
             output, plan.support.class_to_category, plan.dataset.unknown_category_id
         )
-        frame_panoptic = PanopticAccumulator(
-            list(state.panoptic.categories.values()), state.panoptic.unknown_category_id
-        )
-        frame_panoptic.update(frame.panoptic_ids, frame.panoptic_segments, pred_ids, pred_segments)
-        pq = frame_panoptic.compute().groups['all'].pq
-        stats.pq = None if math.isnan(pq) else pq
-        state.panoptic.merge(frame_panoptic)
-        arrays['panoptic_pred'] = pred_ids.astype(np.int32)
-        arrays['panoptic_gt'] = frame.panoptic_ids.astype(np.int32)
-
-    if frame.group is not None:
-        state.group_counts[frame.group] = state.group_counts.get(frame.group, 0) + 1
-    state.frames[frame.index] = stats
-    timer.lap('metrics')
-    cache.write(plan.name, frame.index, arrays)
-    timer.lap('cache')
+    return FramePrediction(score, semantic, panoptic)
 
 
 def run_pass_one(
     plan: DatasetPlan,
     options: EvalOptions,
-    cache: _Cache,
+    cache: FrameCache,
     context: DistributedContext,
     num_classes: int,
-) -> PassOneState:
+) -> TwoPassEvaluator:
     """Inference and streaming statistics over this rank's shard of one dataset."""
-    state = _new_pass_one(plan, options, num_classes)
-    timer = _Timer(state.seconds)
+    evaluator = TwoPassEvaluator(plan.evaluation_spec(options, num_classes), cache, plan.name)
+    timer = _Timer(evaluator.first.seconds)
     with _progress(plan, 'pass 1/2 (inference)', options, context) as bar:
         for frame in _iterate_frames(plan, options.num_workers):
             timer.lap('data')
             output = plan.segmenter(frame.image)
-            _pass_one_frame(plan, frame, output, state, cache, options, timer)
+            prediction = _frame_prediction(plan, evaluator, frame, output)
+            timer.lap('inference')
+            evaluator.update(frame.index, frame.name, prediction, _frame_truth(frame))
+            timer.restart()  # the evaluator timed 'metrics' and 'cache'
             bar.update(1)
-    state.seconds['frames'] = float(len(plan.indices))
-    return state
+    evaluator.first.seconds['frames'] = float(len(plan.indices))
+    return evaluator
 
 
 # --------------------------------------------------------------------------------------------
@@ -669,10 +525,8 @@ def decide_thresholds(
         state = merged[plan.name]
         dataset_notes = notes.setdefault(plan.name, [])
         if state.pixel is not None:
-            metrics = state.pixel.compute()
-            component[plan.name] = metrics.best_f1_threshold
-            tpr95[plan.name] = metrics.tpr95_threshold
-            if math.isnan(metrics.best_f1_threshold):
+            component[plan.name], tpr95[plan.name] = anomaly_thresholds(state)
+            if math.isnan(component[plan.name]):
                 dataset_notes.append('no anomaly pixels: pixel and component metrics undefined')
         if CALIBRATION_GROUP in state.calibration:
             try:
@@ -700,161 +554,60 @@ def decide_thresholds(
 # Pass 2
 
 
-def _new_pass_two(plan: DatasetPlan, thresholds: Thresholds, num_classes: int) -> PassTwoState:
-    state = PassTwoState()
-    dataset = plan.dataset
-    track = dataset.component_track
-    if track is not None and dataset.has_anomaly:
-        threshold = thresholds.component.get(plan.name, math.nan)
-        if math.isfinite(threshold):
-            state.component = ComponentAccumulator(track)
-    if plan.support.semantic:
-        if thresholds.calibrated is not None:
-            state.open_set_calibrated = OpenSetConfusion(
-                num_classes, thresholds.calibrated.threshold
-            )
-        if plan.town_protocol:
-            state.open_set_towns = {
-                town: OpenSetConfusion(num_classes, point.threshold)
-                for town, point in thresholds.towns.items()
-            }
-    if thresholds.calibrated is not None and dataset.has_anomaly:
-        state.transfer_counts = np.zeros(4, dtype=np.int64)
-    return state
-
-
-def _frame_error(stats: FrameStats) -> float:
-    """Gallery ranking key in [0, 1], larger = worse.
-
-    Frames with anomalies: 1 - AP; anomaly-free frames: FPR at the dataset's 95 %-TPR
-    threshold; semantic-only datasets: 1 - frame mIoU; panoptic-only: 1 - frame PQ.
-    """
-    if stats.anomaly_pixels is not None:
-        if stats.anomaly_pixels > 0 and stats.ap is not None and not math.isnan(stats.ap):
-            return 1.0 - stats.ap
-        return stats.fpr_at_tpr95_threshold or 0.0
-    if stats.miou is not None and not math.isnan(stats.miou):
-        return 1.0 - stats.miou
-    if stats.pq is not None:
-        return 1.0 - stats.pq
-    return 0.0
-
-
-def _pass_two_frame(
-    plan: DatasetPlan,
-    index: int,
-    arrays: dict[str, np.ndarray],
-    stats: FrameStats,
-    state: PassTwoState,
-    thresholds: Thresholds,
-    group: str | None,
-) -> None:
-    score = arrays['score']
-    label = arrays.get('label')
-    if label is not None:
-        tpr95_threshold = thresholds.tpr95.get(plan.name, math.nan)
-        stats.fpr_at_tpr95_threshold = frame_anomaly_fpr(
-            score, label, tpr95_threshold, plan.protocol.score_dtype
-        )
-        if state.component is not None:
-            state.component.update_from_scores(
-                score, label, thresholds.component[plan.name], plan.protocol.score_dtype
-            )
-        if state.transfer_counts is not None and thresholds.calibrated is not None:
-            predicted = score > thresholds.calibrated.threshold
-            positives, negatives = label == 1, label == 0
-            state.transfer_counts += np.array(
-                [
-                    np.count_nonzero(predicted & positives),
-                    np.count_nonzero(~predicted & positives),
-                    np.count_nonzero(predicted & negatives),
-                    np.count_nonzero(~predicted & negatives),
-                ],
-                dtype=np.int64,
-            )
-    if 'semantic_pred' in arrays:
-        prediction, truth = arrays['semantic_pred'], arrays['semantic_gt']
-        if state.open_set_calibrated is not None:
-            state.open_set_calibrated.update(prediction, score, truth)
-        if group is not None and group in state.open_set_towns:
-            state.open_set_towns[group].update(prediction, score, truth)
-    stats.error = _frame_error(stats)
-
-
 def run_pass_two(
     plan: DatasetPlan,
-    pass_one: PassOneState,
+    evaluator: TwoPassEvaluator,
     thresholds: Thresholds,
     options: EvalOptions,
-    cache: _Cache,
     context: DistributedContext,
-    num_classes: int,
     render: Any,
-) -> PassTwoState:
+) -> RankPassTwo:
     """Threshold-dependent metrics from the cache; renders this rank's worst frames.
 
     Args:
         render: callable (plan, frame, arrays, stats, thresholds) -> PNG bytes.
     """
-    state = _new_pass_two(plan, thresholds, num_classes)
-    timer = _Timer(state.seconds)
+    state = evaluator.start_second_pass(thresholds.for_dataset(plan.name, plan.town_protocol))
+    result = RankPassTwo(state)
     worst: list[tuple[float, int]] = []  # min-heap of (error, -index): the k largest errors
     groups = plan.dataset.groups
     with _progress(plan, 'pass 2/2 (metrics)', options, context) as bar:
         for index in plan.indices:
-            arrays = cache.read(plan.name, index)
-            timer.lap('cache')
-            stats = pass_one.frames[index]
             group = None if groups is None else groups[index]
-            _pass_two_frame(plan, index, arrays, stats, state, thresholds, group)
-            state.frames.append(stats)
+            stats = evaluator.update_second(index, group)
             if options.gallery_size > 0:
                 item = (stats.error, -index)
                 if len(worst) < options.gallery_size:
                     heapq.heappush(worst, item)
                 elif item > worst[0]:
                     heapq.heapreplace(worst, item)
-            timer.lap('metrics')
             bar.update(1)
+    timer = _Timer(state.seconds)
     for error, negative_index in sorted(worst, reverse=True):
         index = -negative_index
         frame = plan.dataset.load(index)
-        png = render(plan, frame, cache.read(plan.name, index), pass_one.frames[index], thresholds)
-        state.gallery.append(GalleryItem(error, index, frame.name, png))
+        arrays = evaluator.cache.read(plan.name, index)
+        png = render(plan, frame, arrays, evaluator.first.frames[index], thresholds)
+        result.gallery.append(GalleryItem(error, index, frame.name, png))
     timer.lap('gallery')
-    return state
+    return result
 
 
 # --------------------------------------------------------------------------------------------
 # Results
 
 
-def _open_set_results(
-    result: DatasetResult, plan: DatasetPlan, merged_two: PassTwoState, merged_one: PassOneState
-) -> None:
-    if merged_two.open_set_calibrated is not None:
-        result.open_set_calibrated = merged_two.open_set_calibrated.compute()
-    if merged_two.open_set_towns:
-        result.open_set_towns = {
-            town: confusion.compute()
-            for town, confusion in sorted(merged_two.open_set_towns.items())
-        }
-        counts = {town: merged_one.group_counts.get(town, 0) for town in result.open_set_towns}
-        result.open_set_town_frames = counts
-        values = {town: metrics.open_miou for town, metrics in result.open_set_towns.items()}
-        if set(values) == {'t5', 't6'} and sum(counts.values()) > 0:
-            result.open_set_towns_mean = weighted_town_mean(values, counts)
-
-
 def build_result(
     plan: DatasetPlan,
     one: PassOneState,
-    two: PassTwoState,
+    two: RankPassTwo,
     thresholds: Thresholds,
 ) -> DatasetResult:
     """Merged states -> the dataset's results."""
     dataset = plan.dataset
+    report = build_report(one, two.state, thresholds.for_dataset(plan.name, plan.town_protocol))
     result = DatasetResult(
+        **{item.name: getattr(report, item.name) for item in dataclasses.fields(report)},
         name=plan.name,
         title=dataset.title,
         description=dataset.describe(),
@@ -862,16 +615,8 @@ def build_result(
         notes=[*plan.support.notes, *thresholds.notes.get(plan.name, [])],
         num_frames=plan.num_frames,
     )
-    if one.pixel is not None:
-        result.pixel = one.pixel.compute()
-        result.curve = one.pixel.curve()
-    if two.component is not None:
-        result.component = two.component.compute()
-    elif dataset.component_track is None and dataset.has_anomaly:
+    if report.component is None and dataset.component_track is None and dataset.has_anomaly:
         result.notes.append('component metrics: not defined for this benchmark')
-    if one.semantic is not None:
-        result.semantic = one.semantic.compute()
-    _open_set_results(result, plan, two, one)
     if (
         plan.support.semantic
         and result.open_set_calibrated is None
@@ -879,19 +624,9 @@ def build_result(
         and not plan.town_protocol
     ):
         result.notes.append('open-IoU needs an open-set threshold: pass --calibrate-on NAME')
-    if two.transfer_counts is not None and thresholds.calibrated is not None:
-        tp, fn, fp, tn = (int(v) for v in two.transfer_counts)
-        result.transfer = {
-            'threshold': thresholds.calibrated.threshold,
-            'tpr': tp / (tp + fn) if tp + fn else math.nan,
-            'fpr': fp / (fp + tn) if fp + tn else math.nan,
-        }
-    if one.panoptic is not None:
-        result.panoptic = one.panoptic.compute()
-    result.frames = sorted(two.frames, key=lambda stats: stats.index)
     result.gallery = sorted(two.gallery, key=lambda item: (-item.error, item.index))
     result.seconds = {**one.seconds}
-    for key, value in two.seconds.items():
+    for key, value in two.state.seconds.items():
         result.seconds[f'pass2_{key}'] = value
     return result
 
@@ -930,14 +665,19 @@ def run_evaluation(
             every rank).
     """
     start = time.perf_counter()
-    cache = _Cache(options.cache_dir / f'rank{context.rank}')
+    cache = FrameCache(options.cache_dir / f'rank{context.rank}')
     try:
-        pass_one, error = _guarded(
+        evaluators, error = _guarded(
             lambda: {
                 plan.name: run_pass_one(plan, options, cache, context, num_classes)
                 for plan in plans
             },
             context,
+        )
+        pass_one = (
+            None
+            if evaluators is None
+            else {name: evaluator.first.without_frames() for name, evaluator in evaluators.items()}
         )
         gathered = gather_to_main((pass_one, error), context)
         merged_one: dict[str, PassOneState] = {}
@@ -951,18 +691,11 @@ def run_evaluation(
         if thresholds is None:
             raise EvaluationError(message)
 
-        def second_pass() -> dict[str, PassTwoState]:
+        def second_pass() -> dict[str, RankPassTwo]:
             states = {}
             for plan in plans:
                 states[plan.name] = run_pass_two(
-                    plan,
-                    pass_one[plan.name],
-                    thresholds,
-                    options,
-                    cache,
-                    context,
-                    num_classes,
-                    render,
+                    plan, evaluators[plan.name], thresholds, options, context, render
                 )
                 if not options.keep_cache:
                     cache.remove(plan.name)
@@ -971,7 +704,7 @@ def run_evaluation(
         gathered_two = gather_to_main(_guarded(second_pass, context), context)
     finally:
         if not options.keep_cache:
-            shutil.rmtree(cache.root, ignore_errors=True)
+            cache.remove_all()
             # Succeeds for the last rank to finish; never removes a non-empty (shared) folder.
             with contextlib.suppress(OSError):
                 options.cache_dir.rmdir()
@@ -1010,15 +743,7 @@ def _merge_pass_one(
 ) -> dict[str, PassOneState]:
     merged = {}
     for plan in plans:
-        first = gathered[0][plan.name]
-        state = PassOneState(
-            pixel=first.pixel,
-            calibration=dict(first.calibration),
-            semantic=first.semantic,
-            panoptic=first.panoptic,
-            group_counts=dict(first.group_counts),
-            seconds=dict(first.seconds),
-        )
+        state = gathered[0][plan.name].without_frames()
         for other in gathered[1:]:
             state.merge(other[plan.name])
         merged[plan.name] = state

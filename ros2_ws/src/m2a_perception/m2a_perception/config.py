@@ -6,6 +6,7 @@ Allowed dependencies: standard library and PyYAML.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,13 @@ SIZE_LIMITS: dict[str, int] = {
     'backbone.stem_channels': 1024,
     'backbone.res2_out_channels': 2048,
     'backbone.bottleneck_channels': 1024,
+    'backbone.vit_patch_size': 64,
+    'backbone.vit_embed_dim': 2048,
+    'backbone.vit_depth': 64,
+    'backbone.vit_num_heads': 64,
+    'backbone.vit_ffn_dim': 16384,
+    'backbone.vit_pretrain_grid': 128,
+    'backbone.vit_num_register_tokens': 64,
     'pixel_decoder.conv_dim': 2048,
     'pixel_decoder.mask_dim': 2048,
     'pixel_decoder.encoder_layers': 24,
@@ -37,6 +45,8 @@ SIZE_LIMITS: dict[str, int] = {
     'transformer_decoder.num_heads': 64,
     'transformer_decoder.ffn_dim': 16384,
     'transformer_decoder.num_layers': 32,
+    'transformer_decoder.kan_grid_size': 64,
+    'transformer_decoder.kan_spline_order': 8,
     'preprocess.short_side': 8192,
     'preprocess.max_size': 16384,
     'preprocess.size_divisibility': 1024,
@@ -64,6 +74,11 @@ GATHER = 'gather'
 DEFORM_SAMPLINGS = (GRID_SAMPLE, GATHER)
 
 
+# The mask-embedding head (model/transformer_decoder.py): the official 3-layer MLP, or the
+# Kolmogorov–Arnold layers of Mask2KAN (model/kan.py; seeds-digest.md §5).
+MASK_EMBEDS = ('mlp', 'kan')
+
+
 def check_deform_sampling(name: str) -> str:
     """`name` if it is a known sampler ('grid_sample' or 'gather'), else ValueError."""
     if name not in DEFORM_SAMPLINGS:
@@ -71,9 +86,21 @@ def check_deform_sampling(name: str) -> str:
     return name
 
 
+# Backbone architectures: the official ResNet (ResNet-50: `resnet50`), or a DINOv2 ViT with a
+# simple feature pyramid (model/vit.py; `dinov2_vits14`, `dinov2_vitb14` are its sizes, see
+# config/model/*dinov2*.yaml and seeds-digest.md §6).
+BACKBONE_ARCHS = ('resnet', 'dinov2_vit')
+# Padding a ViT input needs: whole patch grids (14) and whole 1/32 maps (32).
+VIT_SIZE_DIVISIBILITY = 224
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
-    """ResNet in detectron2 layout (`stem`, `res2`..`res5`), frozen BatchNorm throughout."""
+    """ResNet in detectron2 layout (`stem`, `res2`..`res5`), frozen BatchNorm throughout; or,
+    with `arch: dinov2_vit`, a DINOv2 ViT (the vit_* fields) with a simple feature pyramid."""
+
+    # 'resnet' (official) or 'dinov2_vit'; the fields of the other architecture are ignored.
+    arch: str = 'resnet'
 
     # Bottleneck blocks in res2..res5; (3, 4, 6, 3) is ResNet-50.
     blocks_per_stage: tuple[int, int, int, int] = (3, 4, 6, 3)
@@ -82,12 +109,34 @@ class BackboneConfig:
     res2_out_channels: int = 256
     # Bottleneck width of res2; doubles per stage.
     bottleneck_channels: int = 64
-    # Stages with frozen parameters: 5 freezes the stem and res2..res5 (FREEZE_AT 5).
+    # Stages with frozen parameters: 5 freezes the stem and res2..res5 (FREEZE_AT 5). For a ViT
+    # any value > 0 freezes the whole ViT (the pyramid adapter always trains).
     freeze_at: int = 5
+    # DINOv2 ViT-S/14 (ViT-B/14: embed 768, heads 12, ffn 3072); pos_embed is trained on a
+    # 37×37 grid (518-pixel crops).
+    vit_patch_size: int = 14
+    vit_embed_dim: int = 384
+    vit_depth: int = 12
+    vit_num_heads: int = 6
+    vit_ffn_dim: int = 1536
+    vit_pretrain_grid: int = 37
+    vit_num_register_tokens: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, 'blocks_per_stage', tuple(self.blocks_per_stage))
         _check_sizes('backbone', dataclasses.asdict(self))
+        if self.arch not in BACKBONE_ARCHS:
+            raise ValueError(
+                f'backbone.arch must be one of {list(BACKBONE_ARCHS)}, got {self.arch!r}'
+            )
+        if min(self.vit_patch_size, self.vit_depth, self.vit_num_heads, self.vit_ffn_dim) < 1:
+            raise ValueError('backbone.vit_* sizes must be positive')
+        if self.vit_embed_dim % 4 or self.vit_embed_dim % self.vit_num_heads:
+            raise ValueError(
+                'backbone.vit_embed_dim must be divisible by 4 (pyramid) and by vit_num_heads'
+            )
+        if self.vit_pretrain_grid < 1:
+            raise ValueError('backbone.vit_pretrain_grid must be positive')
         if len(self.blocks_per_stage) != 4 or min(self.blocks_per_stage) < 1:
             raise ValueError(
                 f'backbone.blocks_per_stage needs 4 positive counts, got {self.blocks_per_stage}'
@@ -135,9 +184,39 @@ class TransformerDecoderConfig:
     num_layers: int = 9
     # Feature levels the layers attend to in round-robin (1/32, 1/16, 1/8).
     num_feature_levels: int = 3
+    # Mask-embedding head: 'mlp' (official) or 'kan' (Mask2KAN, experimental). The kan_* fields
+    # are efficient-KAN's defaults and only matter for 'kan'.
+    mask_embed: str = 'mlp'
+    kan_grid_size: int = 5
+    kan_spline_order: int = 3
+    kan_grid_range: tuple[float, float] = (-1.0, 1.0)
 
     def __post_init__(self) -> None:
+        if isinstance(self.kan_grid_range, (list, tuple)):
+            object.__setattr__(self, 'kan_grid_range', tuple(self.kan_grid_range))
         _check_sizes('transformer_decoder', dataclasses.asdict(self))
+        if self.mask_embed not in MASK_EMBEDS:
+            raise ValueError(
+                f'transformer_decoder.mask_embed must be one of {list(MASK_EMBEDS)}, '
+                f'got {self.mask_embed!r}'
+            )
+        if self.kan_grid_size < 1 or self.kan_spline_order < 0:
+            raise ValueError('transformer_decoder.kan_grid_size must be >= 1, spline_order >= 0')
+        grid_range = self.kan_grid_range
+        if (
+            not isinstance(grid_range, tuple)
+            or len(grid_range) != 2
+            or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in grid_range
+            )
+            or not grid_range[0] < grid_range[1]
+        ):
+            raise ValueError(
+                'transformer_decoder.kan_grid_range must be two finite numbers [low, high] with '
+                f'low < high, got {grid_range!r}'
+            )
+        object.__setattr__(self, 'kan_grid_range', tuple(float(v) for v in grid_range))
         if self.num_heads <= 0:
             raise ValueError('transformer_decoder.num_heads must be positive')
         if self.hidden_dim % self.num_heads:
@@ -191,6 +270,14 @@ class ModelConfig:
             raise ValueError('pixel_decoder.conv_dim must equal transformer_decoder.hidden_dim')
         if self.pixel_decoder.mask_dim != self.transformer_decoder.hidden_dim:
             raise ValueError('pixel_decoder.mask_dim must equal transformer_decoder.hidden_dim')
+        if self.backbone.arch == 'dinov2_vit':
+            divisor = math.lcm(self.backbone.vit_patch_size, 32)
+            if self.preprocess.size_divisibility % divisor:
+                raise ValueError(
+                    f'preprocess.size_divisibility must be a multiple of {divisor} for a '
+                    f'{self.backbone.vit_patch_size}-pixel-patch ViT (whole patch grids and '
+                    f'1/32 maps), got {self.preprocess.size_divisibility}'
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -5,7 +5,18 @@ ResizeShortestEdge with PIL bilinear on uint8 (sizes rounded with int(x + 0.5)),
 normalise with the official mean/std, then zero padding at the bottom and right. A
 `PreprocessRecord` keeps what is needed to map outputs back onto the source image.
 
-Allowed dependencies: numpy, torch, Pillow.
+The resize is Pillow's 8-bit bilinear resampling, run on the backend's device (`resize_uint8`): a
+camera frame goes to the GPU as uint8 and is resized there by `resize_uint8_torch`, which gives
+Pillow's bytes exactly: the same filter taps (Resample.c `precompute_coeffs`), the same 22-bit
+fixed-point weights and rounding (`normalize_coeffs_8bpc`, `clip8`) and the same uint8
+intermediate between the horizontal and the vertical pass. On the CPU, Pillow itself runs.
+The pass order is Pillow's up to 12.x, the versions detectron2 and the released checkpoints
+used: horizontal first. Pillow 13 runs the vertical pass first when the height shrinks by more
+than twice what the width does (`ImagingResampleInner`), which moves about a quarter of the
+pixels by one grey level for such sizes (never for the usual camera frames);
+`vertical_first=True` reproduces it.
+
+Allowed dependencies: numpy, torch; Pillow for the CPU kernel.
 """
 
 from __future__ import annotations
@@ -15,7 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from m2a_perception.config import PreprocessConfig
 
@@ -69,12 +79,138 @@ def padded_size(height: int, width: int, divisibility: int) -> tuple[int, int]:
     )
 
 
+# Pillow's fixed point for 8-bit resampling: Resample.c PRECISION_BITS = 32 - 8 - 2.
+_PIL_PRECISION_BITS = 22
+
+
+def bilinear_taps(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pillow's antialiased bilinear taps for resampling one axis from `in_size` to `out_size`.
+
+    The triangle filter is widened by the down-scaling factor (antialiasing), each output
+    sample's weights are normalised to sum 1 and then rounded to 22-bit fixed point, as in
+    Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`.
+
+    Returns:
+        indices: (out_size, K) int64 source positions; unused taps repeat the first one.
+        weights: (out_size, K) int32 fixed-point weights; unused taps are 0.
+    """
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = filterscale  # bilinear support 1.0, widened when down-scaling
+    num_taps = int(np.ceil(support)) * 2 + 1
+    center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    # C's (int) cast truncates toward zero; negative starts are clamped to 0 right after.
+    first = np.maximum((center - support + 0.5).astype(np.int64), 0)
+    count = np.minimum((center + support + 0.5).astype(np.int64), in_size) - first
+    offsets = np.arange(num_taps, dtype=np.int64)[None, :]
+    used = offsets < count[:, None]
+    distance = (offsets + first[:, None] - center[:, None] + 0.5) / filterscale
+    weights = np.where(used, np.clip(1.0 - np.abs(distance), 0.0, None), 0.0)
+    totals = weights.sum(axis=1, keepdims=True)
+    weights = np.divide(weights, totals, out=weights, where=totals != 0)
+    fixed = np.floor(0.5 + weights * (1 << _PIL_PRECISION_BITS)).astype(np.int32)
+    indices = np.where(used, offsets + first[:, None], first[:, None])
+    return torch.from_numpy(indices), torch.from_numpy(fixed)
+
+
+def _resample_axis(images: torch.Tensor, out_size: int, dim: int) -> torch.Tensor:
+    """One Pillow resampling pass of a uint8 tensor along `dim` (-1 width, -2 height).
+
+    The resampled axis is moved first so that every tap gathers whole contiguous rows (a
+    gather along the last axis is several times slower on CPU), and the taps are summed one by
+    one so that a 4096-pixel frame needs no more than two output-sized int32 buffers.
+    """
+    indices, weights = bilinear_taps(int(images.shape[dim]), out_size)
+    indices, weights = indices.to(images.device), weights.to(images.device)
+    rows = images.movedim(dim, 0).contiguous()
+    weight_shape = (out_size,) + (1,) * (rows.dim() - 1)
+    accumulator = torch.full(
+        (out_size, *rows.shape[1:]),
+        1 << (_PIL_PRECISION_BITS - 1),
+        dtype=torch.int32,
+        device=images.device,
+    )
+    for tap in range(indices.shape[1]):
+        term = rows.index_select(0, indices[:, tap]).to(torch.int32)
+        accumulator.add_(term.mul_(weights[:, tap].view(weight_shape)))
+    resampled = (accumulator >> _PIL_PRECISION_BITS).clamp_(0, 255).to(torch.uint8)
+    return resampled.movedim(0, dim)
+
+
+def resize_uint8_torch(
+    frame: torch.Tensor, size: tuple[int, int], vertical_first: bool = False
+) -> torch.Tensor:
+    """Pillow's bilinear resize in torch ops, for frames on an accelerator.
+
+    Args:
+        frame: (H, W, C) uint8 on any device.
+        size: (height, width) of the result.
+        vertical_first: Pillow 13's pass order (see the module docstring); default Pillow <= 12's.
+
+    Returns:
+        (height, width, C) uint8 on the frame's device; the frame itself if the size is equal.
+    """
+    height, width = int(size[0]), int(size[1])
+    passes = [(width, 1), (height, 0)]
+    if vertical_first:
+        passes.reverse()
+    for out_size, dim in passes:
+        if frame.shape[dim] != out_size:
+            frame = _resample_axis(frame, out_size, dim)
+    return frame
+
+
+def resize_uint8_pil(
+    frame: torch.Tensor, size: tuple[int, int], vertical_first: bool = False
+) -> torch.Tensor:
+    """The same resize by Pillow's C kernels, for frames on the CPU (several times faster there).
+
+    One `Image.resize` per axis fixes the pass order: a one-axis resize is the same in every
+    Pillow version, whereas Pillow 13's two-axis resize picks its own order.
+    """
+    from PIL import Image  # a CPU-only dependency of this one function
+
+    height, width = int(size[0]), int(size[1])
+    image = Image.fromarray(frame.contiguous().numpy())
+    passes = [(width, image.height), (width, height)]
+    if vertical_first:
+        passes = [(image.width, height), (width, height)]
+    for pass_size in passes:
+        if image.size != pass_size:
+            image = image.resize(pass_size, Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.array(image))
+
+
+def resize_uint8(
+    frame: torch.Tensor, size: tuple[int, int], vertical_first: bool = False
+) -> torch.Tensor:
+    """Bilinear resize of an (H, W, 3) uint8 frame on its device, byte-equal to PIL.
+
+    CPU frames go through Pillow's C kernels, accelerator frames through `resize_uint8_torch`;
+    both give the same bytes (tests/model/test_preprocess.py checks them against each other and
+    against `Image.resize`).
+
+    Returns:
+        (height, width, 3) uint8 on the frame's device.
+    """
+    if frame.dtype != torch.uint8 or frame.dim() != 3:
+        raise ValueError(
+            f'expected an (H, W, C) uint8 frame, got {tuple(frame.shape)} {frame.dtype}'
+        )
+    if tuple(frame.shape[:2]) == (int(size[0]), int(size[1])):
+        return frame
+    if frame.device.type == 'cpu':
+        return resize_uint8_pil(frame, size, vertical_first)
+    return resize_uint8_torch(frame, size, vertical_first)
+
+
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an (H, W, 3) uint8 image with PIL, as detectron2 does; no-op if equal."""
+    """(H, W, 3) uint8 numpy image resized to (height, width) with `resize_uint8`."""
     if image.shape[:2] == tuple(size):
         return image
-    resized = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return np.array(resized)
+    if not image.flags.writeable:  # e.g. np.asarray of a PIL image; torch wants writable memory
+        image = image.copy()
+    return resize_uint8(torch.from_numpy(np.ascontiguousarray(image)), size).numpy()
 
 
 def normalize_and_pad(
@@ -137,7 +273,8 @@ class Preprocessor:
     ) -> tuple[torch.Tensor, PreprocessRecord]:
         """Args:
             image: (H, W, 3) uint8 RGB.
-            device: where the network input should live (padding and normalisation run there).
+            device: where the network input should live (resize, padding and normalisation run
+                there; the frame is copied to it as uint8).
             dtype: the network's input type: float32 (normalised here) or uint8 (graphs that
                 normalise inside, e.g. TensorRT engines: the frame goes in as uint8, padded
                 with the mean colour, with no float round trip).
@@ -150,12 +287,12 @@ class Preprocessor:
                 f'expected an (H, W, 3) uint8 RGB image, got shape {image.shape} {image.dtype}'
             )
         record = self.record_for(image.shape[0], image.shape[1])
-        resized = np.ascontiguousarray(resize_image(image, record.resized_size))
-        if not resized.flags.writeable:
+        if not image.flags.writeable:
             # e.g. a view of a ROS message buffer; torch wants memory it may write to.
-            resized = resized.copy()
-        tensor = torch.from_numpy(resized).to(device)
-        tensor = tensor.permute(2, 0, 1)[None]
+            image = image.copy()
+        # The frame crosses to the device as uint8 (a third of float32) and is resized there.
+        source = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+        tensor = resize_uint8(source, record.resized_size).permute(2, 0, 1)[None]
         if dtype == torch.uint8:
             height, width = record.padded_size
             return pad_uint8(tensor, mean_colour(self.config.pixel_mean), height, width), record

@@ -38,7 +38,7 @@ with gather, so their grid_sample rows are listed as unavailable; onnxruntime ex
 model with each sampler.
 
 Examples:
-    m2a-bench --backend torch,torch-fp16,tensorrt --size 512x1024,1024x2048 --cameras 1,4 \\
+    m2a-bench --backend torch,torch-fp16,tensorrt --size 512x1024,1024x2048 --num-cameras 1,4 \\
         --json docs/benchmarks/h100.json
     m2a-bench --backend torch,onnxruntime --deform-sampling grid_sample,gather --device cpu
 """
@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import platform
 import statistics
@@ -61,8 +60,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from m2a_perception.cli.common import parse_list, parse_size
+from m2a_perception.cli import args as cli_args
 from m2a_perception.config import (
+    DEFORM_SAMPLINGS,
     GRID_SAMPLE,
     ModelConfig,
     PreprocessConfig,
@@ -72,6 +72,7 @@ from m2a_perception.config import (
 from m2a_perception.inference import Backend
 from m2a_perception.logs import setup_logging
 from m2a_perception.model import Mask2Anomaly, build_model
+from m2a_perception.model.cost import format_model_cost, model_cost
 from m2a_perception.model.ms_deform_attn import set_deform_sampling
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.postprocess import PostprocessConfig
@@ -102,33 +103,32 @@ STAGES = ('h2d_pre', 'model', 'post', 'd2h')  # StageTimes: preprocess, model, p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='m2a-bench', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        '--backend',
-        type=parse_list,
+    parser = cli_args.new_parser('m2a-bench', __doc__)
+    cli_args.add_backend(
+        parser,
+        choices=None,
+        several=True,
         default=['torch'],
         help=f'comma-separated backends from {", ".join(BACKENDS)}; speedups are against '
         f'{REFERENCE} (added if missing), legacy ratios against the first',
     )
-    parser.add_argument(
-        '--size',
-        type=parse_list,
-        default=['512x1024'],
+    cli_args.add_size(
+        parser,
+        several=True,
+        default=[(512, 1024)],
         help='comma-separated input sizes HxW (multiples of 32)',
     )
-    parser.add_argument(
-        '--cameras',
-        type=parse_list,
-        default=['1'],
+    cli_args.add_num_cameras(
+        parser,
+        several=True,
+        default=[1],
         help='comma-separated camera counts; N cameras share one model (N frames per round)',
     )
-    parser.add_argument('--checkpoint', type=Path, help='m2a checkpoint (default: random weights)')
-    parser.add_argument(
-        '--config', default='cityscapes_r50_gma', help='model config when no checkpoint is given'
+    cli_args.add_checkpoint(parser, help='m2a checkpoint (default: random weights)')
+    cli_args.add_model_config(
+        parser, default='cityscapes_r50_gma', help='model config when no checkpoint is given'
     )
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    cli_args.add_device(parser)
     parser.add_argument(
         '--no-postprocess', action='store_true', help='do not run the post-processing stage'
     )
@@ -138,14 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help='threshold for the open-set outputs of the post-processing stage',
     )
-    parser.add_argument(
-        '--engine-cache',
-        type=Path,
-        help='engine cache folder for the tensorrt backends (default: m2a-build-engine default)',
+    cli_args.add_engine_cache(
+        parser,
+        help='engine cache folder for the engine backends (default: m2a-build-engine default)',
     )
-    parser.add_argument(
-        '--deform-sampling',
-        type=parse_list,
+    cli_args.add_deform_sampling(
+        parser,
+        choices=DEFORM_SAMPLINGS,
+        several=True,
         default=None,
         help='comma-separated MSDeformAttn samplers (grid_sample,gather) to bench in one run; '
         'the ratio is the model-stage p50 of the second over the first per backend (default: '
@@ -153,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument('--warmup', type=int, default=2, help='untimed rounds per backend')
     parser.add_argument('--iters', type=int, default=10, help='timed rounds per backend')
-    parser.add_argument('--json', type=Path, help='also write the results as JSON here')
-    parser.add_argument('-v', '--verbose', action='store_true')
+    cli_args.add_json(parser, help='also write the results as JSON here')
+    cli_args.add_verbose(parser)
     return parser
 
 
@@ -355,7 +355,7 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, ..
 
         model, config = load_checkpoint(args.checkpoint, device)
         return model, config, str(args.checkpoint), sha256_file(args.checkpoint), False
-    config = load_model_config(args.config)
+    config = load_model_config(args.model_config)
     torch.manual_seed(0)
     model = build_model(config).to(device).eval()
     return model, config, 'random (timing only)', None, True
@@ -377,12 +377,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'--device {args.device} but CUDA is not available on this machine')
-    sizes = [(text, parse_size(text)) for text in args.size]
+    sizes = [(f'{height}x{width}', (height, width)) for height, width in args.size]
     if args.iters < 1 or args.warmup < 0:
         raise ValueError('--iters must be at least 1 and --warmup at least 0')
-    cameras = [int(n) for n in args.cameras]
-    if not cameras or min(cameras) < 1:
-        raise ValueError(f'--cameras needs positive counts, got {args.cameras}')
+    cameras = list(args.num_cameras)
     requested = list(dict.fromkeys(args.backend))
     names = requested if REFERENCE in requested else [*requested, REFERENCE]
     model, config, weights, weights_sha256, random_weights = _load_model(args, device)
@@ -435,6 +433,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results,
                 sampler if compare else None,
             )
+    # Parameters and multiply-adds of the network at the first size (model/cost.py).
+    results['model_cost'] = model_cost(config, sizes[0][1]).as_dict()
     if compare:
         results['deform_sampling'] = samplers
         results['deform_sampling_ratios'] = sampler_ratios(results['runs'], *samplers[:2])
@@ -597,6 +597,8 @@ def format_table(results: dict[str, Any]) -> str:
             f'{_number(speedup.get("model_p50"), 7, 2)} {_number(speedup.get("throughput"), 7, 2)}'
         )
     lines.append('stage times are p50 ms; x = speedup against eager FP32 (torch) in this run')
+    if results.get('model_cost'):
+        lines.append(format_model_cost(results['model_cost']))
     for name, reason in results['unavailable'].items():
         lines.append(f'unavailable: {name}: {reason}')
     samplers = results.get('deform_sampling')
@@ -639,9 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_table(results))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + '\n')
-        print(f'wrote {args.json}')
+        print(f'wrote {cli_args.write_json_output(args.json, results)}')
     return 0
 
 

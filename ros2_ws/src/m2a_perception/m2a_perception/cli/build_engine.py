@@ -24,7 +24,6 @@ the background, reporting 'building' in its diagnostics.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from typing import Any
 
 import torch
 
-from m2a_perception.cli.common import parse_list, parse_size
+from m2a_perception.cli import args as cli_args
 from m2a_perception.config import load_model_config
 from m2a_perception.deploy.build import (
     CACHE_ENV,
@@ -67,45 +66,43 @@ from m2a_perception.weights.checkpoint import CheckpointError, load_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='m2a-build-engine',
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli_args.new_parser('m2a-build-engine', __doc__)
     source = parser.add_argument_group('model')
-    source.add_argument('--checkpoint', type=Path, help='m2a .safetensors checkpoint')
-    source.add_argument(
-        '--config',
-        help='model config name for --random-weights (testing only)',
-    )
+    cli_args.add_checkpoint(source)
+    cli_args.add_model_config(source, help='model config name for --random-weights (testing only)')
     source.add_argument(
         '--random-weights',
         action='store_true',
-        help='build from randomly initialised weights of --config (tests and timing only)',
+        help='build from randomly initialised weights of --model-config (tests and timing only)',
     )
     engine = parser.add_argument_group('engine')
-    engine.add_argument('--backend', default='tensorrt', choices=sorted(ENGINE_KINDS))
-    engine.add_argument('--precision', default='fp16', choices=sorted(RECIPES))
-    engine.add_argument(
-        '--size',
-        type=parse_list,
-        default=['512x1024'],
+    cli_args.add_backend(
+        engine,
+        choices=sorted(ENGINE_KINDS),
+        default='tensorrt',
+        help='engine backend (default %(default)s)',
+    )
+    cli_args.add_precision(engine, choices=sorted(RECIPES), default='fp16')
+    cli_args.add_size(
+        engine,
+        several=True,
+        default=[(512, 1024)],
         help='comma-separated padded input sizes HxW (multiples of 32); one engine each',
     )
     engine.add_argument(
         '--valid-size',
-        type=parse_size,
+        type=cli_args.parse_size,
+        metavar='HxW',
         help='HxW of the image inside the padding (one --size only; default: no padding)',
     )
-    engine.add_argument('--device', default='cuda')
+    cli_args.add_device(engine, default='cuda', help='torch device (default cuda)')
     engine.add_argument('--onnx', type=Path, help='tensorrt-onnx: build from this ONNX file')
-    engine.add_argument(
-        '--cache-dir',
-        type=Path,
-        default=None,
+    cli_args.add_engine_cache(
+        engine,
         help=f'engine cache folder (default ${CACHE_ENV} or ~/.cache/m2a/engines)',
+        deprecated=('--cache-dir',),
     )
-    engine.add_argument('--policy', default=BUILD_IF_MISSING, choices=POLICIES)
+    cli_args.add_engine_policy(engine, choices=POLICIES, default=BUILD_IF_MISSING)
     gate = parser.add_argument_group('accuracy gate')
     gate.add_argument('--gate-images', type=int, default=DEFAULT_GATE_IMAGES)
     gate.add_argument('--gate-image-dir', type=Path, help='folder of RGB gate images')
@@ -123,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         action='store_true',
         help='keep an engine that fails the gate (recorded as overridden in its sidecar)',
     )
-    parser.add_argument('--json', type=Path, help='write a summary of the engines as JSON here')
-    parser.add_argument('-v', '--verbose', action='store_true')
+    cli_args.add_json(parser, help='write a summary of the engines as JSON here')
+    cli_args.add_verbose(parser)
     return parser
 
 
@@ -146,9 +143,9 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> tuple[Mask2An
     if args.checkpoint is not None:
         model, config = load_checkpoint(args.checkpoint, 'cpu')
         return model.to(device), config, sha256_file(args.checkpoint)
-    if not args.random_weights or not args.config:
-        raise ValueError('give --checkpoint (or --config NAME --random-weights for testing)')
-    config = load_model_config(args.config)
+    if not args.random_weights or not args.model_config:
+        raise ValueError('give --checkpoint (or --model-config NAME --random-weights for testing)')
+    config = load_model_config(args.model_config)
     torch.manual_seed(0)
     from m2a_perception.model import build_model
 
@@ -158,7 +155,7 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> tuple[Mask2An
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     device = torch.device(args.device)
-    sizes = [parse_size(text) for text in args.size]
+    sizes = args.size
     if args.valid_size is not None and len(sizes) != 1:
         raise ValueError('--valid-size needs exactly one --size')
     get_engine_kind(args.backend).check_available(device)  # fail fast, before loading weights
@@ -184,7 +181,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             size=size,
             valid_size=valid,
             device=device,
-            cache_dir=args.cache_dir,
+            cache_dir=args.engine_cache,
             policy=args.policy,
             onnx_path=args.onnx,
             gate_images=images,
@@ -240,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: {error}', file=sys.stderr)
         return 5
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summaries, indent=2) + '\n')
-        print(f'wrote {args.json}')
+        print(f'wrote {cli_args.write_json_output(args.json, summaries)}')
     return 0
 
 

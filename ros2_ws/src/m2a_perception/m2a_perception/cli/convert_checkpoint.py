@@ -13,27 +13,31 @@ from pathlib import Path
 
 import torch
 
+from m2a_perception.cli import args as cli_args
 from m2a_perception.config import load_model_config
 from m2a_perception.model import build_model
 from m2a_perception.weights.checkpoint import CheckpointError, WriteFailedError, save_checkpoint
-from m2a_perception.weights.convert import convert_state_dict, read_weights_file
+from m2a_perception.weights.convert import (
+    BACKBONE_ONLY_FORMATS,
+    convert_state_dict,
+    read_weights_file,
+)
 
-SOURCE_FORMATS = ('auto', 'mask2anomaly', 'mask2former', 'torchvision-resnet', 'detectron2-resnet')
+SOURCE_FORMATS = (
+    'auto',
+    'mask2anomaly',
+    'mask2former',
+    'torchvision-resnet',
+    'detectron2-resnet',
+    'dinov2',
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='m2a-convert-checkpoint',
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli_args.new_parser('m2a-convert-checkpoint', __doc__)
     parser.add_argument('source', type=Path, help='.pth / .pkl / .safetensors weights to convert')
-    parser.add_argument('--out', type=Path, required=True, help='output .safetensors checkpoint')
-    parser.add_argument(
-        '--config',
-        default='cityscapes_r50_gma',
-        help='model config name (config/model/<name>.yaml) or YAML path',
-    )
+    cli_args.add_out(parser, help='output .safetensors checkpoint')
+    cli_args.add_model_config(parser, default='cityscapes_r50_gma')
     parser.add_argument('--source-format', choices=SOURCE_FORMATS, default='auto')
     parser.add_argument(
         '--seed', type=int, default=0, help='seed for the heads of backbone-only conversions'
@@ -43,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = load_model_config(args.config)
+    config = load_model_config(args.model_config)
     torch.manual_seed(args.seed)
     model_state = build_model(config).state_dict()
     try:
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
-    backbone_only = report.source_format in ('torchvision-resnet', 'detectron2-resnet')
+    backbone_only = report.source_format in BACKBONE_ONLY_FORMATS
     try:
         save_checkpoint(
             args.out,

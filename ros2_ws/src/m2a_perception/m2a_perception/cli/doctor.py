@@ -9,12 +9,12 @@ it to a bug report).
 
 Exit status: 0 when every required check passes, 1 otherwise, 2 for bad arguments.
 --require all (default) requires every check, i.e. the TensorRT route; --require route only the
-checks the chosen --kind needs (e.g. --kind onnxruntime --device cpu on a CI machine).
+checks the chosen --backend needs (e.g. --backend onnxruntime --device cpu on a CI machine).
 
 Examples:
     m2a-doctor --checkpoint m2a.safetensors --size 1024x2048 --precision fp16
-    m2a-doctor --checkpoint m2a.safetensors --kind tensorrt-onnx --engine-cache /opt/m2a/engines
-    m2a-doctor --checkpoint tiny.safetensors --kind onnxruntime --device cpu --require route
+    m2a-doctor --checkpoint m2a.safetensors --backend tensorrt-onnx --engine-cache /opt/m2a/engines
+    m2a-doctor --checkpoint tiny.safetensors --backend onnxruntime --device cpu --require route
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from m2a_perception.cli.common import parse_size
+from m2a_perception.cli import args as cli_args
 from m2a_perception.deploy.doctor import REQUIRE_MODES, format_report, run_doctor, write_report
 from m2a_perception.inference.backend import PRECISIONS
 from m2a_perception.logs import setup_logging
@@ -43,49 +41,42 @@ DEFAULT_JSON = 'm2a_doctor_report.json'
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='m2a-doctor',
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = cli_args.new_parser('m2a-doctor', __doc__)
+    cli_args.add_checkpoint(parser, required=True)
+    cli_args.add_backend(
+        parser,
+        choices=KINDS,
+        default='tensorrt',
+        help='backend kind to check (default %(default)s)',
+        deprecated=('--kind',),
     )
-    parser.add_argument(
-        '--checkpoint', type=Path, required=True, help='m2a safetensors checkpoint'
-    )
-    parser.add_argument('--kind', choices=KINDS, default='tensorrt', help='backend kind to check')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument(
-        '--precision',
+    cli_args.add_device(parser)
+    cli_args.add_precision(
+        parser,
         choices=PRECISIONS,
         default=None,
         help='default: fp16 for tensorrt kinds, else fp32 (onnxruntime engines are fp32)',
     )
-    parser.add_argument('--size', type=parse_size, default=(512, 1024), help='engine HxW')
-    parser.add_argument(
-        '--engine',
-        type=Path,
-        help='engine file (opened through its sidecar); default: one per kind, precision '
+    cli_args.add_size(parser, default=(512, 1024), help='engine HxW (default 512x1024)')
+    cli_args.add_engine(
+        parser,
+        help='engine file (opened through its sidecar); default: one per backend, precision '
         'and size in --engine-cache',
     )
-    parser.add_argument(
-        '--engine-cache',
-        type=Path,
+    cli_args.add_engine_cache(
+        parser,
         help='folder for the default engine (default $M2A_ENGINE_CACHE or ~/.cache/m2a/engines)',
     )
-    parser.add_argument('--policy', choices=ENGINE_POLICIES, default=BUILD_IF_MISSING)
-    parser.add_argument(
-        '--allow-gate-failed',
-        action='store_true',
-        help='use an engine whose accuracy gate failed (the check still fails)',
+    cli_args.add_engine_policy(parser, choices=ENGINE_POLICIES, default=BUILD_IF_MISSING)
+    cli_args.add_allow_gate_failed(
+        parser, help='use an engine whose accuracy gate failed (the check still fails)'
     )
     parser.add_argument('--require', choices=REQUIRE_MODES, default='all')
     parser.add_argument('--iters', type=int, default=5, help='timed frames')
-    parser.add_argument(
-        '--json',
-        type=Path,
-        default=Path(DEFAULT_JSON),
-        help='report file (default: ./%(default)s)',
+    cli_args.add_json(
+        parser, default=Path(DEFAULT_JSON), help='report file (default: ./%(default)s)'
     )
-    parser.add_argument('-v', '--verbose', action='store_true')
+    cli_args.add_verbose(parser)
     return parser
 
 
@@ -96,17 +87,18 @@ def default_engine(args: argparse.Namespace, precision: str) -> Path:
     folder = args.engine_cache or default_cache_dir()
     height, width = args.size
     return (
-        folder / f'm2a-doctor-{args.kind}-{precision}-{height}x{width}{ENGINE_SUFFIXES[args.kind]}'
+        folder
+        / f'm2a-doctor-{args.backend}-{precision}-{height}x{width}{ENGINE_SUFFIXES[args.backend]}'
     )
 
 
 def make_spec(args: argparse.Namespace) -> BackendSpec:
-    precision = args.precision or ('fp16' if args.kind.startswith('tensorrt') else 'fp32')
+    precision = args.precision or ('fp16' if args.backend.startswith('tensorrt') else 'fp32')
     engine = ''
-    if args.kind in ENGINE_SUFFIXES:
+    if args.backend in ENGINE_SUFFIXES:
         engine = str(args.engine or default_engine(args, precision))
     return BackendSpec(
-        kind=args.kind,
+        kind=args.backend,
         checkpoint=str(args.checkpoint),
         engine_path=engine,
         device=args.device,

@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from m2a_perception.cli.common import parse_size
+from m2a_perception.cli import args as cli_args
 from m2a_perception.config import DEFORM_SAMPLINGS, GATHER
 from m2a_perception.export import DEFAULT_OPSET, example_input, export_onnx
 from m2a_perception.inference.onnxruntime_backend import OnnxRuntimeBackend
@@ -32,25 +31,18 @@ from m2a_perception.weights.checkpoint import CheckpointError, load_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='m2a-export',
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        '--checkpoint', type=Path, required=True, help='m2a .safetensors checkpoint'
-    )
-    parser.add_argument('--out', type=Path, required=True, help='output .onnx file')
-    parser.add_argument(
-        '--size',
-        type=parse_size,
+    parser = cli_args.new_parser('m2a-export', __doc__)
+    cli_args.add_checkpoint(parser, required=True)
+    cli_args.add_out(parser, help='output .onnx file')
+    cli_args.add_size(
+        parser,
         default=(512, 1024),
         help='static input size HxW, multiples of 32 (default 512x1024)',
     )
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET)
-    parser.add_argument(
-        '--deform-sampling',
+    cli_args.add_deform_sampling(
+        parser,
         choices=DEFORM_SAMPLINGS,
         default=GATHER,
         help='MSDeformAttn sampler in the graph (default gather: no GridSample op)',
@@ -58,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--no-check', action='store_true', help='skip the onnxruntime parity check'
     )
-    parser.add_argument('-v', '--verbose', action='store_true')
+    cli_args.add_verbose(parser)
     return parser
 
 

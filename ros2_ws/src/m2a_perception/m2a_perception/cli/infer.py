@@ -18,8 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
+from m2a_perception.cli import args as cli_args
 from m2a_perception.inference.backend import PRECISIONS
 from m2a_perception.logs import setup_logging
 from m2a_perception.pictures import read_rgb, write_outputs
@@ -38,32 +37,20 @@ LOGGER = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='m2a-infer', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli_args.new_parser('m2a-infer', __doc__)
     parser.add_argument('image', type=Path, help='input image (any format Pillow reads)')
-    parser.add_argument(
-        '--checkpoint', type=Path, required=True, help='m2a safetensors checkpoint'
-    )
-    parser.add_argument('--out', type=Path, required=True, help='output folder (created)')
-    parser.add_argument(
-        '--backend',
+    cli_args.add_checkpoint(parser, required=True)
+    cli_args.add_out(parser, help='output folder (created)')
+    cli_args.add_backend(
+        parser,
         choices=KINDS,
         default='torch',
         help='torch / torch-compile run the checkpoint; the engine kinds run --engine',
     )
-    parser.add_argument(
-        '--engine',
-        type=Path,
-        help='engine from m2a-build-engine for --checkpoint (opened through its sidecar)',
-    )
-    parser.add_argument('--precision', choices=PRECISIONS, default='fp32')
-    parser.add_argument(
-        '--allow-gate-failed',
-        action='store_true',
-        help='use an engine whose accuracy gate failed (explicit override)',
-    )
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    cli_args.add_engine(parser)
+    cli_args.add_precision(parser, choices=PRECISIONS, default='fp32')
+    cli_args.add_allow_gate_failed(parser)
+    cli_args.add_device(parser)
     parser.add_argument('--scorer', choices=SCORERS, default='mask2anomaly')
     parser.add_argument('--refinement', choices=REFINEMENT_MODES, default='code')
     parser.add_argument(
@@ -72,11 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help='open-set semantic threshold (Eq. 14); pixels scoring at least this are unknown',
     )
-    parser.add_argument('--flip', action='store_true', help='average with a flipped pass')
+    cli_args.add_flip(parser, default=False, help='average with a flipped pass (default off)')
     parser.add_argument('--scf', action='store_true', help='CSL structure-constrained fusion')
     parser.add_argument('--no-mining', action='store_true', help='skip unknown-instance mining')
     parser.add_argument('--alpha', type=float, default=0.5, help='overlay opacity')
-    parser.add_argument('-v', '--verbose', action='store_true')
+    cli_args.add_verbose(parser)
     return parser
 
 

@@ -424,7 +424,7 @@ def provision_engine(
         paths=paths,
         build_hint=(
             f'Provision this machine offline: m2a-build-engine --backend {kind.name} '
-            f'--precision {recipe.name} --size {height}x{width} --cache-dir {cache.directory}'
+            f'--precision {recipe.name} --size {height}x{width} --engine-cache {cache.directory}'
         ),
     )
     return Provisioned(

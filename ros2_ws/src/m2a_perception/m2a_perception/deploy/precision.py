@@ -9,6 +9,7 @@ The FP16 recipe (`fp16-islands`):
 
 - normalisation of the uint8 input runs in FP32, then the image is cast to FP16;
 - the ResNet backbone runs in FP16; its frozen BatchNorm scale and shift are computed in FP32
+  (the experimental DINOv2 ViT backbone has no FP16 plan yet and stays FP32 as a whole)
   from FP32 statistics and cast once;
 - in the pixel decoder and the transformer decoder every convolution and linear layer computes in
   FP16 (explicit casts of its input and weights) and hands FP32 back, so the residual streams,
@@ -52,6 +53,7 @@ from m2a_perception.model.attention import MultiheadAttention
 from m2a_perception.model.backbone import FrozenBatchNorm2d
 from m2a_perception.model.ms_deform_attn import set_deform_sampling
 from m2a_perception.model.pixel_decoder import ConvGroupNorm
+from m2a_perception.model.vit import ViTBackbone
 
 # The MSDeformAttn sampler of every deploy (TensorRT) graph: no GridSample op (module docstring).
 DEPLOY_DEFORM_SAMPLING = GATHER
@@ -192,6 +194,13 @@ class _Fp32FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
         return x * scale.to(x.dtype)[None, :, None, None] + shift.to(x.dtype)[None, :, None, None]
 
 
+class _Fp32ViTBackbone(ViTBackbone):
+    """The ViT backbone as an FP32 island: casts its input to FP32 (its weights stay FP32)."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return super().forward(x.float())
+
+
 # Exact module types -> their casting variant (exact types, so that a new subclass in the model
 # is not silently treated like its parent).
 _CASTING_TYPES: dict[type[nn.Module], type[nn.Module]] = {
@@ -213,6 +222,17 @@ def _keeps_fp32(name: str) -> bool:
     if name.rsplit('.', 1)[-1] == 'fusion_layer':
         return True
     return any(name == kept or name.startswith(kept + '.') for kept in FP32_MODULES)
+
+
+def _apply_backbone_plan(backbone: nn.Module, low: torch.dtype) -> None:
+    """ResNet: low precision throughout; frozen BatchNorm folded from FP32 statistics."""
+    for module in backbone.modules():
+        if type(module) is FrozenBatchNorm2d:
+            module.__class__ = _Fp32FoldedFrozenBatchNorm2d
+        elif isinstance(module, nn.Conv2d):
+            _cast_own_parameters(module, low)
+        elif any(True for _ in module.parameters(recurse=False)):
+            raise TypeError(f'precision plan has no rule for backbone module {type(module)}')
 
 
 def apply_precision(
@@ -246,14 +266,12 @@ def apply_precision(
     if recipe.compute_dtype == torch.float32 and compute_dtype is None:
         return converted
     low = compute_dtype or recipe.compute_dtype
-    # Backbone: low precision throughout; frozen BatchNorm folded from FP32 statistics.
-    for module in converted.backbone.modules():
-        if type(module) is FrozenBatchNorm2d:
-            module.__class__ = _Fp32FoldedFrozenBatchNorm2d
-        elif isinstance(module, nn.Conv2d):
-            _cast_own_parameters(module, low)
-        elif any(True for _ in module.parameters(recurse=False)):
-            raise TypeError(f'precision plan has no rule for backbone module {type(module)}')
+    if type(converted.backbone) is ViTBackbone:
+        # The experimental DINOv2 backbone has no low-precision plan yet: the ViT and its
+        # pyramid stay FP32 (an FP32 island), fed the FP32 image; the decoders follow the plan.
+        converted.backbone.__class__ = _Fp32ViTBackbone
+    else:
+        _apply_backbone_plan(converted.backbone, low)
     # Decoders: low-precision matrix products with FP32 in and out. Modules with their own
     # parameters but no matrix product (norms, embeddings, the encoder's level embedding) keep
     # them FP32 because they act on FP32 streams.

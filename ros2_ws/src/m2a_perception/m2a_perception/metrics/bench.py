@@ -6,15 +6,12 @@ frame generation. Printed: frames/s per accumulator and for a full SMIYC evaluat
 (exact pixel curve + component metrics). Single-threaded numpy except the float32 -> float16
 rounding (torch).
 
-Example:
-    python -m m2a_perception.metrics.bench --frames 20 --size 1024x2048
+The command line is `m2a-metrics-bench` (`m2a_perception.cli.metrics_bench`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 
@@ -107,33 +104,3 @@ def run(num_frames: int, height: int, width: int, seed: int = 0) -> dict[str, fl
         seconds['pixel_smiyc_exact_float16'] + seconds['component_anomaly_track'] + finalize
     )
     return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: prints frames/s per accumulator."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument('--frames', type=int, default=20, help='number of synthetic frames')
-    parser.add_argument('--size', default='1024x2048', help='frame size HxW')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--json', action='store_true', help='print JSON instead of a table')
-    args = parser.parse_args(argv)
-    try:
-        height, width = (int(part) for part in args.size.lower().split('x'))
-    except ValueError:
-        parser.error(f'--size must look like 1024x2048, got {args.size!r}')
-    if args.frames < 1 or height < 8 or width < 8:
-        parser.error('need at least one frame of at least 8x8 pixels')
-    results = run(args.frames, height, width, args.seed)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print(f'metrics-only throughput, {args.frames} frames of {height}x{width}:')
-        for name, fps in results.items():
-            print(f'  {name:36s} {fps:8.2f} frames/s')
-    return 0
-
-
-if __name__ == '__main__':
-    raise SystemExit(main())

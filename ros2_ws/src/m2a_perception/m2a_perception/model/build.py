@@ -11,6 +11,7 @@ from m2a_perception.model.mask2anomaly import Mask2Anomaly
 from m2a_perception.model.ms_deform_attn import set_deform_sampling
 from m2a_perception.model.pixel_decoder import MSDeformAttnPixelDecoder
 from m2a_perception.model.transformer_decoder import MaskedTransformerDecoderGMA
+from m2a_perception.model.vit import ViTBackbone
 
 
 def build_model(config: ModelConfig) -> Mask2Anomaly:
@@ -18,7 +19,11 @@ def build_model(config: ModelConfig) -> Mask2Anomaly:
 
     Load trained weights with `m2a_perception.weights.load_checkpoint`.
     """
-    backbone = ResNet(config.backbone)
+    backbone = (
+        ViTBackbone(config.backbone)
+        if config.backbone.arch == 'dinov2_vit'
+        else ResNet(config.backbone)
+    )
     pixel_decoder = MSDeformAttnPixelDecoder(config.pixel_decoder, backbone.out_channels)
     predictor = MaskedTransformerDecoderGMA(
         config.transformer_decoder, config.num_classes, config.pixel_decoder.mask_dim

@@ -18,6 +18,7 @@ from torch import nn
 
 from m2a_perception.config import TransformerDecoderConfig
 from m2a_perception.model.attention import MultiheadAttention, unblock_full_rows
+from m2a_perception.model.kan import KAN
 from m2a_perception.model.position_encoding import sine_position_encoding
 
 
@@ -95,6 +96,21 @@ class MLP(nn.Module):
         return x
 
 
+def build_mask_embed(config: TransformerDecoderConfig, d_model: int, mask_dim: int) -> nn.Module:
+    """The 3-layer mask-embedding head: the official MLP or, with `mask_embed: kan`, KAN layers."""
+    if config.mask_embed == 'kan':
+        return KAN(
+            d_model,
+            d_model,
+            mask_dim,
+            3,
+            grid_size=config.kan_grid_size,
+            spline_order=config.kan_spline_order,
+            grid_range=config.kan_grid_range,
+        )
+    return MLP(d_model, d_model, mask_dim, 3)
+
+
 class MaskedTransformerDecoderGMA(nn.Module):
     """Predicts class and mask logits for a set of learned queries.
 
@@ -133,7 +149,7 @@ class MaskedTransformerDecoderGMA(nn.Module):
         self.query_embed = nn.Embedding(config.num_queries, d_model)
         self.level_embed = nn.Embedding(config.num_feature_levels, d_model)
         self.class_embed = nn.Linear(d_model, num_classes + 1)
-        self.mask_embed = MLP(d_model, d_model, mask_dim, 3)
+        self.mask_embed = build_mask_embed(config, d_model, mask_dim)
 
     def prediction_heads(
         self, output: torch.Tensor, mask_features: torch.Tensor

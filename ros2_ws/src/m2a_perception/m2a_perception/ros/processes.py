@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-NODE_MODULE = 'm2a_perception.ros.main'
+NODE_MODULE = 'm2a_perception.cli.perception_node'
 """The node's entry point (`python -m`), what the console script `m2a-perception-node` runs."""
 
 

@@ -1,10 +1,11 @@
-"""Convert official Mask2Anomaly / Mask2Former / ResNet-50 weights into the m2a model's layout.
+"""Convert official Mask2Anomaly / Mask2Former / ResNet-50 / DINOv2 weights into the m2a layout.
 
 Inputs are detectron2 checkpoints (`.pth` written by torch.save, `.pkl` pickles of numpy arrays),
-either a dict with `model` or a bare state dict, and torchvision-layout ResNet-50 state dicts (the
-Barlow Twins initialisation). Nothing is ever unpickled beyond tensors, numpy arrays and plain
-containers: `.pth` goes through `torch.load(weights_only=True)` and `.pkl` through a restricted
-unpickler, so a file that carries code fails with a clear error instead of running it.
+either a dict with `model` or a bare state dict, torchvision-layout ResNet-50 state dicts (the
+Barlow Twins initialisation) and official DINOv2 ViT state dicts (weights/dinov2.py). Nothing is
+ever unpickled beyond tensors, numpy arrays and plain containers: `.pth` goes through
+`torch.load(weights_only=True)` and `.pkl` through a restricted unpickler, so a file that carries
+code fails with a clear error instead of running it.
 
 Every expected key must be mapped and every shape must match; keys the official files carry but
 the network does not use are listed in the report, anything else unexpected is an error.
@@ -29,6 +30,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from m2a_perception.weights.checkpoint import CheckpointError
+from m2a_perception.weights.dinov2 import PREFIX as DINOV2_PREFIX
+from m2a_perception.weights.dinov2 import dinov2_name, is_dinov2_layout
 
 # Official checkpoint keys that the network does not use (reported, then dropped).
 UNUSED_SOURCE_KEYS = ('criterion.empty_weight',)
@@ -36,6 +39,9 @@ UNUSED_SOURCE_KEYS = ('criterion.empty_weight',)
 UNUSED_MODEL_KEY = re.compile(r'\.fusion_layer\.(weight|bias)$')
 # Bookkeeping tensors that carry no weights.
 IGNORED_KEY = re.compile(r'(^|\.)num_batches_tracked$|^pixel_(mean|std)$')
+
+# Sources that initialise only the backbone (the rest of the network is freshly initialised).
+BACKBONE_ONLY_FORMATS = ('torchvision-resnet', 'detectron2-resnet', 'dinov2')
 
 _CROSS_ATTN_M2F = re.compile(
     r'^(.*transformer_cross_attention_layers\.\d+\.)multihead_attn\.(.*)$'
@@ -160,8 +166,10 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def detect_source_format(source: Mapping[str, torch.Tensor]) -> str:
-    """'torchvision-resnet', 'detectron2-resnet', 'mask2former' or 'mask2anomaly'."""
+    """'dinov2', 'torchvision-resnet', 'detectron2-resnet', 'mask2former' or 'mask2anomaly'."""
     keys = {_strip_module(k) for k in source}
+    if is_dinov2_layout(keys):
+        return 'dinov2'
     if any(k.startswith(('conv1.', 'layer1.')) for k in keys):
         return 'torchvision-resnet'
     if any(k.startswith(('stem.', 'res2.')) for k in keys):
@@ -201,7 +209,19 @@ def map_source_keys(
         if key in UNUSED_SOURCE_KEYS:
             report.unused.append(original)
             continue
-        if source_format == 'torchvision-resnet':
+        if source_format == 'dinov2':
+            try:
+                renamed = dinov2_name(key)
+            except KeyError:
+                raise ConversionError(
+                    f'{original!r} is not a DINOv2 ViT tensor (expected cls_token, pos_embed, '
+                    'register_tokens, mask_token, patch_embed.proj.*, blocks.N.* or norm.*)'
+                ) from None
+            if renamed is None:
+                report.unused.append(original)
+                continue
+            key = renamed
+        elif source_format == 'torchvision-resnet':
             renamed = torchvision_resnet_name(key)
             if renamed is None:
                 report.ignored.append(original)
@@ -251,9 +271,12 @@ def convert_state_dict(
     report = ConversionReport(source_format=source_format, num_source_tensors=len(source))
     mapped = map_source_keys(source, source_format, report)
 
-    backbone_only = source_format in ('torchvision-resnet', 'detectron2-resnet')
+    backbone_only = source_format in BACKBONE_ONLY_FORMATS
     expected = set(model_state)
-    if backbone_only:
+    if source_format == 'dinov2':
+        # The pyramid adapter is new: only the ViT itself comes from the checkpoint.
+        expected = {k for k in expected if k.startswith(DINOV2_PREFIX)}
+    elif backbone_only:
         expected = {k for k in expected if k.startswith('backbone.')}
     may_initialise = {k for k in model_state if k not in expected}
     if source_format == 'mask2former':

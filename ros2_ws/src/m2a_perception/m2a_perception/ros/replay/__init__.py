@@ -18,7 +18,8 @@ them, and optional ground truth on `<ns>/<name>/ground_truth/anomaly` (mono8: 0 
 the header stamp of the image they label.
 
 Everything here lives under `m2a_perception.ros` because it uses rclpy's serialisation and the
-node's modules; nothing needs `rclpy.init` except the live player and recorder.
+node's modules; nothing needs `rclpy.init` except the live player and recorder. The metrics
+(`m2a_perception.evaluation`) and the report (`m2a_perception.runtime.report`) are the core's.
 
 Allowed dependencies: rosbags, mcap, rclpy, message packages, the core, `m2a_perception.ros`.
 """
@@ -28,20 +29,20 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# Public name -> submodule. Loaded on first use, so the player and recorder processes start
-# without importing torch.
+# Public name -> module (a submodule of this package, or a core module). Loaded on first use,
+# so the player and recorder processes start without importing torch.
 _EXPORTS = {
-    'BagReadError': 'bag',
-    'CameraSource': 'bag',
-    'EvaluationSettings': 'evaluation',
-    'evaluate_recorded_bag': 'evaluation',
-    'LiveReplayOptions': 'live',
-    'run_live_replay': 'live',
-    'ReplayOptions': 'offline',
-    'replay_bag': 'offline',
-    'PackOptions': 'pack',
-    'pack_images': 'pack',
-    'ReplayReport': 'report',
+    'BagReadError': f'{__name__}.bag',
+    'CameraSource': f'{__name__}.bag',
+    'EvaluationSettings': 'm2a_perception.evaluation.streams',
+    'evaluate_recorded_bag': f'{__name__}.evaluation',
+    'LiveReplayOptions': f'{__name__}.live',
+    'run_live_replay': f'{__name__}.live',
+    'ReplayOptions': f'{__name__}.offline',
+    'replay_bag': f'{__name__}.offline',
+    'PackOptions': f'{__name__}.pack',
+    'pack_images': f'{__name__}.pack',
+    'ReplayReport': 'm2a_perception.runtime.report',
 }
 __all__ = sorted(_EXPORTS)
 
@@ -50,4 +51,4 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-    return getattr(importlib.import_module(f'{__name__}.{module}'), name)
+    return getattr(importlib.import_module(module), name)

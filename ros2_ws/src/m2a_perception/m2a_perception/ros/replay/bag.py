@@ -2,11 +2,17 @@
 reader that survives damaged bags, an output bag that always closes, and camera discovery.
 
 Reading (`BagReader`) accepts a bag folder (with `metadata.yaml`), a folder whose metadata is
-missing (a recording that was killed) or a single `.mcap` / `.db3` file. When `rosbags` cannot
-open an mcap bag (no footer or summary: a truncated file), the files are read sequentially with
-the `mcap` library's stream reader instead, which recovers every message stored before the
-damage. Any damage met while reading ends the iteration with one `BagReadError` that names the
-bag, the cause and how many messages were read, after everything before it was delivered.
+missing (a recording that was killed) or a single `.mcap` / `.db3` file. Indexed mcap files are
+read chunk by chunk with `mcap_io.checked_messages`: a damaged chunk (CRC mismatch, bad lengths,
+...) is skipped, logged once as "skipped chunk at offset N of FILE: REASON" and listed in
+`BagReader.skipped`, and reading goes on. When `rosbags` cannot open an mcap bag (no footer or
+summary: a truncated file), the files are read sequentially with the `mcap` library's stream
+reader instead, which recovers every message stored before the damage. Damage that ends the
+reading raises one `BagReadError` that names the bag, the cause and how many messages were
+read, after everything before it was delivered.
+
+Writing (`OutputBag`) writes mcap chunk CRCs and, on a full disk, closes the bag with the
+complete chunks already on disk (see `mcap_io`).
 
 Allowed dependencies: rosbags, mcap, PyYAML, standard library (no torch, no rclpy: the player
 process imports this module).
@@ -15,11 +21,13 @@ process imports this module).
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
 import re
 import shutil
+import sqlite3
 import sys
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +38,18 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+from m2a_perception.files import WriteFailedError, write_failure
+from m2a_perception.ros.replay.mcap_io import (
+    COMMITTING_STORAGES,
+    CheckedWriter,
+    NotIndexedError,
+    SkippedChunk,
+    SpaceReserve,
+    checked_messages,
+    is_indexed,
+    match_committed,
+)
+
 LOGGER = logging.getLogger(__name__)
 
 MSGS_PACKAGE = 'm2a_perception_msgs'
@@ -39,6 +59,8 @@ CAMERA_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 GROUND_TRUTH_KINDS = ('anomaly', 'semantic')
 GROUND_TRUTH_SEGMENT = 'ground_truth'
 STORAGE_SUFFIXES = {'.mcap': 'mcap', '.db3': 'sqlite3'}
+# Holds disk space for closing an output bag on a full disk (removed when the bag is closed).
+RESERVE_NAME = '.m2a_space_reserve'
 STORAGE_PLUGINS = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
 # Camera names the node accepts (`cameras.names`, see ros/params.py).
 _CAMERA_NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
@@ -176,6 +198,12 @@ class BagReader:
     Args:
         path: bag folder or storage file.
 
+    Attributes:
+        topics: the bag's topics by name.
+        storage: 'mcap', 'sqlite3' or 'mixed'.
+        recovering: the mcap files are read sequentially (no usable index).
+        skipped: damaged chunks skipped by the last `messages` call (`mcap_io.SkippedChunk`).
+
     Raises:
         BagReadError: the bag does not exist or cannot be opened at all.
     """
@@ -190,6 +218,9 @@ class BagReader:
         self._files: list[Path] = []
         self.topics: dict[str, TopicInfo] = {}
         self.storage = ''
+        # Indexed mcap files, read chunk by chunk with checks (`mcap_io.checked_messages`).
+        self._checked_files: list[Path] = []
+        self.skipped: list[SkippedChunk] = []
         try:
             self._open_with_rosbags()
         except BagReadError:
@@ -207,8 +238,11 @@ class BagReader:
             reader = Reader(target)
             reader.open()
             self._readers.append(reader)
-        kinds = {STORAGE_SUFFIXES.get(p.suffix, p.suffix) for p in storage_files(self.path)}
+        files = storage_files(self.path)
+        kinds = {STORAGE_SUFFIXES.get(p.suffix, p.suffix) for p in files}
         self.storage = kinds.pop() if len(kinds) == 1 else 'mixed'
+        if self.storage == 'mcap' and all(is_indexed(path) for path in files):
+            self._checked_files = files
         for reader in self._readers:
             for connection in reader.connections:
                 previous = self.topics.get(connection.topic)
@@ -323,6 +357,9 @@ class BagReader:
             if self.damage:
                 raise BagReadError(self.path, self._damage_text(delivered), delivered)
             return
+        if self._checked_files:
+            yield from self._checked_messages(wanted)
+            return
         for reader in self._readers:
             connections = [c for c in reader.connections if c.topic in wanted]
             if not connections:
@@ -338,6 +375,39 @@ class BagReader:
                     f'{delivered} message(s) ({type(error).__name__}: {error})',
                     delivered,
                 ) from error
+
+    def _checked_messages(self, wanted: set[str]) -> Iterator[BagMessage]:
+        """Chunk-checked reading of an all-mcap bag; damaged chunks are skipped and reported."""
+        self.skipped = []
+        delivered = 0
+        for path in self._checked_files:
+            try:
+                for topic, log_time, data in checked_messages(path, wanted, self._on_skip):
+                    delivered += 1
+                    yield BagMessage(topic, log_time, data)
+            except (OSError, NotIndexedError) as error:
+                raise BagReadError(
+                    self.path,
+                    f'input bag {self.path} is corrupt or truncated: reading {path.name} failed '
+                    f'after {delivered} message(s) ({error})',
+                    delivered,
+                ) from error
+        if len(self.skipped) > 1:
+            lost = [chunk.message_count for chunk in self.skipped]
+            known = sum(n for n in lost if n is not None)
+            LOGGER.warning(
+                'input bag %s: skipped %d damaged chunk(s), %s message(s) lost',
+                self.path,
+                len(self.skipped),
+                known if None not in lost else f'at least {known}',
+            )
+
+    def _on_skip(self, chunk: SkippedChunk) -> None:
+        self.skipped.append(chunk)
+        # The first one in full; the rest in the summary at the end (a badly damaged bag
+        # would otherwise print one line per chunk).
+        level = logging.WARNING if len(self.skipped) == 1 else logging.DEBUG
+        LOGGER.log(level, '%s', chunk.describe())
 
     def _damage_text(self, delivered: int) -> str:
         return (
@@ -368,6 +438,13 @@ class BagReader:
 class OutputBag:
     """A rosbag2 bag being written; `close` always leaves a complete, readable bag.
 
+    mcap storage (`mcap_io.CheckedMcapWriter`) writes chunk CRCs and commits whole chunks,
+    sqlite3 storage commits about every MiB. When a write fails (a full disk), the bag is closed
+    at once with what is committed: a
+    `SpaceReserve` file in the bag folder holds the room for the summary and metadata.yaml and
+    is released just before closing. `counts` then says what the bag holds, and the
+    `WriteFailedError` raised (and kept in `failure`) says so in one sentence.
+
     Args:
         path: bag folder to create (must not exist).
         storage: 'mcap' (default) or 'sqlite3'.
@@ -389,12 +466,22 @@ class OutputBag:
             raise FileExistsError(f'output bag {self.path} exists; remove it or pick another path')
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.typestore = self.typestore or m2a_typestore()
-        self._writer: Writer | None = Writer(
-            self.path, version=9, storage_plugin=STORAGE_PLUGINS[self.storage]
-        )
-        self._writer.open()
+        self.failure: WriteFailedError | None = None
         self._connections: dict[str, Any] = {}
         self.types: dict[str, str] = {}
+        self._reserve = SpaceReserve(self.path / RESERVE_NAME)
+        writer = CheckedWriter(self.path, version=9, storage_plugin=STORAGE_PLUGINS[self.storage])
+        try:
+            writer.open()
+            self._writer: Writer | None = writer
+            self._keep_reserve()
+        except OSError as error:
+            self._writer = None
+            with contextlib.suppress(Exception):
+                writer.abort()
+            self._reserve.release()
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise _failure(self.path, error, 'nothing was written') from error
 
     def add_topic(self, topic: str, msgtype: str, msgdef: str = '') -> None:
         """Declare a topic (idempotent); unknown types are learnt from `msgdef`.
@@ -402,36 +489,114 @@ class OutputBag:
         Raises:
             ValueError: a topic declared twice with different types, or an unknown type
                 without a usable definition.
+            WriteFailedError: the disk cannot hold the bag's summary any more (bag closed).
         """
         if topic in self._connections:
             if self.types[topic] != msgtype:
                 raise ValueError(f'{topic} already has type {self.types[topic]}, not {msgtype}')
             return
-        assert self._writer is not None and self.typestore is not None
+        writer = self._open_writer()
+        assert self.typestore is not None
         if not register_definition(self.typestore, msgtype, msgdef):
             raise ValueError(f'cannot write {topic}: message type {msgtype} is unknown')
-        self._connections[topic] = self._writer.add_connection(
-            topic, msgtype, typestore=self.typestore
-        )
+        self._connections[topic] = writer.add_connection(topic, msgtype, typestore=self.typestore)
         self.types[topic] = msgtype
         self.counts[topic] = 0
+        try:
+            self._keep_reserve()
+        except OSError as error:
+            raise self._fail(error) from error
 
     def write(self, topic: str, log_time_ns: int, data: bytes) -> None:
-        """Write one serialized message on a declared topic."""
-        if self._writer is None:
-            raise RuntimeError(f'output bag {self.path} is closed')
-        self._writer.write(self._connections[topic], int(log_time_ns), data)
-        self.counts[topic] += 1
+        """Write one serialized message on a declared topic.
+
+        Raises:
+            WriteFailedError: the write failed (disk full); the bag is closed with the messages
+                already on disk (`counts`).
+        """
+        writer = self._open_writer()
+        try:
+            writer.write(self._connections[topic], int(log_time_ns), data)
+            self.counts[topic] += 1
+            self._keep_reserve()
+        except (OSError, sqlite3.Error) as error:
+            raise self._fail(error) from error
 
     @property
     def closed(self) -> bool:
         return self._writer is None
 
+    @property
+    def message_count(self) -> int:
+        return sum(self.counts.values())
+
     def close(self) -> None:
-        """Finish the storage file and metadata.yaml (safe to call twice)."""
-        writer, self._writer = self._writer, None
-        if writer is not None:
+        """Finish the storage file and metadata.yaml (safe to call twice).
+
+        Raises:
+            WriteFailedError: the disk filled while finishing; what could be kept is closed.
+        """
+        writer = self._writer
+        if writer is None:
+            return
+        self._reserve.release()
+        try:
             writer.close()
+        except (OSError, sqlite3.Error) as error:
+            raise self._fail(error) from error
+        self._writer = None
+
+    def _open_writer(self) -> Writer:
+        if self._writer is None:
+            if self.failure is not None:
+                raise self.failure
+            raise RuntimeError(f'output bag {self.path} is closed')
+        return self._writer
+
+    def _keep_reserve(self) -> None:
+        storage = self._writer.storage if self._writer is not None else None
+        if isinstance(storage, COMMITTING_STORAGES):
+            self._reserve.ensure(storage.summary_bytes())
+
+    def _fail(self, error: BaseException) -> WriteFailedError:
+        """Close the bag with what is on disk after `error`; the sentence that says so."""
+        writer, self._writer = self._writer, None
+        assert writer is not None
+        self._reserve.release()
+        storage = writer.storage
+        if isinstance(storage, COMMITTING_STORAGES):
+            storage.discard_pending()
+        if storage is None:  # the storage file is complete; metadata.yaml failed
+            self.failure = _failure(
+                self.path,
+                error,
+                f'its storage file is complete with {self.message_count} message(s), but '
+                'metadata.yaml is missing; m2a-replay reads the storage file directly',
+            )
+            return self.failure
+        committed = match_committed(writer)
+        try:
+            writer.close()
+            closed = True
+        except Exception:
+            closed = False
+            with contextlib.suppress(Exception):
+                writer.abort()
+        if isinstance(storage, COMMITTING_STORAGES):
+            self.counts = {
+                topic: committed.get(connection.id, 0)
+                for topic, connection in self._connections.items()
+            }
+        total = self.message_count
+        if closed:
+            outcome = f'the bag was closed and holds the {total} message(s) written before'
+        else:
+            outcome = (
+                f'the bag could not be finished: its storage file keeps {total} message(s) in '
+                'complete chunks without an index, which m2a-replay still reads'
+            )
+        self.failure = _failure(self.path, error, outcome)
+        return self.failure
 
     def __enter__(self) -> OutputBag:
         return self
@@ -439,6 +604,14 @@ class OutputBag:
     def __exit__(self, *exc: object) -> None:
         # Close normally even on errors: everything written so far stays readable.
         self.close()
+
+
+def _failure(path: Path, error: BaseException, outcome: str) -> WriteFailedError:
+    failure = write_failure(path, error, outcome)
+    if failure is None:  # e.g. sqlite3's own error types
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        failure = WriteFailedError(errno.EIO, f'could not write {path}: {first_line} ({outcome})')
+    return failure
 
 
 def remove_bag(path: Path) -> None:

@@ -2,7 +2,7 @@
 
 Three ROS processes, as on a vehicle (the same plan `launch/replay_eval.launch.py` launches):
 
-    perception node   `m2a_perception.ros.main`, use_sim_time, cameras from the bag
+    perception node   `m2a_perception.cli.perception_node`, use_sim_time, cameras from the bag
     bag_recorder      the camera inputs, their ground truth and every node output -> OUT_BAG
     bag_player        the camera and ground-truth topics with recorded timing and /clock;
                       starts once the node and the recorder subscribe to every camera
@@ -44,15 +44,15 @@ from m2a_perception.ros.replay.bag import (
     ground_truth_kinds,
     remove_bag,
 )
-from m2a_perception.ros.replay.report import ReplayReport
 from m2a_perception.ros.topics import OUTPUT_TOPICS
+from m2a_perception.runtime.report import ReplayReport
 
 if TYPE_CHECKING:
-    from m2a_perception.ros.replay.evaluation import EvaluationSettings
+    from m2a_perception.evaluation.streams import EvaluationSettings
 
 LOGGER = logging.getLogger(__name__)
-PLAYER_MODULE = 'm2a_perception.ros.replay.player'
-RECORDER_MODULE = 'm2a_perception.ros.replay.recorder'
+PLAYER_MODULE = 'm2a_perception.cli.bag_player'
+RECORDER_MODULE = 'm2a_perception.cli.bag_recorder'
 DIAGNOSTICS_TOPIC = '/diagnostics'
 SIM_TIME_ARGUMENTS = ('--ros-args', '-p', 'use_sim_time:=true')
 # Console scripts of a ROS install (ros2_ws/src/m2a_perception/setup.py), for the launch file.
@@ -209,7 +209,7 @@ def player_arguments(
     tail_s: float,
 ) -> list[str]:
     """Arguments of bag_player (after the program name): waits for node and recorder."""
-    arguments = [str(bag), '--topics', *plan.play_topics, '--rate', f'{speed:g}', '--clock']
+    arguments = [str(bag), '--topics', *plan.play_topics, '--speed', f'{speed:g}', '--clock']
     for topic in plan.wait_topics:
         arguments += ['--wait-topic', topic]
     return [

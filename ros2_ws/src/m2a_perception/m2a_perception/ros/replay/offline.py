@@ -39,6 +39,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
 from m2a_perception.config import parse_yaml
+from m2a_perception.evaluation.streams import EvaluationSettings, GroundTruthEvaluator
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.preprocess import DegenerateResizeError
 from m2a_perception.ros.conversions import (
@@ -73,10 +74,9 @@ from m2a_perception.ros.replay.bag import (
     remove_bag,
     stamp_ns,
 )
-from m2a_perception.ros.replay.evaluation import EvaluationSettings, GroundTruthEvaluator
-from m2a_perception.ros.replay.report import CameraCounters, LatencySummary, ReplayReport
 from m2a_perception.runtime import loader
 from m2a_perception.runtime.frame import process_frame
+from m2a_perception.runtime.report import CameraCounters, LatencySummary, ReplayReport
 from m2a_perception.runtime.slots import FrameScheduler
 from m2a_perception_msgs.msg import InferenceStats
 
@@ -644,6 +644,7 @@ def replay_bag(
             stage: LatencySummary.of(values) for stage, values in replayer.timings.stages.items()
         }
         report.metrics = evaluator.compute()
+        report.add_skipped(reader.skipped)
         if options.max_frames is not None and replayer.frames_read >= options.max_frames:
             report.notes.append(f'stopped after max_frames={options.max_frames} frame(s)')
         if report.input_error is not None:

@@ -1,37 +1,21 @@
-"""bag_recorder: record topics of a running ROS graph into an mcap bag (serialized bytes).
+"""The bag recorder node: record topics of a running ROS graph into a bag (serialized bytes).
 
-The live-replay recorder (`m2a-replay --live`, `launch/replay_eval.launch.py`); works without
-the rosbag2 tools. Topics are subscribed as soon as they appear in the graph, with the type the
-graph reports and a QoS that matches the publishers (best effort if any publisher is best
-effort, else reliable), and written undecoded. The bag is closed properly on SIGINT/SIGTERM, at
---duration, or after --idle-timeout seconds without a message (once one arrived), so it is
-always readable.
+`BagRecorder` is the ROS adapter; the `bag_recorder` executable (its options and stop rules) is
+`m2a_perception.cli.bag_recorder`.
 
-    python -m m2a_perception.ros.replay.recorder OUT_BAG --topics /front/anomaly/score ... \
-        --idle-timeout 5 --ros-args -p use_sim_time:=true
-
-Log times are the node clock (sim time with use_sim_time; the wall clock before the first
-/clock message).
-
-Allowed dependencies: rclpy, `m2a_perception.ros.replay.bag`.
+Allowed dependencies: rclpy, `m2a_perception.ros.replay.bag`, `m2a_perception.files`.
 """
 
 from __future__ import annotations
 
-import argparse
-import signal
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.utilities import remove_ros_args
 
-from m2a_perception.ros.replay.bag import OutputBag, m2a_typestore, remove_bag
+from m2a_perception.files import WriteFailedError
+from m2a_perception.ros.replay.bag import OutputBag, m2a_typestore
 
 NODE_NAME = 'm2a_bag_recorder'
 DEPTH = 100
@@ -53,6 +37,8 @@ class BagRecorder:
         self.subscribed: dict[str, str] = {}
         self.received = 0
         self.last_message_s: float | None = None
+        # Set when the bag cannot be written (disk full): the bag is closed, recording stops.
+        self.failure: WriteFailedError | None = None
         self._warned: set[str] = set()
         self.discover()
 
@@ -88,7 +74,12 @@ class BagRecorder:
                 ),
             )
             message_class = _message_class(msgtype)
-            self.bag.add_topic(topic, msgtype)
+            try:
+                self.bag.add_topic(topic, msgtype)
+            except WriteFailedError as error:
+                self.failure = error
+                self.node.get_logger().error(str(error))
+                return
             self.node.create_subscription(
                 message_class,
                 topic,
@@ -100,8 +91,15 @@ class BagRecorder:
             self.node.get_logger().info(f'recording {topic} ({msgtype})')
 
     def _on_message(self, topic: str, data: bytes) -> None:
+        if self.failure is not None:
+            return
         now_ns = self.node.get_clock().now().nanoseconds or time.time_ns()
-        self.bag.write(topic, now_ns, data)
+        try:
+            self.bag.write(topic, now_ns, data)
+        except WriteFailedError as error:
+            self.failure = error
+            self.node.get_logger().error(str(error))
+            return
         self.received += 1
         self.last_message_s = time.monotonic()
 
@@ -110,75 +108,3 @@ def _message_class(msgtype: str) -> type:
     from m2a_perception.ros.replay.player import message_class
 
     return message_class(msgtype)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='bag_recorder',
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument('out', type=Path, help='bag folder to create (mcap)')
-    parser.add_argument('--topics', nargs='+', required=True, help='topics to record')
-    parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap')
-    parser.add_argument(
-        '--idle-timeout',
-        type=float,
-        default=0.0,
-        help='stop after N s without messages (0: never)',
-    )
-    parser.add_argument('--duration', type=float, default=0.0, help='stop after N s (0: never)')
-    parser.add_argument('--overwrite', action='store_true', help='replace an existing bag')
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv if argv is None else ['bag_recorder', *argv]
-    args = build_parser().parse_args(remove_ros_args(argv)[1:])
-    if args.overwrite:
-        remove_bag(args.out)
-    rclpy.init(args=argv)
-    stop = {'requested': False}
-    # launch and process managers stop children with SIGINT (rclpy's handler) or SIGTERM.
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
-    node = Node(NODE_NAME)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    bag = OutputBag(args.out, storage=args.storage)
-    recorder = BagRecorder(node, bag, args.topics)
-    start = time.monotonic()
-    reason = 'shutdown'
-    next_discovery = start
-    try:
-        while rclpy.ok() and not stop['requested']:
-            executor.spin_once(timeout_sec=0.05)
-            now = time.monotonic()
-            if now >= next_discovery:
-                recorder.discover()
-                next_discovery = now + 0.1
-            if args.duration > 0 and now - start > args.duration:
-                reason = f'duration {args.duration:g} s reached'
-                break
-            last = recorder.last_message_s
-            if args.idle_timeout > 0 and last is not None and now - last > args.idle_timeout:
-                reason = f'no message for {args.idle_timeout:g} s'
-                break
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        bag.close()
-        missing = [t for t in recorder.wanted if t not in recorder.subscribed]
-        print(
-            f'recorder: {reason}; wrote {recorder.received} message(s) on '
-            f'{len(recorder.subscribed)} topic(s) to {args.out}'
-            + (f'; never published: {", ".join(missing)}' if missing else ''),
-            flush=True,
-        )
-        executor.remove_node(node)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -3,9 +3,9 @@
 Examples:
     m2a-train config/train/synthetic_stage1.yaml
     m2a-train config/train/cityscapes_stage1.yaml data.root=/data solver.max_iters=1000
-    torchrun --nproc_per_node 8 -m m2a_training.train config/train/cityscapes_stage1.yaml
+    torchrun --nproc_per_node 8 -m m2a_training.cli.train config/train/cityscapes_stage1.yaml
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
-        -m m2a_training.train config/train/cityscapes_stage2.yaml --resume
+        -m m2a_training.cli.train config/train/cityscapes_stage2.yaml --resume
 
 Overrides are `dotted.key=value` (value parsed as YAML). `--resume` continues from the newest
 checkpoint in the output folder (or starts if there is none), so a pre-empted job can be
@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from m2a_perception.cli import args as cli_args
 from m2a_perception.weights import CheckpointError, WriteFailedError
 from m2a_training.checkpointing import TrainingCheckpointError
 from m2a_training.config import ConfigError, load_train_config
@@ -31,9 +32,7 @@ LOG_FORMAT = '%(asctime)s %(levelname)s %(name)s: %(message)s'
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='m2a-train', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli_args.new_parser('m2a-train', __doc__)
     parser.add_argument('config', type=Path, help='training recipe (config/train/*.yaml)')
     parser.add_argument('overrides', nargs='*', help='dotted.key=value overrides')
     parser.add_argument(
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after the config check so that `--help` and config errors answer quickly.
     from m2a_training.trainer import TrainingDivergedError, train
 
-    log = logging.getLogger('m2a_training.train')
+    log = logging.getLogger('m2a_training.cli.train')
     try:
         summary = train(config, resume=args.resume, stop_after=args.stop_after)
     except TrainingDivergedError:

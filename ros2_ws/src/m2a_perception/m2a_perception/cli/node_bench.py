@@ -1,15 +1,15 @@
 """m2a-node-bench: the perception node's own per-frame overhead, separate from the model.
 
 Processes:
-    node   the real node (`python -m m2a_perception.ros.main` with the shipped parameter file)
-           in a child process, serving one camera;
+    node   the real node (`python -m m2a_perception.cli.perception_node` with the shipped
+           parameter file) in a child process, serving one camera;
     bench  this process: the camera (one HxW frame, published again with a fresh stamp for
            every measured frame) and a sink subscribed to every output of that camera. The sink
            takes serialized messages (raw subscriptions), so the bench spends little CPU next to
            the node, and the node still fills, serializes and sends every output.
 
 Frames are sent closed-loop: the next frame leaves when every output of the previous one has
-arrived (and not faster than --rate), so no frame waits in the node's slot and the stage times
+arrived (and not faster than --fps), so no frame waits in the node's slot and the stage times
 are the node's own. They come from the node's `InferenceStats`, measured in its worker thread:
 
     convert      input message -> RGB array                         (node)
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import signal
@@ -59,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from m2a_perception.cli import args as cli_args
 from m2a_perception.ros.processes import ManagedProcess, perception_node_command
 from m2a_perception.ros.topics import OUTPUT_MESSAGE_TYPES, OUTPUT_TOPICS
 
@@ -112,24 +112,15 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'1024x2048' -> (1024, 2048) as (height, width)."""
-    try:
-        height, width = (int(v) for v in text.lower().split('x'))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f'size must be HEIGHTxWIDTH, got {text!r}') from error
-    if height <= 0 or width <= 0:
-        raise argparse.ArgumentTypeError(f'size must be positive, got {text!r}')
-    return height, width
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog='m2a-node-bench', description=__doc__.split('\n\n')[0].split(': ', 1)[1]
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_args.new_parser('m2a-node-bench', __doc__)
+    cli_args.add_checkpoint(parser, help='m2a checkpoint (default: tiny, random)')
+    cli_args.add_params(
+        parser,
+        params_file_help='node YAML (default: the shipped one)',
+        param_help='extra node parameter (repeatable)',
     )
-    parser.add_argument('--checkpoint', type=Path, help='m2a checkpoint (default: tiny, random)')
-    parser.add_argument('--params-file', type=Path, help='node YAML (default: the shipped one)')
-    parser.add_argument('--size', type=parse_size, default=(1024, 2048), help='HEIGHTxWIDTH')
+    cli_args.add_size(parser, default=(1024, 2048), help='camera frame HxW (default 1024x2048)')
     parser.add_argument('--encoding', default='rgb8', choices=ENCODINGS)
     parser.add_argument(
         '--resolution',
@@ -138,7 +129,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument('--frames', type=int, default=40, help='measured frames per resolution')
     parser.add_argument('--warmup', type=int, default=5, help='unmeasured frames per resolution')
-    parser.add_argument('--rate', type=float, default=5.0, help='maximum frame rate (Hz)')
+    cli_args.add_fps(
+        parser,
+        default=5.0,
+        help='maximum frame rate (default %(default)s)',
+        deprecated=('--rate',),
+    )
     parser.add_argument(
         '--overlay-rate',
         type=float,
@@ -146,27 +142,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help='viz.overlay_rate_hz of the node (0: an overlay for every frame, the worst case)',
     )
     parser.add_argument(
-        '--param',
-        action='append',
-        default=[],
-        metavar='NAME:=VALUE',
-        help='extra node parameter (repeatable)',
-    )
-    parser.add_argument(
         '--repeats',
         type=int,
         default=15,
         help='repetitions of the standalone timings (receive, serialize and publish floors)',
     )
-    parser.add_argument('--json', type=Path, help='write all figures as JSON here')
+    cli_args.add_json(parser, help='write all figures as JSON here')
     parser.add_argument('--node-log', type=Path, help='node output (default: a temporary file)')
     parser.add_argument('--probe-sink', type=float, default=0.0, help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     args.resolutions = [r.strip() for r in args.resolution.split(',') if r.strip()]
     if not args.resolutions or set(args.resolutions) - {'model', 'source'}:
         parser.error(f'--resolution takes model and/or source, got {args.resolution!r}')
-    if args.frames < 1 or args.warmup < 0 or args.rate <= 0 or args.repeats < 1:
-        parser.error('--frames >= 1, --warmup >= 0, --rate > 0 and --repeats >= 1 are required')
+    if args.frames < 1 or args.warmup < 0 or args.repeats < 1:
+        parser.error('--frames >= 1, --warmup >= 0 and --repeats >= 1 are required')
     return args
 
 
@@ -382,7 +376,7 @@ def measure_resolution(
     bench: Bench, resolution: str, args: argparse.Namespace, log: Callable[[str], None]
 ) -> RunResult:
     bench.set_parameter('output_resolution', resolution)
-    period = 1.0 / args.rate
+    period = 1.0 / args.fps
     # Warm-up: until the node has seen every subscription and produced every output once. A
     # frame it gets before it sees our subscriptions is skipped, so frames are resent.
     sent: list[tuple[int, int]] = []
@@ -525,7 +519,7 @@ def publish_floor(
 
 def start_probe_sink() -> ManagedProcess:
     """The output sink in another process (its output goes to this terminal)."""
-    command = [sys.executable, '-m', 'm2a_perception.ros.bench', '--probe-sink', '600']
+    command = [sys.executable, '-m', 'm2a_perception.cli.node_bench', '--probe-sink', '600']
     return ManagedProcess('probe-sink', command, None)
 
 
@@ -554,7 +548,7 @@ def format_report(
     lines = [
         f'm2a-node-bench: {height}x{width} {args.encoding} frames from another process -> node '
         f'({model}, cpu) -> all {len(OUTPUT_TYPES) + 1} outputs subscribed in another process',
-        f'{args.frames} measured frames per resolution (closed loop, <= {args.rate:g} Hz), '
+        f'{args.frames} measured frames per resolution (closed loop, <= {args.fps:g} Hz), '
         f'overlay rate {args.overlay_rate:g} Hz (0 = every frame); times in ms',
         '',
     ]
@@ -709,8 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     receive = receive_cost(camera_msg, max(args.repeats, 5))
     print(format_report(args, results, receive, model))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(to_json(args, results, receive, model), indent=2) + '\n')
+        cli_args.write_json_output(args.json, to_json(args, results, receive, model))
     return 0
 
 

@@ -3,8 +3,8 @@
 Three modes:
 
     m2a-replay BAG --out OUT_BAG --checkpoint model.safetensors
-        offline: the node's code paths without a ROS graph, as fast as possible (--rate
-        as-fast, default) or at the recorded rate into the node's latest-frame slots (--rate
+        offline: the node's code paths without a ROS graph, as fast as possible (--timing
+        as-fast, default) or at the recorded rate into the node's latest-frame slots (--timing
         recorded); writes an mcap bag with the inputs and every node output.
     m2a-replay BAG --out OUT_BAG --checkpoint model.safetensors --live
         live: starts the node, a bag player (recorded timing, /clock, use_sim_time) and a
@@ -20,8 +20,10 @@ NAME, TOPIC or NAME=TOPIC. Ground truth on `<ns>/<name>/ground_truth/anomaly` (m
 void) is scored with m2a_perception.metrics. The report is printed and written as JSON
 (default OUT_BAG/replay_report.json).
 
-Exit status: 0 success; 1 the input bag is damaged (the output bag holds everything processed
-before the damage and is readable); 2 usage, parameter or model errors; 130 interrupted (the
+Exit status: 0 success; 1 the input bag is damaged or the output bag could not be written (disk
+full); either way the output bag holds everything processed before and is readable; 2 usage,
+parameter or model errors; 3 corrupt input chunks were skipped and the rest was replayed (see
+"skipped_chunks" in the report; --allow-skipped-chunks makes this 0); 130 interrupted (the
 output bag is closed and readable).
 """
 
@@ -35,65 +37,57 @@ from typing import Any
 
 import torch
 
+from m2a_perception.cli import args as cli_args
+from m2a_perception.evaluation.streams import COMPONENT_TRACKS, EvaluationSettings
+from m2a_perception.files import WriteFailedError
 from m2a_perception.inference.backend import PRECISIONS
 from m2a_perception.logs import setup_logging
 from m2a_perception.metrics.pixel import PIXEL_PROTOCOLS
 from m2a_perception.ros.replay.bag import BagReadError
-from m2a_perception.ros.replay.evaluation import COMPONENT_TRACKS, EvaluationSettings
-from m2a_perception.ros.replay.report import ReplayReport
+from m2a_perception.runtime.report import ReplayReport
 
 LOGGER = logging.getLogger(__name__)
 EXIT_DAMAGED_INPUT = 1
 EXIT_USAGE = 2
+EXIT_SKIPPED_CHUNKS = 3
+EXIT_WRITE_FAILED = 1
 EXIT_INTERRUPTED = 130
 REPORT_NAME = 'replay_report.json'
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='m2a-replay',
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli_args.new_parser('m2a-replay', __doc__)
     parser.add_argument('bag', type=Path, help='input rosbag2 folder or .mcap/.db3 file')
-    parser.add_argument('--out', type=Path, help='output bag folder (mcap; created)')
-    parser.add_argument('--overwrite', action='store_true', help='replace an existing --out bag')
+    cli_args.add_out(parser, required=False, help='output bag folder (mcap; created)')
+    cli_args.add_overwrite(parser, help='replace an existing --out bag')
 
     model = parser.add_argument_group('model (the node parameters model.*)')
-    model.add_argument('--checkpoint', type=Path, help='m2a .safetensors checkpoint')
-    model.add_argument(
-        '--engine',
-        type=Path,
+    cli_args.add_checkpoint(model)
+    cli_args.add_engine(
+        model,
         help='engine from m2a-build-engine for --checkpoint (.onnx, .ep or .plan; model.backend '
         'from the suffix), opened through its sidecar',
     )
     model.add_argument('--device', help='model.device: cpu, cuda or cuda:<index>')
-    model.add_argument('--precision', choices=PRECISIONS, help='model.precision')
-    model.add_argument(
-        '--params-file',
-        type=Path,
-        help='node parameter YAML (e.g. config/m2a_perception.yaml); defaults otherwise',
-    )
-    model.add_argument(
-        '-p',
-        '--param',
-        action='append',
-        default=[],
-        metavar='NAME:=VALUE',
-        help='node parameter override, repeatable (e.g. -p anomaly.threshold:=0.6)',
+    cli_args.add_precision(model, choices=PRECISIONS, default=None, help='model.precision')
+    cli_args.add_params(
+        model,
+        params_file_help='node parameter YAML (e.g. config/m2a_perception.yaml); defaults '
+        'otherwise',
+        param_help='node parameter override, repeatable (e.g. -p anomaly.threshold:=0.6)',
     )
 
     replay = parser.add_argument_group('replay')
-    replay.add_argument(
-        '--cameras',
-        action='append',
+    cli_args.add_cameras(
+        replay,
         metavar='NAME|TOPIC|NAME=TOPIC',
         help='cameras to replay (repeatable or comma-separated); default: every camera topic',
     )
-    replay.add_argument('--rate', choices=('as-fast', 'recorded'), default='as-fast')
-    replay.add_argument(
-        '--speed', type=float, default=1.0, help='playback speed for --rate recorded and --live'
+    cli_args.add_timing(
+        replay,
+        help='offline frame timing: as-fast (default) or recorded (into the latest-frame slots)',
     )
+    cli_args.add_speed(replay, help='playback speed factor for --timing recorded and --live')
     replay.add_argument(
         '--copy-all-topics',
         action='store_true',
@@ -115,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         '--namespace', default='', help='--live: namespace of the node (outputs under it)'
     )
+    replay.add_argument(
+        '--allow-skipped-chunks',
+        action='store_true',
+        help='exit 0 even when corrupt input chunks were skipped (default: exit 3)',
+    )
 
     metrics = parser.add_argument_group('metrics')
     metrics.add_argument(
@@ -128,10 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     output = parser.add_argument_group('output')
-    output.add_argument('--report', type=Path, help=f'JSON report (default OUT/{REPORT_NAME})')
-    output.add_argument('--no-progress', action='store_true', help='no progress bar')
-    output.add_argument('--threads', type=int, help='torch CPU threads')
-    output.add_argument('-v', '--verbose', action='store_true')
+    cli_args.add_option(
+        output,
+        '--json',
+        deprecated=('--report',),
+        type=Path,
+        metavar='PATH',
+        help=f'JSON report (default OUT/{REPORT_NAME})',
+    )
+    cli_args.add_progress(output)
+    cli_args.add_threads(output)
+    cli_args.add_verbose(output)
     return parser
 
 
@@ -161,12 +167,6 @@ def parameters_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def camera_list(items: list[str] | None) -> tuple[str, ...] | None:
-    if not items:
-        return None
-    return tuple(part.strip() for item in items for part in item.split(',') if part.strip())
-
-
 def _run(args: argparse.Namespace) -> tuple[ReplayReport, Path | None]:
     evaluation = EvaluationSettings(
         pixel_protocol=args.protocol, component_track=args.component_track
@@ -176,7 +176,7 @@ def _run(args: argparse.Namespace) -> tuple[ReplayReport, Path | None]:
 
         report = evaluate_recorded_bag(args.bag, evaluation, progress=not args.no_progress)
         default = args.bag / REPORT_NAME if args.bag.is_dir() else None
-        return report, args.report or default
+        return report, args.json or default
     if args.out is None:
         raise ValueError('--out is required (except with --recorded-outputs)')
     parameters = parameters_from_args(args)
@@ -187,7 +187,7 @@ def _run(args: argparse.Namespace) -> tuple[ReplayReport, Path | None]:
         )
 
         options = LiveReplayOptions(
-            cameras=camera_list(args.cameras),
+            cameras=tuple(args.cameras) if args.cameras else None,
             speed=args.speed,
             namespace=args.namespace,
             params_file=args.params_file,
@@ -200,8 +200,8 @@ def _run(args: argparse.Namespace) -> tuple[ReplayReport, Path | None]:
         from m2a_perception.ros.replay.offline import ReplayOptions, replay_bag
 
         options = ReplayOptions(
-            cameras=camera_list(args.cameras),
-            rate=args.rate,
+            cameras=tuple(args.cameras) if args.cameras else None,
+            rate=args.timing,
             speed=args.speed,
             copy_all_topics=args.copy_all_topics,
             max_frames=args.max_frames,
@@ -211,7 +211,7 @@ def _run(args: argparse.Namespace) -> tuple[ReplayReport, Path | None]:
             overwrite=args.overwrite,
         )
         report = replay_bag(args.bag, args.out, parameters=parameters, options=options)
-    return report, args.report or args.out / REPORT_NAME
+    return report, args.json or args.out / REPORT_NAME
 
 
 def print_how_to_view(out: Path) -> None:
@@ -222,6 +222,16 @@ def print_how_to_view(out: Path) -> None:
         f'        RViz 2 (ROS install): ros2 bag play {out} --clock, then '
         'ros2 launch m2a_perception rviz.launch.py use_sim_time:=true'
     )
+
+
+def _write_report(report: ReplayReport, path: Path) -> bool:
+    """Write and name the JSON report; False (with the one-sentence reason) if it failed."""
+    try:
+        print(f'  report: {report.write_json(path)}')
+    except WriteFailedError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,12 +249,15 @@ def main(argv: list[str] | None = None) -> int:
         if report is None:
             return EXIT_USAGE if error.messages_read == 0 and not args.bag.exists() else 1
         print(report.format_text())
-        path = args.report or (args.out / REPORT_NAME if args.out else None)
+        path = args.json or (args.out / REPORT_NAME if args.out else None)
         if path is not None:
-            print(f'  report: {report.write_json(path)}')
+            _write_report(report, path)
         if report.output_bag:
             print(f'  the output bag {report.output_bag} was closed and is readable')
         return EXIT_DAMAGED_INPUT
+    except WriteFailedError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return EXIT_WRITE_FAILED
     except (BackendError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f'error: {error}', file=sys.stderr)
         return EXIT_USAGE
@@ -253,10 +266,17 @@ def main(argv: list[str] | None = None) -> int:
         print('interrupted: the output bag was closed and is readable', file=sys.stderr)
         return EXIT_INTERRUPTED
     print(report.format_text())
-    if report_path is not None:
-        print(f'  report: {report.write_json(report_path)}')
+    if report_path is not None and not _write_report(report, report_path):
+        return EXIT_WRITE_FAILED
     if report.output_bag:
         print_how_to_view(Path(report.output_bag))
+    if report.skipped_chunks and not args.allow_skipped_chunks:
+        print(
+            f'error: input bag {args.bag}: {report.skipped_chunks} corrupt chunk(s) skipped '
+            '(pass --allow-skipped-chunks to accept)',
+            file=sys.stderr,
+        )
+        return EXIT_SKIPPED_CHUNKS
     return 0
 
 

@@ -1,6 +1,7 @@
 """Entry point of the `perception_node` executable and the `m2a-perception-node` console script.
 
-Usage (any ROS arguments work, e.g. a parameter file and remappings):
+Usage (any ROS arguments work, e.g. a parameter file and remappings; also
+`python -m m2a_perception.cli.perception_node`):
     m2a-perception-node --ros-args --params-file config/m2a_perception.yaml \
         -p model.checkpoint:=/path/to/model.safetensors
 

@@ -1,6 +1,8 @@
 """Replay results: latency and throughput statistics, frame counters, metrics, as text and JSON.
 
-Allowed dependencies: numpy, standard library.
+Written by the replay (`m2a_perception.ros.replay`); ROS-free, so it lives in the core.
+
+Allowed dependencies: numpy, standard library, `m2a_perception.files`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from m2a_perception.files import atomic_write
 
 # Print order of the latency stages; stages not listed here are printed after them.
 STAGES = (
@@ -90,8 +94,13 @@ class ReplayReport:
         wall_time_s: seconds spent replaying (excluding model loading).
         throughput_fps: processed frames per wall-clock second.
         output_counts: messages written per topic.
-        metrics: evaluation results (`EvaluationResult.as_dict()`), None without ground truth.
+        metrics: evaluation results (`GroundTruthEvaluator.compute()` of
+            `m2a_perception.evaluation.streams`), None without ground truth.
         input_error: why reading stopped early (damaged input), None if the bag was read fully.
+        skipped_chunks: damaged input chunks that were skipped (the rest was replayed).
+        skipped_messages: input messages in those chunks (None: unknown, their index is
+            damaged too).
+        skipped: per skipped chunk: file, offset, reason, messages per topic.
         notes: anything the reader of the report should know.
     """
 
@@ -105,7 +114,22 @@ class ReplayReport:
     output_counts: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
     input_error: str | None = None
+    skipped_chunks: int = 0
+    skipped_messages: int | None = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    def add_skipped(self, chunks: Iterable[Any]) -> None:
+        """Count skipped input chunks (`mcap_io.SkippedChunk`s)."""
+        for chunk in chunks:
+            self.skipped.append(chunk.as_dict())
+            self.skipped_chunks += 1
+            count = chunk.message_count
+            self.skipped_messages = (
+                None
+                if count is None or self.skipped_messages is None
+                else self.skipped_messages + count
+            )
 
     @property
     def frames_received(self) -> int:
@@ -123,8 +147,13 @@ class ReplayReport:
         return _without_nan(data)
 
     def write_json(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.as_dict(), indent=2) + '\n')
+        """Write the report atomically.
+
+        Raises:
+            WriteFailedError: the disk is full (the previous report, if any, is unchanged).
+        """
+        text = json.dumps(self.as_dict(), indent=2) + '\n'
+        atomic_write(path, lambda tmp: tmp.write_text(text))
         return path
 
     def format_text(self) -> str:
@@ -168,13 +197,23 @@ class ReplayReport:
                 f'{len(self.output_counts)} topics)'
             )
         lines.extend(f'  note: {note}' for note in self.notes)
+        if self.skipped_chunks:
+            lost = self.skipped_messages
+            if lost is None:
+                lost = 'an unknown number of'
+            first = self.skipped[0]
+            lines.append(
+                f'  INPUT DAMAGED: skipped {self.skipped_chunks} corrupt chunk(s) with {lost} '
+                f'message(s), the first at offset {first["offset"]} of {first["file"]}: '
+                f'{first["reason"]}'
+            )
         if self.input_error:
             lines.append(f'  INPUT ERROR: {self.input_error}')
         return '\n'.join(lines)
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> list[str]:
-    """Text lines of an `EvaluationResult.as_dict()`."""
+    """Text lines of a `GroundTruthEvaluator.compute()` dict."""
     lines = [
         f'  metrics over {metrics.get("frames_evaluated", 0)} labelled frame(s) '
         f'({metrics.get("frames_without_output", 0)} labelled frame(s) without output):'
