@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +71,17 @@ def tiny_model(tiny_config):
 
     torch.manual_seed(0)
     return build_model(tiny_config).eval()
+
+
+@pytest.fixture(scope='session')
+def tiny_checkpoint(tmp_path_factory, tiny_config) -> Path:
+    """A tiny-config checkpoint (random init, seed 0, saved as trained so the node accepts it)."""
+    import torch
+
+    from m2a_perception.model import build_model
+    from m2a_perception.weights import save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('checkpoint') / 'tiny.safetensors'
+    save_checkpoint(path, build_model(tiny_config).state_dict(), tiny_config)
+    return path

@@ -131,8 +131,11 @@ def parity(checkpoint: Path, config: ModelConfig, size: tuple[int, int], seed: i
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     gpu = load_backend(BackendSpec(kind='torch', checkpoint=str(checkpoint), device=device))
     with strict_fp32():
-        cpu_class, cpu_mask = cpu.backend(images)
-        gpu_class, gpu_mask = (t.float().cpu() for t in gpu.backend(images.to(device)))
+        cpu_out = cpu.backend(images)
+        gpu_out = gpu.backend(images.to(device))
+    cpu_class, cpu_mask = cpu_out.class_logits, cpu_out.mask_logits
+    gpu_class = gpu_out.class_logits.float().cpu()
+    gpu_mask = gpu_out.mask_logits.float().cpu()
     semantic_cpu = _semantic(cpu_class, cpu_mask)
     semantic_gpu = _semantic(gpu_class, gpu_mask)
     return {

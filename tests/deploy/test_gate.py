@@ -32,6 +32,7 @@ from m2a_perception.deploy.tensorrt_backend import GraphBackend
 from m2a_perception.inference import TorchBackend
 from m2a_perception.inference.onnxruntime_backend import OnnxRuntimeBackend
 from m2a_perception.preprocess import normalize_and_pad
+from m2a_perception.types import NetworkOutput
 
 from .conftest import TINY_SIZE
 
@@ -56,7 +57,7 @@ class PerturbedBackend:
         mask_logits = mask_logits + self.mask_noise * torch.randn(
             mask_logits.shape, generator=generator
         )
-        return class_logits, mask_logits
+        return NetworkOutput(class_logits, mask_logits)
 
 
 class NaNBackend(PerturbedBackend):
@@ -66,7 +67,7 @@ class NaNBackend(PerturbedBackend):
         class_logits, mask_logits = self.inner(images)
         mask_logits = mask_logits.clone()
         mask_logits[..., 0, 0] = float('nan')
-        return class_logits, mask_logits
+        return NetworkOutput(class_logits, mask_logits)
 
 
 @pytest.fixture
@@ -268,7 +269,9 @@ def test_cache_with_a_real_onnxruntime_engine(tmp_path, pair, images, tiny_confi
     loaded = cache.resolve(key, LOAD_ONLY, **kwargs)
     assert not loaded.built
     frame = backend_input(loaded.engine, images[:1], preprocess.pixel_mean, preprocess.pixel_std)
-    torch.testing.assert_close(loaded.engine(frame)[0], reference(frame)[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        loaded.engine(frame).class_logits, reference(frame).class_logits, atol=1e-4, rtol=0
+    )
     # An ONNX file that onnxruntime cannot load (sidecar checksum updated to match) is corrupt.
     built.paths.engine.write_bytes(b'not onnx')
     data = json.loads(built.paths.sidecar.read_text())

@@ -84,6 +84,21 @@ def test_fp16_plan_with_fp32_casts_exports_strictly_and_matches_eager(micro_mode
     assert not program.range_constraints  # static shapes only
 
 
+def test_exported_graph_survives_the_ep_engine_serialisation(micro_model, micro_config, tmp_path):
+    """`.ep` engines are written with `torch.export.save` (through torch-tensorrt): the graph's
+    output structure must serialise, and the loaded program computes the same logits."""
+    program = export_inference_graph(_graph(micro_model, micro_config, FP32), SHAPE)
+    path = tmp_path / 'graph.pt2'
+    torch.export.save(program, path)
+    loaded = torch.export.load(path).module()
+    images = example_uint8_input(SHAPE, seed=1)
+    expected = program.module()(images)
+    actual = loaded(images)
+    assert len(actual) == len(expected) == 2
+    for out, ref in zip(actual, expected, strict=True):
+        assert torch.equal(out, ref)
+
+
 def test_fp16_graph_keeps_the_fp32_islands_in_the_exported_graph(micro_model, micro_config):
     graph = _graph(micro_model, micro_config, FP16)
     report = inspect_precision(export_inference_graph(graph, SHAPE))

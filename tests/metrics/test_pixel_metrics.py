@@ -254,16 +254,36 @@ def test_streaming_equals_one_shot_and_merge(monkeypatch: pytest.MonkeyPatch) ->
             assert result.best_f1_threshold == one_shot.best_f1_threshold
 
 
-def test_reduced_float32_precision_is_close_to_exact() -> None:
-    # Keeping 16 mantissa bits bounds the float32 store's memory; measured differences to the
-    # exact curve on these frames are below 1e-6; asserted: 1e-4.
+def _floor_to_mantissa_bits(scores: np.ndarray, bits: int) -> np.ndarray:
+    """float32 scores rounded down (towards -inf) to `bits` mantissa bits, written here from
+    the IEEE layout: clearing low mantissa bits lowers a positive value, setting them lowers a
+    negative one."""
+    low = np.uint32((1 << (23 - bits)) - 1)
+    raw = scores.astype(np.float32).view(np.uint32)
+    return np.where(scores >= 0, raw & ~low, raw | low).astype(np.uint32).view(np.float32)
+
+
+def test_reduced_float32_precision_equals_exact_on_floored_scores() -> None:
+    # Keeping 16 mantissa bits bounds the float32 store's memory. Known answer: every score is
+    # credited to its value floored to 16 mantissa bits, so the reduced curve is the exact
+    # curve of the floored scores.
     frames = _random_frames(6, 300, shape=(16, 24))
-    exact = _metrics(FISHYSCAPES_PROTOCOL, *frames)
+    floored = [(_floor_to_mantissa_bits(score, 16), label) for score, label in frames]
+    assert any(not np.array_equal(a, b) for (a, _), (b, _) in zip(frames, floored, strict=True))
+    exact = _metrics(FISHYSCAPES_PROTOCOL, *floored)
     reduced = _metrics(
         dataclasses.replace(FISHYSCAPES_PROTOCOL, float32_mantissa_bits=16), *frames
     )
-    for name in ('auprc', 'fpr95', 'auroc'):
-        assert abs(getattr(reduced, name) - getattr(exact, name)) < 1e-4, name
+    for name in ('auprc', 'fpr95', 'auroc', 'best_f1', 'best_f1_threshold'):
+        assert getattr(reduced, name) == pytest.approx(getattr(exact, name), abs=1e-12), name
+    # By hand: a positive at 1 + 2**-20 and a negative at 1.0 differ only below the 16th
+    # mantissa bit. Exact: the positive ranks first (AP 1, AUROC 1, FPR95 0); with 16 bits
+    # both are credited to 1.0, a tie holding one of each (AP 1/2, AUROC 1/2, FPR95 1).
+    frame = _as_frame([1.0 + 2.0**-20, 1.0], [1, 0])
+    exact = _metrics(FISHYSCAPES_PROTOCOL, frame)
+    assert (exact.auprc, exact.auroc, exact.fpr95) == (1.0, 1.0, 0.0)
+    tied = _metrics(dataclasses.replace(FISHYSCAPES_PROTOCOL, float32_mantissa_bits=16), frame)
+    assert (tied.auprc, tied.auroc, tied.fpr95) == (0.5, 0.5, 1.0)
     coarse = PixelCurveAccumulator(
         dataclasses.replace(FISHYSCAPES_PROTOCOL, float32_mantissa_bits=2)
     )

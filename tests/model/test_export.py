@@ -9,6 +9,7 @@ from m2a_perception.config import load_model_config
 from m2a_perception.export import example_input, export_onnx, export_program
 from m2a_perception.inference.onnxruntime_backend import OnnxRuntimeBackend
 from m2a_perception.model import build_model
+from m2a_perception.types import NetworkOutput
 
 # Inputs other than the export example; random weights put many mask logits near 0, where a
 # rounding difference can flip one attention-mask pixel and jump the logits discontinuously.
@@ -28,18 +29,27 @@ def _assert_export_matches_eager(model: torch.nn.Module, size: tuple[int, int]) 
         with torch.no_grad():
             expected = model(images)
         actual = exported(images)
-        for ref, out in zip(expected, actual, strict=True):
-            torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+        # The NamedTuple survives export: the program's module returns the same typed output.
+        assert type(actual) is NetworkOutput
+        for name in NetworkOutput._fields:
+            torch.testing.assert_close(
+                getattr(actual, name), getattr(expected, name), rtol=0, atol=1e-6
+            )
 
 
 def _assert_onnx_matches_eager(model: torch.nn.Module, size: tuple[int, int], tmp_path) -> None:
     path = export_onnx(model, tmp_path / 'model.onnx', size)
     backend = OnnxRuntimeBackend(path)
+    # The graph's outputs are named after the fields (what the TensorRT engine binds).
+    assert backend.input_name == 'images'
+    assert backend.output_names == ['class_logits', 'mask_logits']
     for images in _inputs(size):
         with torch.no_grad():
             expected = model(images)
         actual = backend(images)
-        for ref, out in zip(expected, actual, strict=True):
+        assert type(actual) is NetworkOutput
+        for name in NetworkOutput._fields:
+            out, ref = getattr(actual, name), getattr(expected, name)
             assert out.shape == ref.shape
             assert (out - ref).abs().max().item() <= 1e-4
 
@@ -104,11 +114,15 @@ def test_onnx_matches_eager_full_512x1024(full_model, tmp_path):
         with torch.no_grad():
             expected = full_model(images)
         actual = backend(images)
-        diffs = [(out - ref).abs().max().item() for ref, out in zip(expected, actual, strict=True)]
+        diffs = [
+            (getattr(actual, name) - getattr(expected, name)).abs().max().item()
+            for name in NetworkOutput._fields
+        ]
         assert max(diffs) <= 2e-3
         maps = []
-        for class_logits, mask_logits in (expected, actual):
-            class_probs, mask_probs = class_logits[0].softmax(-1), mask_logits[0].sigmoid()
+        for outputs in (expected, actual):
+            class_probs = outputs.class_logits[0].softmax(-1)
+            mask_probs = outputs.mask_logits[0].sigmoid()
             scores = compute_class_scores(class_probs, mask_probs)
             anomaly = compute_anomaly_score('mask2anomaly', scores, class_probs, mask_probs)
             maps.append((scores.argmax(0), anomaly))

@@ -158,9 +158,10 @@ def test_kan_model_swaps_only_the_mask_embedding(tiny_config):
     dim = tiny_config.transformer_decoder.hidden_dim
     assert model.state_dict()[prefix + 'layers.0.spline_weight'].shape == (dim, dim, 8)
     with torch.no_grad():
-        class_logits, mask_logits = model(torch.randn(1, 3, 64, 96))
-    assert class_logits.shape == (1, 12, 20) and mask_logits.shape == (1, 12, 16, 24)
-    assert torch.isfinite(mask_logits).all()
+        outputs = model(torch.randn(1, 3, 64, 96))
+    assert outputs.class_logits.shape == (1, 12, 20)
+    assert outputs.mask_logits.shape == (1, 12, 16, 24)
+    assert torch.isfinite(outputs.mask_logits).all()
 
 
 def test_kan_checkpoint_loads_from_its_own_config(tiny_config, tmp_path):

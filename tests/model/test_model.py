@@ -14,6 +14,7 @@ from m2a_perception.model import build_model
 from m2a_perception.model.attention import MultiheadAttention, unblock_full_rows
 from m2a_perception.model.ms_deform_attn import MSDeformAttn
 from m2a_perception.model.position_encoding import sine_position_encoding
+from m2a_perception.types import NetworkOutput, TrainingOutput
 from tests.model.official_keys import official_checkpoint_keys, official_model_keys
 
 
@@ -65,27 +66,37 @@ def test_output_shapes_eval_and_training(name, size):
     images = torch.randn(2, 3, *size)
     with torch.no_grad():
         outputs = model(images)
-    assert len(outputs) == 2
-    class_logits, mask_logits = outputs
-    assert class_logits.shape == (2, queries, classes)
-    assert mask_logits.shape == (2, queries, size[0] // 4, size[1] // 4)
-    assert torch.isfinite(class_logits).all() and torch.isfinite(mask_logits).all()
+    assert type(outputs) is NetworkOutput
+    assert outputs._fields == ('class_logits', 'mask_logits')
+    assert outputs.class_logits.shape == (2, queries, classes)
+    assert outputs.mask_logits.shape == (2, queries, size[0] // 4, size[1] // 4)
+    assert torch.isfinite(outputs.class_logits).all() and torch.isfinite(outputs.mask_logits).all()
 
     model.train()
-    class_logits, mask_logits, aux_class, aux_mask = model(images)
+    training = model(images)
+    assert type(training) is TrainingOutput
+    assert training._fields == (
+        'class_logits',
+        'mask_logits',
+        'aux_class_logits',
+        'aux_mask_logits',
+    )
     layers = config.transformer_decoder.num_layers
-    assert aux_class.shape == (layers, 2, queries, classes)
-    assert aux_mask.shape == (layers, 2, queries, size[0] // 4, size[1] // 4)
+    assert training.class_logits.shape == (2, queries, classes)
+    assert training.mask_logits.shape == (2, queries, size[0] // 4, size[1] // 4)
+    assert training.aux_class_logits.shape == (layers, 2, queries, classes)
+    assert training.aux_mask_logits.shape == (layers, 2, queries, size[0] // 4, size[1] // 4)
 
 
 def test_eval_output_equals_training_output_for_the_same_weights(tiny_model):
     images = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        eval_class, eval_mask = tiny_model(images)
+        evaluated = tiny_model(images)
         tiny_model.train()
-        train_class, train_mask, *_ = tiny_model(images)
+        trained = tiny_model(images)
     tiny_model.eval()
-    assert torch.equal(eval_class, train_class) and torch.equal(eval_mask, train_mask)
+    assert torch.equal(evaluated.class_logits, trained.class_logits)
+    assert torch.equal(evaluated.mask_logits, trained.mask_logits)
 
 
 def test_input_must_be_padded_to_32(tiny_model):

@@ -14,6 +14,7 @@ from m2a_perception.postprocess import (
     predict_with_flip,
 )
 from m2a_perception.preprocess import PreprocessRecord
+from m2a_perception.types import NetworkOutput
 from tests.postprocess.postprocess_builders import (
     NUM_CLASSES,
     ROAD,
@@ -32,10 +33,10 @@ SIZE = (8, 12)
 def test_predict_with_flip_mirrors_the_resized_region_and_keeps_the_padding_right():
     calls = []
 
-    def predict(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(images: torch.Tensor) -> NetworkOutput:
         calls.append(images.clone())
         masks = torch.nn.functional.avg_pool2d(images, 4)
-        return torch.zeros(images.shape[0], 3, NUM_CLASSES + 1), masks
+        return NetworkOutput(torch.zeros(images.shape[0], 3, NUM_CLASSES + 1), masks)
 
     # 16x24 resized image padded to 16x32: the official script mirrors the source image, so
     # the padding stays on the right of the mirrored input.
@@ -63,7 +64,7 @@ def _two_passes():
     )
     # The second pass is unsure everywhere.
     other = stack_queries([(spread(), mask_logit(np.ones(SIZE, dtype=bool)))], SIZE)
-    other = (torch.cat([other[0], other[0]]), torch.cat([other[1], other[1]]))
+    other = NetworkOutput(torch.cat([other[0], other[0]]), torch.cat([other[1], other[1]]))
     return plain, other
 
 
@@ -77,7 +78,7 @@ def test_flip_averages_the_anomaly_maps_of_both_passes():
     )
     torch.testing.assert_close(averaged.anomaly_map, 0.5 * (single + second))
     # The pass on the mirrored image of the same scene, flipped back, changes nothing.
-    mirrored = (plain[0], plain[1].flip(-1))
+    mirrored = NetworkOutput(plain[0], plain[1].flip(-1))
     same = postprocess(*plain, record, quiet_config(flip=True), flipped=mirrored)
     torch.testing.assert_close(
         same.anomaly_map, postprocess(*plain, record, quiet_config()).anomaly_map

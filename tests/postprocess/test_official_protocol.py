@@ -14,6 +14,7 @@ from m2a_perception.config import PreprocessConfig
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.postprocess import PostprocessConfig, flip_network_input, postprocess
 from m2a_perception.preprocess import Preprocessor, PreprocessRecord
+from m2a_perception.types import NetworkOutput
 from tests.postprocess.postprocess_builders import (
     BUILDING,
     NUM_CLASSES,
@@ -121,7 +122,7 @@ def test_official_flip_crops_before_flipping_back() -> None:
     plain = _one_road_query(-4.0, 4.0)
     mirrored = _one_road_query(4.0, -4.0)
     config = _scoring_only(scoring_resolution='source', flip=True)
-    output = postprocess(*plain, PADDED_RECORD, config, flipped=mirrored)
+    output = postprocess(*plain, PADDED_RECORD, config, flipped=NetworkOutput(*mirrored))
     plain_map = 1.0 - _sigmoid(UPSAMPLED_LOGITS[:6])
     # The mirrored pass has its padding on the right too: crop its first 6 columns, then flip.
     mirrored_map = (1.0 - _sigmoid(-UPSAMPLED_LOGITS[:6]))[::-1]
@@ -150,13 +151,13 @@ def test_segmenter_feeds_the_mirrored_source_to_the_second_pass() -> None:
     preprocess_config = PreprocessConfig(short_side=64, max_size=1000)
     calls: list[torch.Tensor] = []
 
-    def backend(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backend(images: torch.Tensor) -> NetworkOutput:
         calls.append(images.clone())
         batch = images.shape[0]
         class_logits = confident(ROAD).expand(batch, 1, NUM_CLASSES + 1).clone()
         # Mask logits from the red channel, so the anomaly map follows the image content.
         mask_logits = torch.nn.functional.avg_pool2d(images[:, :1], 4)
-        return class_logits, mask_logits
+        return NetworkOutput(class_logits, mask_logits)
 
     config = PostprocessConfig.for_protocol('official', mining=False, panoptic=False)
     segmenter = Segmenter(backend, preprocess_config, config)

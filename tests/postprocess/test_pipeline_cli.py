@@ -12,7 +12,7 @@ from PIL import Image
 from m2a_perception.cli import infer
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.postprocess import PostprocessConfig
-from m2a_perception.types import SegmentKind
+from m2a_perception.types import NetworkOutput, SegmentKind
 from m2a_perception.weights import save_checkpoint
 from tests.postprocess.postprocess_builders import check_segments_match_map
 
@@ -41,7 +41,7 @@ def test_segmenter_with_flip_calls_the_backend_twice(tiny_model, tiny_config, fr
     plain = Segmenter.from_model(tiny_model, tiny_config)
     calls = []
 
-    def backend(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backend(images: torch.Tensor) -> NetworkOutput:
         calls.append(images.shape)
         return plain.backend(images)
 

@@ -37,22 +37,6 @@ def _one_torch_thread():
 
 
 @pytest.fixture(scope='session')
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A tiny-config checkpoint (random init, saved as trained so the node accepts it)."""
-    import torch
-
-    from m2a_perception.config import load_model_config
-    from m2a_perception.model import build_model
-    from m2a_perception.weights import save_checkpoint
-
-    torch.manual_seed(0)
-    config = load_model_config('tiny')
-    path = tmp_path_factory.mktemp('checkpoint') / 'tiny.safetensors'
-    save_checkpoint(path, build_model(config).state_dict(), config)
-    return path
-
-
-@pytest.fixture(scope='session')
 def world(tmp_path_factory):
     from m2a_training.data.synthetic import generate_synthetic_world
 

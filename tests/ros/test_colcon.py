@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -45,29 +46,32 @@ def build_env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope='module')
-def colcon_install(tmp_path_factory) -> Path:
-    """Install base of a fresh colcon build of both packages."""
-    if not COLCON.exists() or shutil.which('cmake') is None:
-        pytest.skip(f'colcon ({COLCON}) or cmake missing: run `make setup`')
-    base = tmp_path_factory.mktemp('colcon')
+def colcon_build(
+    base: Path,
+    base_paths: Path,
+    packages: Sequence[str],
+    *options: str,
+    cmake_args: Sequence[str] = (),
+) -> subprocess.CompletedProcess[str]:
+    """`colcon build` of `packages` found under `base_paths`, with its log, build and install
+    bases inside `base`; `options` go after `build`. Asserts that the build succeeded."""
     command = [
         str(COLCON),
         '--log-base',
         str(base / 'log'),
         'build',
+        *options,
         '--base-paths',
-        str(SOURCES),
+        str(base_paths),
         '--build-base',
         str(base / 'build'),
         '--install-base',
         str(base / 'install'),
         '--packages-select',
-        *PACKAGES,
-        '--cmake-args',
-        '-DBUILD_TESTING=OFF',
-        f'-DPython3_EXECUTABLE={VENV / "bin" / "python"}',
+        *packages,
     ]
+    if cmake_args:
+        command += ['--cmake-args', *cmake_args]
     done = subprocess.run(
         command,
         cwd=base,
@@ -78,6 +82,21 @@ def colcon_install(tmp_path_factory) -> Path:
         check=False,
     )
     assert done.returncode == 0, f'colcon build failed:\n{done.stdout[-4000:]}\n{done.stderr}'
+    return done
+
+
+@pytest.fixture(scope='module')
+def colcon_install(tmp_path_factory) -> Path:
+    """Install base of a fresh colcon build of both packages."""
+    if not COLCON.exists() or shutil.which('cmake') is None:
+        pytest.skip(f'colcon ({COLCON}) or cmake missing: run `make setup`')
+    base = tmp_path_factory.mktemp('colcon')
+    done = colcon_build(
+        base,
+        SOURCES,
+        PACKAGES,
+        cmake_args=('-DBUILD_TESTING=OFF', f'-DPython3_EXECUTABLE={VENV / "bin" / "python"}'),
+    )
     assert f'Summary: {len(PACKAGES)} packages finished' in done.stdout, done.stdout
     return base / 'install'
 
@@ -164,31 +183,8 @@ def test_symlink_install_writes_only_into_its_bases(tmp_path):
     outer = tmp_path / 'a' / 'b'
     base = outer / 'c'
     base.mkdir(parents=True)
-    command = [
-        str(COLCON),
-        '--log-base',
-        str(base / 'log'),
-        'build',
-        '--symlink-install',
-        '--base-paths',
-        str(SOURCES / 'm2a_perception'),  # the messages come from the venv (make setup)
-        '--build-base',
-        str(base / 'build'),
-        '--install-base',
-        str(base / 'install'),
-        '--packages-select',
-        'm2a_perception',
-    ]
-    done = subprocess.run(
-        command,
-        cwd=base,
-        env=build_env(),
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT_S,
-        check=False,
-    )
-    assert done.returncode == 0, f'colcon build failed:\n{done.stdout[-4000:]}\n{done.stderr}'
+    # The messages come from the venv (make setup).
+    colcon_build(base, SOURCES / 'm2a_perception', ('m2a_perception',), '--symlink-install')
     assert sorted(p.name for p in tmp_path.rglob('*') if base not in (p, *p.parents)) == [
         'a',
         'b',

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -20,15 +19,7 @@ from m2a_training.data.synthetic import generate_synthetic_world
 from m2a_training.engine import build_optimizer, train_step
 from m2a_training.losses import ContrastiveLossConfig, CriterionConfig, SetCriterion
 
-
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    # The tiny model is far too small to gain from intra-op threads; on a shared 2-core
-    # machine two threads spin against other processes and run ~10× slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 @pytest.fixture(scope='module')

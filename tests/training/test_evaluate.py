@@ -56,12 +56,7 @@ GALLERY = 3
 PADDED_SIZE = (256, 512)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 @pytest.fixture(scope='module')

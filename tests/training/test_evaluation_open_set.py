@@ -40,12 +40,7 @@ from m2a_training.evaluation.datasets import (
 SIZE = (64, 96)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 def _checkpoint(path: Path, num_classes: int) -> Path:

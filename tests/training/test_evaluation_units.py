@@ -16,6 +16,7 @@ from m2a_perception.inference import StaticShapeBackend
 from m2a_perception.metrics import PanopticSegment
 from m2a_perception.postprocess import PostprocessConfig
 from m2a_perception.runtime.loader import BackendError, BackendSpec, engine_kind, load_backend
+from m2a_perception.types import NetworkOutput
 from m2a_training.cli.evaluate import build_parser
 from m2a_training.distributed import DistributedContext, shard_indices
 from m2a_training.evaluate import parse_protocols, postprocess_from_args
@@ -40,24 +41,24 @@ class _FixedShapeEngine:
     def __init__(self) -> None:
         self.seen: list[tuple[int, ...]] = []
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor) -> NetworkOutput:
         if tuple(images.shape) != self.input_shape:
             raise ValueError('wrong shape')
         self.seen.append(tuple(images.shape))
-        return torch.zeros(1, 5, 20), images[:, :1, ::4, ::4].repeat(1, 5, 1, 1)
+        return NetworkOutput(torch.zeros(1, 5, 20), images[:, :1, ::4, ::4].repeat(1, 5, 1, 1))
 
 
 def test_static_shape_backend_pads_and_crops() -> None:
     engine = _FixedShapeEngine()
     backend = StaticShapeBackend(engine, engine.input_shape)
     images = torch.arange(32 * 64, dtype=torch.float32).reshape(1, 1, 32, 64).repeat(1, 3, 1, 1)
-    class_logits, mask_logits = backend(images)
+    outputs = backend(images)
     assert engine.seen == [(1, 3, 64, 96)]
-    assert class_logits.shape == (1, 5, 20)
-    assert mask_logits.shape == (1, 5, 8, 16)  # cropped back to the input's 1/4
-    torch.testing.assert_close(mask_logits[0, 0], images[0, 0, ::4, ::4])
+    assert outputs.class_logits.shape == (1, 5, 20)
+    assert outputs.mask_logits.shape == (1, 5, 8, 16)  # cropped back to the input's 1/4
+    torch.testing.assert_close(outputs.mask_logits[0, 0], images[0, 0, ::4, ::4])
     full = torch.zeros(1, 3, 64, 96)
-    assert backend(full)[1].shape == (1, 5, 16, 24)
+    assert backend(full).mask_logits.shape == (1, 5, 16, 24)
     with pytest.raises(ValueError, match=r'frame is 96x96 but the engine was built for 64x96'):
         backend(torch.zeros(1, 3, 96, 96))
     with pytest.raises(ValueError, match='batches of 1'):

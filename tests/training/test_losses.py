@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from m2a_perception.types import NetworkOutput, TrainingOutput
 from m2a_training.losses import (
     ContrastiveLossConfig,
     CriterionConfig,
@@ -190,9 +191,9 @@ def test_point_bce_and_dice_known_values() -> None:
 
 def _random_outputs(
     batch: int, queries: int, classes: int, layers: int, size: tuple[int, int], seed: int
-) -> tuple[torch.Tensor, ...]:
+) -> TrainingOutput:
     generator = torch.Generator().manual_seed(seed)
-    return (
+    return TrainingOutput(
         torch.randn(batch, queries, classes + 1, generator=generator, requires_grad=True),
         torch.randn(batch, queries, *size, generator=generator, requires_grad=True),
         torch.randn(layers, batch, queries, classes + 1, generator=generator, requires_grad=True),
@@ -248,8 +249,8 @@ def test_criterion_prefers_correct_predictions() -> None:
                 8.0,
                 -8.0,
             )
-    good = criterion((good_class, good_mask), targets).total.item()
-    bad = criterion((class_logits, mask_logits), targets).total.item()
+    good = criterion(NetworkOutput(good_class, good_mask), targets).total.item()
+    bad = criterion(NetworkOutput(class_logits, mask_logits), targets).total.item()
     # Importance sampling concentrates on the (blurred) mask boundaries, so even a perfect
     # prediction keeps some mask loss; the wrong one is far worse.
     assert good < 0.2 * bad

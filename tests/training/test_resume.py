@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,12 +26,7 @@ from .train_helpers import make_tiny_world, tiny_stage2_config
 N = 3
 
 
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 @pytest.fixture(scope='module')
@@ -44,15 +38,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def uninterrupted(world: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainingSummary:
     """2N iterations in one run (checkpoint and validation every N)."""
     output = tmp_path_factory.mktemp('uninterrupted')
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        config = tiny_stage2_config(
-            world, output, max_iters=2 * N, period=N, extra=['logging.tensorboard=true']
-        )
-        return train(config)
-    finally:
-        torch.set_num_threads(threads)
+    config = tiny_stage2_config(
+        world, output, max_iters=2 * N, period=N, extra=['logging.tensorboard=true']
+    )
+    return train(config)
 
 
 def final_weights(summary: TrainingSummary) -> dict[str, torch.Tensor]:

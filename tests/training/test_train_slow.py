@@ -9,12 +9,10 @@ are crates, balls, animals, stars and suitcases). Figures are printed (run with 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from m2a_perception.metrics.semantic import ConfusionMatrix
 from m2a_perception.weights import load_checkpoint
@@ -27,15 +25,7 @@ from m2a_training.validation import Validator
 
 from .train_helpers import CONFIG_DIR
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('single_thread')]
 
 
 def held_out_validator(root: Path) -> Validator:

@@ -118,7 +118,10 @@ def train_step(
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         outputs = model(batch.images)
         # Non-finite predictions would otherwise surface as an obscure matcher error.
-        finite = all(bool(torch.isfinite(output).all()) for output in outputs[:2])
+        finite = all(
+            bool(torch.isfinite(logits).all())
+            for logits in (outputs.class_logits, outputs.mask_logits)
+        )
         if not _finite_on_all_ranks(finite, device):
             raise FloatingPointError(
                 f'non-finite model outputs (images {batch.names} on this rank: '

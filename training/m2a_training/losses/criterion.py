@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from m2a_perception.model.kan import kan_regularization_loss
+from m2a_perception.types import NetworkOutput, TrainingOutput
 from m2a_training.losses.contrastive import ContrastiveLossConfig, compute_mask_contrastive_loss
 from m2a_training.losses.matcher import MatcherConfig, match_predictions
 from m2a_training.losses.point_sampling import sample_points, sample_uncertain_points
@@ -256,7 +257,7 @@ class SetCriterion(nn.Module):
 
     def forward(
         self,
-        outputs: Sequence[torch.Tensor],
+        outputs: NetworkOutput | TrainingOutput,
         targets: Sequence[MaskTargets],
         ood_masks: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -265,9 +266,10 @@ class SetCriterion(nn.Module):
         """Compute all losses.
 
         Args:
-            outputs: the training-mode model outputs `(class_logits (B, Q, K+1), mask_logits
-                (B, Q, h, w), aux_class_logits (L, B, Q, K+1), aux_mask_logits
-                (L, B, Q, h, w))`; the auxiliary pair may be omitted.
+            outputs: the training-mode model output (`TrainingOutput`: class_logits
+                (B, Q, K+1), mask_logits (B, Q, h, w), aux_class_logits (L, B, Q, K+1),
+                aux_mask_logits (L, B, Q, h, w)), or a `NetworkOutput` without the auxiliary
+                predictions.
             targets: B per-image targets, masks in the padded input frame.
             ood_masks: (B, H, W) bool outlier masks of the unpadded crops; required when the
                 contrastive loss is configured.
@@ -278,9 +280,11 @@ class SetCriterion(nn.Module):
         Returns:
             The weighted total and the unweighted terms.
         """
-        if len(outputs) not in (2, 4):
-            raise ValueError(f'expected 2 or 4 model outputs, got {len(outputs)}')
-        class_logits, mask_logits = outputs[0], outputs[1]
+        if not isinstance(outputs, (NetworkOutput, TrainingOutput)):
+            raise TypeError(
+                f'expected a NetworkOutput or TrainingOutput, got {type(outputs).__name__}'
+            )
+        class_logits, mask_logits = outputs.class_logits, outputs.mask_logits
         if class_logits.shape[-1] != self.config.num_classes + 1:
             raise ValueError(
                 f'class_logits have {class_logits.shape[-1]} logits, expected '
@@ -289,8 +293,8 @@ class SetCriterion(nn.Module):
         if self.config.contrastive is not None and ood_masks is None:
             raise ValueError('the contrastive loss is configured but no ood_masks were given')
         predictions = [(class_logits, mask_logits, '')]
-        if self.config.deep_supervision and len(outputs) == 4:
-            aux_class, aux_mask = outputs[2], outputs[3]
+        if self.config.deep_supervision and isinstance(outputs, TrainingOutput):
+            aux_class, aux_mask = outputs.aux_class_logits, outputs.aux_mask_logits
             predictions += [
                 (aux_class[i], aux_mask[i], f'_{i}') for i in range(aux_class.shape[0])
             ]

@@ -16,12 +16,14 @@ from pathlib import Path
 import torch
 
 from m2a_perception.model import SIZE_DIVISIBILITY, Mask2Anomaly
+from m2a_perception.types import NetworkOutput
 from m2a_perception.weights.checkpoint import atomic_write
 
 LOGGER = logging.getLogger(__name__)
 
 INPUT_NAME = 'images'
-OUTPUT_NAMES = ('class_logits', 'mask_logits')
+# The ONNX output names are the eval-mode output's field names (what the TensorRT engine binds).
+OUTPUT_NAMES: tuple[str, ...] = NetworkOutput._fields
 # Opset 18: GridSample is native (>= 16), LayerNorm is a single op (>= 17), and it avoids the
 # opset-20 GridSample mis-parse of TensorRT 10.13 (shared/reference/tensorrt.md §2.8).
 DEFAULT_OPSET = 18

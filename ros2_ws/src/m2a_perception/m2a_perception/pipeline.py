@@ -22,10 +22,8 @@ from m2a_perception.inference import TorchBackend
 from m2a_perception.model import Mask2Anomaly
 from m2a_perception.postprocess import PostprocessConfig, postprocess, predict_with_flip
 from m2a_perception.preprocess import Preprocessor, PreprocessRecord
-from m2a_perception.types import SegmentationOutput
+from m2a_perception.types import NetworkOutput, SegmentationOutput
 from m2a_perception.weights import load_checkpoint
-
-Logits = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -41,14 +39,14 @@ class Prediction:
 
     class_logits: torch.Tensor
     mask_logits: torch.Tensor
-    flipped: Logits | None = None
+    flipped: NetworkOutput | None = None
 
 
 class Segmenter:
     """Open-set segmentation of RGB frames.
 
     Args:
-        backend: callable (B, 3, H, W) normalised padded images -> (class_logits, mask_logits),
+        backend: callable (B, 3, H, W) normalised padded images -> `NetworkOutput`,
             e.g. `TorchBackend`; if it has a `device` attribute, pre-processing runs there.
         preprocess_config: resize/normalise settings of the model (`ModelConfig.preprocess`).
         postprocess_config: post-processing settings; `flip` doubles the backend calls.
@@ -57,7 +55,7 @@ class Segmenter:
 
     def __init__(
         self,
-        backend: Callable[[torch.Tensor], Logits],
+        backend: Callable[[torch.Tensor], NetworkOutput],
         preprocess_config: PreprocessConfig,
         postprocess_config: PostprocessConfig | None = None,
         device: torch.device | str | None = None,
@@ -125,12 +123,10 @@ class Segmenter:
             if config.flip:
                 if record is None:
                     raise ValueError('the flipped pass needs the pre-processing record')
-                (class_logits, mask_logits), flipped = predict_with_flip(
-                    self.backend, images, record
-                )
-                return Prediction(class_logits, mask_logits, flipped)
-            class_logits, mask_logits = self.backend(images)
-            return Prediction(class_logits, mask_logits)
+                plain, flipped = predict_with_flip(self.backend, images, record)
+                return Prediction(plain.class_logits, plain.mask_logits, flipped)
+            outputs = self.backend(images)
+            return Prediction(outputs.class_logits, outputs.mask_logits)
 
     def postprocess(
         self,
@@ -143,7 +139,9 @@ class Segmenter:
         `infer`)."""
         flipped = None
         if prediction.flipped is not None:
-            flipped = (prediction.flipped[0][index], prediction.flipped[1][index])
+            flipped = NetworkOutput(
+                prediction.flipped.class_logits[index], prediction.flipped.mask_logits[index]
+            )
         with torch.inference_mode():
             return postprocess(
                 prediction.class_logits[index],

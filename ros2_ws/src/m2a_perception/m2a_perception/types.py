@@ -1,4 +1,4 @@
-"""Result types of open-set inference: what the node publishes and evaluation scores.
+"""Result types: the network's raw outputs, and the open-set segmentation the node publishes.
 
 Allowed dependencies: standard library, torch.
 """
@@ -7,8 +7,42 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
+
+
+class NetworkOutput(NamedTuple):
+    """What the network and every inference backend return for a batch (eval mode).
+
+    A NamedTuple, so it flattens in `torch.export` and ONNX: the exported graph's outputs are
+    the fields in this order, and their ONNX names are the field names
+    (`m2a_perception.export.OUTPUT_NAMES`).
+
+    Attributes:
+        class_logits: (B, Q, K+1), K known classes plus "no object" last.
+        mask_logits: (B, Q, H/4, W/4), per-query mask logits at a quarter of the input size.
+    """
+
+    class_logits: torch.Tensor
+    mask_logits: torch.Tensor
+
+
+class TrainingOutput(NamedTuple):
+    """What the network returns in training mode: the final prediction and deep supervision.
+
+    Attributes:
+        class_logits: (B, Q, K+1), as in `NetworkOutput`.
+        mask_logits: (B, Q, H/4, W/4), as in `NetworkOutput`.
+        aux_class_logits: (L, B, Q, K+1), the predictions of the learned queries alone and after
+            decoder layers 1..L-1 (L decoder layers).
+        aux_mask_logits: (L, B, Q, H/4, W/4), the matching mask logits.
+    """
+
+    class_logits: torch.Tensor
+    mask_logits: torch.Tensor
+    aux_class_logits: torch.Tensor
+    aux_mask_logits: torch.Tensor
 
 
 class SegmentKind(str, enum.Enum):

@@ -41,9 +41,9 @@ from m2a_perception.postprocess import (
     compute_query_probabilities,
 )
 from m2a_perception.preprocess import PreprocessRecord, map_to_source
+from m2a_perception.types import NetworkOutput
 
-Logits = tuple[torch.Tensor, torch.Tensor]
-BackendLike = Callable[[torch.Tensor], Logits]
+BackendLike = Callable[[torch.Tensor], NetworkOutput]
 
 
 @dataclass(frozen=True)
@@ -262,10 +262,10 @@ def backend_input(
 
 
 def _maps(
-    logits: Logits, config: PostprocessConfig, valid_mask_size: tuple[int, int]
+    logits: NetworkOutput, config: PostprocessConfig, valid_mask_size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(semantic argmax, anomaly map) of image 0 at mask resolution, valid area, on the CPU."""
-    class_logits, mask_logits = logits[0][0], logits[1][0]
+    class_logits, mask_logits = logits.class_logits[0], logits.mask_logits[0]
     class_probs, mask_probs = compute_query_probabilities(class_logits, mask_logits)
     class_scores = compute_class_scores(class_probs, mask_probs)
     anomaly = compute_anomaly_map(class_scores, class_probs, mask_probs, config)
@@ -335,12 +335,15 @@ def run_gate(
             with strict_fp32():
                 ref = reference(backend_input(reference, frame, pixel_mean, pixel_std, valid))
             out = candidate(backend_input(candidate, frame, pixel_mean, pixel_std, valid))
-        ref = (ref[0].float(), ref[1].float())
-        out = (out[0].float().to(ref[0].device), out[1].float().to(ref[1].device))
+        ref = NetworkOutput(ref.class_logits.float(), ref.mask_logits.float())
+        out = NetworkOutput(
+            out.class_logits.float().to(ref.class_logits.device),
+            out.mask_logits.float().to(ref.mask_logits.device),
+        )
         bad = sum(int((~torch.isfinite(t)).sum()) for t in out)
         non_finite += bad
-        class_max = max(class_max, _max_abs(out[0], ref[0]))
-        mask_max = max(mask_max, _max_abs(out[1], ref[1]))
+        class_max = max(class_max, _max_abs(out.class_logits, ref.class_logits))
+        mask_max = max(mask_max, _max_abs(out.mask_logits, ref.mask_logits))
         ref_semantic, ref_anomaly = _maps(ref, config, valid_mask_size)
         out_semantic, out_anomaly = _maps(out, config, valid_mask_size)
         equal = int((ref_semantic == out_semantic).sum())

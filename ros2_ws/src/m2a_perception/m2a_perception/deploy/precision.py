@@ -293,6 +293,9 @@ def apply_precision(
 class InferenceGraph(nn.Module):
     """What gets compiled: uint8 image in, FP32 `(class_logits, mask_logits)` out.
 
+    The outputs are the `NetworkOutput` fields in their order, as a plain tuple (the export
+    boundary; `GraphBackend` wraps them into a `NetworkOutput` again).
+
     Args:
         network: the network with a precision already applied (`apply_precision`).
         pixel_mean, pixel_std: RGB normalisation of the model (`ModelConfig.preprocess`).
@@ -341,8 +344,10 @@ class InferenceGraph(nn.Module):
             normalized = F.pad(
                 normalized[..., :valid_h, :valid_w], (0, width - valid_w, 0, height - valid_h)
             )
-        class_logits, mask_logits = self.network(normalized.to(self.compute_dtype))
-        return class_logits.float(), mask_logits.float()
+        outputs = self.network(normalized.to(self.compute_dtype))
+        # A plain tuple, not the NetworkOutput: this graph is what `.ep` engines serialise, and
+        # `torch.export.save` refuses NamedTuple types not registered with torch's pytree.
+        return outputs.class_logits.float(), outputs.mask_logits.float()
 
 
 def build_inference_graph(

@@ -42,10 +42,9 @@ from m2a_perception.deploy.cache import (
     read_sidecar,
     sidecar_key,
 )
+from m2a_perception.types import NetworkOutput
 
 LOGGER = logging.getLogger(__name__)
-
-Logits = tuple[torch.Tensor, torch.Tensor]
 
 # Compile settings of the `tensorrt` backend. Precision is not here: it is in the graph, and the
 # engine is strongly typed. Names not accepted by the installed torch-tensorrt are dropped and
@@ -141,7 +140,8 @@ class GraphBackend:
     """A uint8 inference graph (eager `InferenceGraph`, exported or compiled module) as a backend.
 
     Args:
-        module: callable (B, 3, H, W) uint8 -> (class_logits, mask_logits).
+        module: callable (B, 3, H, W) uint8 -> `NetworkOutput` (or the same pair as a tuple: an
+            exported program's module or a compiled module).
         device: where the module runs.
         input_shape: the static (B, 3, H, W) input shape.
         pixel_mean, pixel_std: the graph's normalisation, used to turn normalised float input
@@ -182,14 +182,13 @@ class GraphBackend:
         restored = images.float() * self._std.view(1, 3, 1, 1) + self._mean.view(1, 3, 1, 1)
         return restored.round_().clamp_(0, 255).to(torch.uint8).contiguous()
 
-    def run(self, images: torch.Tensor) -> Logits:
-        class_logits, mask_logits = self.module(images)
-        return class_logits, mask_logits
+    def run(self, images: torch.Tensor) -> NetworkOutput:
+        return NetworkOutput(*self.module(images))
 
-    def __call__(self, images: torch.Tensor) -> Logits:
+    def __call__(self, images: torch.Tensor) -> NetworkOutput:
         with torch.inference_mode():
-            class_logits, mask_logits = self.run(self.prepare(images))
-        return class_logits.float(), mask_logits.float()
+            outputs = self.run(self.prepare(images))
+        return NetworkOutput(outputs.class_logits.float(), outputs.mask_logits.float())
 
 
 def _engine_metadata(
@@ -491,8 +490,8 @@ class OnnxTensorRTBackend(GraphBackend):
                 f'{engine_path}: engine input {engine_shape} differs from its sidecar {shape}'
             )
         names = list(outputs)
-        if {'class_logits', 'mask_logits'} <= set(names):
-            names = ['class_logits', 'mask_logits']
+        if set(NetworkOutput._fields) <= set(names):
+            names = list(NetworkOutput._fields)
         self._outputs = [(name, outputs[name]) for name in names]
         super().__init__(self._execute, device, shape, mean, std, name='tensorrt-onnx')  # type: ignore[arg-type]
         self.engine_path = engine_path
@@ -518,7 +517,7 @@ class OnnxTensorRTBackend(GraphBackend):
             )
         return normalized.to(self.input_dtype).contiguous()
 
-    def _execute(self, images: torch.Tensor) -> Logits:
+    def _execute(self, images: torch.Tensor) -> NetworkOutput:
         results = []
         with torch.cuda.device(self.device):
             self._context.set_tensor_address(self._input_name, images.data_ptr())
@@ -529,7 +528,7 @@ class OnnxTensorRTBackend(GraphBackend):
             stream = torch.cuda.current_stream(self.device)
             if not self._context.execute_async_v3(stream.cuda_stream):
                 raise RuntimeError(f'TensorRT execution of {self.engine_path} failed')
-        return results[0], results[1]
+        return NetworkOutput(*results)
 
 
 def onnx_has_low_precision(path: Path) -> bool:

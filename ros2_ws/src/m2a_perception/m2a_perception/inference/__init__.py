@@ -1,4 +1,4 @@
-"""Inference backends: objects that map network input to `(class_logits, mask_logits)`.
+"""Inference backends: objects that map network input to a `NetworkOutput`.
 
 Load them through `m2a_perception.runtime.loader` (the one loader); this package holds the
 backend classes. onnxruntime and TensorRT are imported lazily inside their own backend modules.

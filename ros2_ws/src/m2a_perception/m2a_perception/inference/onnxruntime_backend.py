@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from m2a_perception.types import NetworkOutput
+
 
 class OnnxRuntimeBackend:
     """Runs an exported model with a static input shape through onnxruntime."""
@@ -26,12 +28,12 @@ class OnnxRuntimeBackend:
         self.name = 'onnxruntime'
         self.device = torch.device('cpu')
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor) -> NetworkOutput:
         if tuple(images.shape) != self.input_shape:
             raise ValueError(
                 f'{self.path.name} was exported for input {self.input_shape}, '
                 f'got {tuple(images.shape)}'
             )
         feed = {self.input_name: np.ascontiguousarray(images.detach().cpu().numpy(), np.float32)}
-        class_logits, mask_logits = self.session.run(self.output_names, feed)
-        return torch.from_numpy(class_logits), torch.from_numpy(mask_logits)
+        results = self.session.run(self.output_names, feed)
+        return NetworkOutput(*(torch.from_numpy(result) for result in results))

@@ -16,13 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from m2a_perception.preprocess import pad_uint8
+from m2a_perception.types import NetworkOutput
 
 LOGGER = logging.getLogger(__name__)
 
 # Output stride of the mask logits relative to the network input.
 MASK_STRIDE = 4
-
-Logits = tuple[torch.Tensor, torch.Tensor]
 
 
 class StaticShapeBackend:
@@ -48,7 +47,7 @@ class StaticShapeBackend:
         self.input_dtype = getattr(backend, 'input_dtype', torch.float32)
         self._warned = False
 
-    def __call__(self, images: torch.Tensor) -> Logits:
+    def __call__(self, images: torch.Tensor) -> NetworkOutput:
         batch, channels, height, width = images.shape
         engine_batch, engine_channels, engine_height, engine_width = self.input_shape
         if (batch, channels) != (engine_batch, engine_channels):
@@ -77,5 +76,8 @@ class StaticShapeBackend:
             padded = pad_uint8(images, self.uint8_fill, engine_height, engine_width)
         else:
             padded = F.pad(images, (0, engine_width - width, 0, engine_height - height))
-        class_logits, mask_logits = self.backend(padded)  # type: ignore[operator]
-        return class_logits, mask_logits[..., : height // MASK_STRIDE, : width // MASK_STRIDE]
+        outputs = self.backend(padded)  # type: ignore[operator]
+        return NetworkOutput(
+            outputs.class_logits,
+            outputs.mask_logits[..., : height // MASK_STRIDE, : width // MASK_STRIDE],
+        )

@@ -6,6 +6,7 @@ import torch
 
 from m2a_perception.inference.backend import PRECISIONS
 from m2a_perception.model import Mask2Anomaly
+from m2a_perception.types import NetworkOutput
 
 _AUTOCAST_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 
@@ -44,9 +45,9 @@ class TorchBackend:
         self._run = torch.compile(self.model, mode=mode) if compile else self.model
 
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor) -> NetworkOutput:
         images = images.to(self.device, non_blocking=True)
         dtype = _AUTOCAST_DTYPES.get(self.precision)
         with torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None):
-            class_logits, mask_logits = self._run(images)
-        return class_logits.float(), mask_logits.float()
+            outputs = self._run(images)
+        return NetworkOutput(outputs.class_logits.float(), outputs.mask_logits.float())

@@ -1,7 +1,8 @@
 """Mask2Anomaly: ResNet backbone -> MSDeformAttn pixel decoder -> GMA transformer decoder.
 
-Composition only; every block is built elsewhere and injected. `forward` returns plain tensors
-and does no post-processing, so the same module is trained, exported and compiled.
+Composition only; every block is built elsewhere and injected. `forward` returns a typed tuple
+of tensors (`NetworkOutput`, or `TrainingOutput` in training mode) and does no post-processing,
+so the same module is trained, exported and compiled.
 
 Allowed dependencies: torch.
 """
@@ -14,6 +15,7 @@ from torch import nn
 from m2a_perception.model.backbone import ResNet
 from m2a_perception.model.pixel_decoder import MSDeformAttnPixelDecoder
 from m2a_perception.model.transformer_decoder import MaskedTransformerDecoderGMA
+from m2a_perception.types import NetworkOutput, TrainingOutput
 
 # Input height and width must be multiples of this (the coarsest feature stride).
 SIZE_DIVISIBILITY = 32
@@ -44,7 +46,7 @@ class Mask2Anomaly(nn.Module):
         self.backbone = backbone
         self.sem_seg_head = SemSegHead(pixel_decoder, predictor)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, images: torch.Tensor) -> NetworkOutput | TrainingOutput:
         """Run the network on normalised, padded images.
 
         Args:
@@ -52,12 +54,13 @@ class Mask2Anomaly(nn.Module):
                 so that H and W are multiples of 32 (see `m2a_perception.preprocess`).
 
         Returns:
-            In eval mode `(class_logits, mask_logits)`:
+            In eval mode a `NetworkOutput`:
                 class_logits: (B, Q, K+1) float32, K known classes plus "no object" last.
                 mask_logits: (B, Q, H/4, W/4) float32, per-query mask logits.
-            In training mode additionally `aux_class_logits` (L, B, Q, K+1) and
-            `aux_mask_logits` (L, B, Q, H/4, W/4): the deep-supervision predictions of the
-            learned queries alone and after decoder layers 1..L-1 (L decoder layers).
+            In training mode a `TrainingOutput`, additionally with `aux_class_logits`
+            (L, B, Q, K+1) and `aux_mask_logits` (L, B, Q, H/4, W/4): the deep-supervision
+            predictions of the learned queries alone and after decoder layers 1..L-1 (L decoder
+            layers).
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f'images must be (B, 3, H, W), got {tuple(images.shape)}')
@@ -73,5 +76,7 @@ class Mask2Anomaly(nn.Module):
             multi_scale_features, mask_features
         )
         if not self.training:
-            return class_logits, mask_logits
-        return class_logits, mask_logits, torch.stack(aux_class), torch.stack(aux_mask)
+            return NetworkOutput(class_logits, mask_logits)
+        return TrainingOutput(
+            class_logits, mask_logits, torch.stack(aux_class), torch.stack(aux_mask)
+        )

@@ -41,9 +41,7 @@ from m2a_perception.postprocess.semantic import (
     compute_query_probabilities,
 )
 from m2a_perception.preprocess import PreprocessRecord, map_to_source
-from m2a_perception.types import Segment, SegmentationOutput, SegmentKind
-
-Logits = tuple[torch.Tensor, torch.Tensor]
+from m2a_perception.types import NetworkOutput, Segment, SegmentationOutput, SegmentKind
 
 
 def output_size_for(record: PreprocessRecord, resolution: str) -> tuple[int, int]:
@@ -204,7 +202,7 @@ def postprocess(
     mask_logits: torch.Tensor,
     record: PreprocessRecord,
     config: PostprocessConfig | None = None,
-    flipped: Logits | None = None,
+    flipped: NetworkOutput | None = None,
 ) -> SegmentationOutput:
     """Open-set outputs of one image from its logits.
 
@@ -247,7 +245,7 @@ def postprocess(
         anomaly_out = resize_to_output(anomaly[None], record, resolution, 'bilinear')[0]
         scores_out = None
     if config.flip and flipped is not None:
-        flip_class, flip_mask = _single_image(*flipped)
+        flip_class, flip_mask = _single_image(flipped.class_logits, flipped.mask_logits)
         if flip_class.shape != class_logits.shape or flip_mask.shape != mask_logits.shape:
             raise ValueError('the flipped pass must have the same shapes as the plain pass')
         flip_anomaly, _ = score_at_output(flip_class, flip_mask, record, config)
@@ -297,7 +295,9 @@ def postprocess(
     )
 
 
-def _single_image(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> Logits:
+def _single_image(
+    class_logits: torch.Tensor, mask_logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     if class_logits.dim() == 3 and mask_logits.dim() == 4:
         if class_logits.shape[0] != 1 or mask_logits.shape[0] != 1:
             raise ValueError(

@@ -20,8 +20,7 @@ from collections.abc import Callable
 import torch
 
 from m2a_perception.preprocess import PreprocessRecord
-
-Logits = tuple[torch.Tensor, torch.Tensor]
+from m2a_perception.types import NetworkOutput
 
 
 def flip_network_input(images: torch.Tensor, record: PreprocessRecord) -> torch.Tensor:
@@ -49,8 +48,10 @@ def flip_network_input(images: torch.Tensor, record: PreprocessRecord) -> torch.
 
 
 def predict_with_flip(
-    predict: Callable[[torch.Tensor], Logits], images: torch.Tensor, record: PreprocessRecord
-) -> tuple[Logits, Logits]:
+    predict: Callable[[torch.Tensor], NetworkOutput],
+    images: torch.Tensor,
+    record: PreprocessRecord,
+) -> tuple[NetworkOutput, NetworkOutput]:
     """Run `predict` on the images and on the images of the mirrored source.
 
     Args:
@@ -60,7 +61,7 @@ def predict_with_flip(
         record: its pre-processing geometry.
 
     Returns:
-        The plain pass `(class_logits, mask_logits)` and the flipped pass as the network returned
+        The plain pass and the flipped pass as the network returned
         it (aligned with the mirrored image, padding on the right); `postprocess` flips its maps
         back at output resolution. Two calls, so fixed-batch engines work.
     """

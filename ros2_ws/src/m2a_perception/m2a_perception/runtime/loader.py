@@ -111,7 +111,7 @@ class LoadedBackend:
     """A ready backend and what reports say about it.
 
     Attributes:
-        backend: callable (B, 3, H, W) network input -> (class_logits, mask_logits); engines
+        backend: callable (B, 3, H, W) network input -> `NetworkOutput`; engines
             of one static shape are wrapped in `StaticShapeBackend` (smaller frames padded).
         config: the checkpoint's model config (pre-processing, classes).
         spec: what was loaded.
