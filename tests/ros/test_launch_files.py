@@ -442,8 +442,8 @@ def test_list_parameters_as_launch_ros_writes_them_reach_the_node(tmp_path):
     tuples, so `cameras:=front,left` reaches the node as `!!python/tuple` in a temporary
     parameter file; the node read that file as refused Python data and exited 2 (seen with
     the real launch: replay_eval.launch.py never started the node)."""
+    from m2a_perception.cli.perception_node import params_file_problem
     from m2a_perception.config import parse_yaml
-    from m2a_perception.ros.main import params_file_problem
 
     path = tmp_path / 'launch_params_x'
     path.write_text(
