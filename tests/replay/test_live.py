@@ -101,6 +101,10 @@ def test_live_replay_through_the_running_node(
 
 
 @pytest.mark.ros
+# Once in two full runs (CI check of 2026-12-02) the player waited 180 s for its second
+# subscriber (the recorder) although the node had subscribed; it passed on rerun. Open: the
+# recorder's discovery of a topic the player advertises late; one rerun until it is found.
+@pytest.mark.flaky(reruns=1)
 def test_live_replay_of_a_truncated_bag(truncated_live_bag, node_parameters, tmp_path):
     options = LiveReplayOptions(
         progress=False, idle_timeout_s=3.0, log_dir=tmp_path / 'logs', env=LIVE_ENV
