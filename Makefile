@@ -36,8 +36,8 @@ JAZZY_TEST_TIMEOUT ?= 2400
 # it is a hang guard, generous so that a loaded machine does not fail a healthy run.
 TEST_TIMEOUT ?= 2400
 PYTEST_ARGS ?= -m "not slow" --durations=25
-# ROS environment for every process of the test run (environment.md gotchas 4 and 5).
-export FASTDDS_BUILTIN_TRANSPORTS := LARGE_DATA
+# ROS environment for every process of the test run (environment.md gotchas 4 and 5); the Fast
+# DDS large-frame profile comes from tests/conftest.py (m2a_perception.ros.processes).
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 export CMAKE_PREFIX_PATH := $(abspath $(VENV))
 # The Jazzy targets use their own venv as the ament prefix (also for their prerequisites).

@@ -12,8 +12,9 @@ is in the log), so systemd's `Restart=on-failure` fires. A `params_file` that is
 fails launch (exit 1) before the node starts (launch_ros would only warn and run the defaults).
 `rviz:=true` without rviz2 installed logs a warning and runs the node alone. RViz is resolved
 before the node starts, so a failing RViz include cannot leave the node running. Stop with
-Ctrl-C (SIGINT; systemd: `KillSignal=SIGINT`): SIGTERM ends launch at once and leaves the node
-running. A Ctrl-C exits 0.
+Ctrl-C (SIGINT; systemd: `KillSignal=SIGINT`): SIGTERM ends launch at once and would leave the
+node running, but the node notices: it is started with M2A_EXIT_WITH_PARENT=1 and shuts down
+by itself within a second when launch has gone. A Ctrl-C exits 0.
 """
 
 import os
@@ -36,6 +37,8 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode
 from launch_ros.substitutions import FindPackageShare
+
+from m2a_perception.ros.processes import EXIT_WITH_PARENT_VARIABLE, large_frames_environment
 
 PACKAGE = 'm2a_perception'
 TRANSPORTS = ('raw', 'compressed')
@@ -152,6 +155,9 @@ def _node(context: LaunchContext) -> list[object]:
         # launch's SIGTERM escalation after the default 5 s would only log an error on a loaded
         # machine; SIGKILL still follows 5 s later (15 s in all, inside systemd's 20 s).
         sigterm_timeout=NODE_STOP_TIMEOUT_S,
+        # Launch killed with SIGTERM/SIGKILL ends without stopping the node: the node watches
+        # its parent and shuts down by itself (cli/perception_node.py).
+        additional_env={EXIT_WITH_PARENT_VARIABLE: '1'},
     )
     return [RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_node_exit)), node]
 
@@ -177,11 +183,17 @@ def on_node_exit(event: ProcessExited, context: LaunchContext) -> list[object]:
 
 
 def fastdds_profile(context: LaunchContext) -> list[object]:
-    """`FASTDDS_DEFAULT_PROFILES_FILE` for the processes launch starts; none if the argument is
+    """The profile's variable for the processes launch starts (`large_frames_environment`: the
+    name that this install's Fast DDS reads, 2.x and 3.x differ); none if the argument is
     empty. (An OpaqueFunction, not a condition: LaunchConfigurationNotEquals is deprecated from
     Jazzy on and its replacement, NotEqualsSubstitution, does not exist in Humble.)"""
     profile = LaunchConfiguration('fastdds_profile').perform(context).strip()
-    return [SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', profile)] if profile else []
+    if not profile:
+        return []
+    return [
+        SetEnvironmentVariable(name, value)
+        for name, value in large_frames_environment(profile).items()
+    ]
 
 
 def _rviz(context: LaunchContext) -> list[object]:

@@ -40,6 +40,7 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
+from m2a_perception.ros.processes import EXIT_WITH_PARENT_VARIABLE, large_frames_environment
 from m2a_perception.ros.replay.live import (
     NODE_EXECUTABLE,
     PLAYER_EXECUTABLE,
@@ -115,6 +116,8 @@ def _replay(context: LaunchContext) -> list[object]:
         output='screen',
         # As in m2a_perception.launch.py: the node ignores signals while its worker stops.
         sigterm_timeout='10',
+        # As there: the node ends by itself when launch is killed.
+        additional_env={EXIT_WITH_PARENT_VARIABLE: '1'},
     )
     recorder = Node(
         package=PACKAGE,
@@ -154,9 +157,10 @@ def _replay(context: LaunchContext) -> list[object]:
             RegisterEventHandler(OnProcessExit(target_action=evaluation, on_exit=[shutdown])),
         ]
     profile = arg('fastdds_profile')
-    environment = [SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', profile)]
-    if not profile:
-        environment = []
+    environment = [
+        SetEnvironmentVariable(name, value)
+        for name, value in (large_frames_environment(profile) if profile else {}).items()
+    ]
     return [
         *environment,
         RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_node_exit)),

@@ -8,13 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from m2a_perception.ros.processes import large_frames_defaults
+
 # Each xdist worker gets its own ROS domain so parallel ROS tests never cross-talk
 # (shared/reference/environment.md §3). Set before any test imports rclpy.
 _WORKER = os.environ.get('PYTEST_XDIST_WORKER', 'gw0')
 os.environ['ROS_DOMAIN_ID'] = str(
     int(os.environ.get('M2A_TEST_DOMAIN_BASE', '40')) + int(_WORKER[2:])
 )
-os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
+# Multi-MB frames between processes, under any discovery range: the shipped Fast DDS profile,
+# exactly as the launch files and `m2a-replay --live` set it (not LARGE_DATA, which loses them
+# under ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST). A profile named by the caller wins.
+os.environ.update(large_frames_defaults(os.environ))
 
 
 def _cuda_available() -> bool:

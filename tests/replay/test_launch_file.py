@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import types
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from m2a_perception.cli.bag_player import build_parser as player_parser
 from m2a_perception.cli.bag_recorder import build_parser as recorder_parser
 from m2a_perception.cli.replay import build_parser as replay_parser
+from m2a_perception.ros.processes import profile_variables
 from m2a_perception.ros.replay.live import plan_live_replay
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -136,12 +138,16 @@ def test_replay_eval_launch(launch_module, anomaly_bag, tmp_path):
     )
     profile, node_exit, node, recorder, player, handler = launch_module._replay(context)
     # The shipped large-frame profile for every process (as m2a_perception.launch.py), which
-    # also works with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST; empty keeps the environment.
+    # also works with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, under the name this install's
+    # Fast DDS reads (Kilted's 3.x: FASTDDS_..., Jazzy's 2.14: FASTRTPS_...); empty keeps the
+    # environment.
     assert profile.args == (
-        'FASTDDS_DEFAULT_PROFILES_FILE',
+        profile_variables(os.environ)[0],
         str(REPO_ROOT / 'config' / 'fastdds_large_frames.xml'),
     )
     assert (REPO_ROOT / 'config' / 'fastdds_large_frames.xml').is_file()
+    # The node ends by itself when launch is killed (SIGTERM/SIGKILL to ros2 launch).
+    assert node.kwargs['additional_env'] == {'M2A_EXIT_WITH_PARENT': '1'}
     # A node that dies at start fails launch at once (the player would wait startup_timeout).
     assert node_exit.args[0].kwargs == {
         'target_action': node,

@@ -1,9 +1,9 @@
 """Helpers for the multi-process ROS tests: subprocesses that always die, and a probe node.
 
 Subprocesses (`m2a_perception.ros.processes.ManagedProcess`) inherit the test environment
-(ROS_DOMAIN_ID from tests/ros/conftest.py, Fast DDS LARGE_DATA transport, and LD_LIBRARY_PATH
-together with the wheel bootstrapper's marker) and run in their own process group, so teardown
-can SIGINT and then SIGKILL the whole group.
+(ROS_DOMAIN_ID from tests/ros/conftest.py, the shipped Fast DDS large-frame profile, and
+LD_LIBRARY_PATH together with the wheel bootstrapper's marker) and run in their own process
+group, so teardown can SIGINT and then SIGKILL the whole group.
 
 The probe node is spun from the test thread only (`RosProbe.wait_for`), never from a background
 thread, so entity creation and spinning never race.
@@ -46,8 +46,8 @@ T = TypeVar('T')
 
 
 def ros_env() -> dict[str, str]:
-    """Environment for ROS subprocesses: `ros_environment` with Fast DDS LARGE_DATA forced."""
-    env = ros_environment({'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA'})
+    """Environment for ROS subprocesses: `ros_environment` (the large-frame profile)."""
+    env = ros_environment()
     env.setdefault('ROS_DOMAIN_ID', '40')
     return env
 

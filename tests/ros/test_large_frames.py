@@ -1,8 +1,11 @@
 """6 MB frames between real processes with the shipped Fast DDS profile, under both discovery
 settings (default and ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, where LARGE_DATA loses them).
 
-The profile (config/fastdds_large_frames.xml) is what the launch file loads; both processes get
-it through FASTDDS_DEFAULT_PROFILES_FILE and no FASTDDS_BUILTIN_TRANSPORTS.
+The profile (config/fastdds_large_frames.xml) is what the launch files, `m2a-replay --live` and
+the tests load: both processes get `large_frames_environment()` (the profile under the variable
+name that this install's Fast DDS reads) and no FASTDDS_BUILTIN_TRANSPORTS. On Jazzy (Fast DDS
+2.14 reads only FASTRTPS_DEFAULT_PROFILES_FILE) 8 and 9 of 12 frames arrived with
+FASTDDS_... alone.
 """
 
 from __future__ import annotations
@@ -14,6 +17,14 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from m2a_perception.ros.processes import (
+    PROFILE_VARIABLES,
+    large_frames_defaults,
+    large_frames_environment,
+    profile_variables,
+    ros_environment,
+)
 
 from .helpers import REPO_ROOT, camera_command, ros_env, start_process
 
@@ -27,13 +38,51 @@ FRAMES = 12
 
 def profile_env(discovery_range: str | None) -> dict[str, str]:
     env = ros_env()
-    env.pop('FASTDDS_BUILTIN_TRANSPORTS', None)
-    env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(PROFILE)
+    for name in ('FASTDDS_BUILTIN_TRANSPORTS', *PROFILE_VARIABLES):
+        env.pop(name, None)
+    env.update(large_frames_environment())
     env['ROS_DOMAIN_ID'] = str(int(os.environ.get('ROS_DOMAIN_ID', '40')) + 1)
     env.pop('ROS_AUTOMATIC_DISCOVERY_RANGE', None)
     if discovery_range is not None:
         env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = discovery_range
     return env
+
+
+def test_the_profile_variable_is_the_one_this_fast_dds_reads(tmp_path, monkeypatch):
+    kilted, jazzy, bare = tmp_path / 'kilted', tmp_path / 'jazzy', tmp_path / 'bare'
+    (kilted / 'share' / 'fastdds').mkdir(parents=True)  # Fast DDS 3.x
+    (jazzy / 'share' / 'fastrtps').mkdir(parents=True)  # Fast DDS 2.x: reads FASTRTPS_... only
+    bare.mkdir()
+    monkeypatch.setattr(sys, 'prefix', str(bare))
+    assert profile_variables({'AMENT_PREFIX_PATH': f'{bare}:{kilted}'}) == (
+        'FASTDDS_DEFAULT_PROFILES_FILE',
+    )
+    assert profile_variables({'AMENT_PREFIX_PATH': f'{jazzy}:{kilted}'}) == (
+        'FASTRTPS_DEFAULT_PROFILES_FILE',
+    )
+    assert profile_variables({}) == PROFILE_VARIABLES  # unknown install: both names
+    monkeypatch.setattr(sys, 'prefix', str(jazzy))  # a venv of Jazzy wheels
+    assert profile_variables({}) == ('FASTRTPS_DEFAULT_PROFILES_FILE',)
+    shipped = str(PROFILE)
+    assert large_frames_environment(environ={}) == {'FASTRTPS_DEFAULT_PROFILES_FILE': shipped}
+    assert large_frames_environment('/etc/dds.xml', {'AMENT_PREFIX_PATH': str(kilted)}) == {
+        'FASTDDS_DEFAULT_PROFILES_FILE': '/etc/dds.xml'
+    }
+    # A profile the user names (under either name) wins; otherwise children get the shipped one.
+    assert large_frames_defaults({'FASTDDS_DEFAULT_PROFILES_FILE': '/etc/dds.xml'}) == {}
+    assert large_frames_defaults({'FASTDDS_DEFAULT_PROFILES_FILE': ''}) == {
+        'FASTRTPS_DEFAULT_PROFILES_FILE': shipped
+    }
+    for name in (*PROFILE_VARIABLES, 'FASTDDS_BUILTIN_TRANSPORTS', 'AMENT_PREFIX_PATH'):
+        monkeypatch.delenv(name, raising=False)
+    env = ros_environment()
+    assert env['FASTRTPS_DEFAULT_PROFILES_FILE'] == shipped
+    assert 'FASTDDS_DEFAULT_PROFILES_FILE' not in env
+    # LARGE_DATA is no longer forced on child processes (it fails under LOCALHOST discovery).
+    assert 'FASTDDS_BUILTIN_TRANSPORTS' not in env
+    assert env['M2A_EXIT_WITH_PARENT'] == '1'
+    monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', '/etc/dds.xml')
+    assert ros_environment()['FASTDDS_DEFAULT_PROFILES_FILE'] == '/etc/dds.xml'
 
 
 @pytest.mark.parametrize('discovery_range', [None, 'LOCALHOST'], ids=['default', 'localhost'])

@@ -59,7 +59,11 @@ from typing import Any
 import numpy as np
 
 from m2a_perception.cli import args as cli_args
-from m2a_perception.ros.processes import ManagedProcess, perception_node_command
+from m2a_perception.ros.processes import (
+    ManagedProcess,
+    large_frames_defaults,
+    perception_node_command,
+)
 from m2a_perception.ros.topics import OUTPUT_MESSAGE_TYPES, OUTPUT_TOPICS
 
 NAMESPACE = '/m2a_bench'
@@ -663,9 +667,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    # Multi-megabyte messages between processes need Fast DDS's LARGE_DATA transport, in every
-    # process (shared/reference/environment.md §3); the node inherits this environment.
-    os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
+    # Multi-megabyte messages between processes need the large-frame Fast DDS profile, in every
+    # process (this one too, so it is set before rclpy starts); the node inherits it.
+    os.environ.update(large_frames_defaults(os.environ))
     params_file = args.params_file or default_params_file()
     if not params_file.is_file():
         log(f'parameter file not found: {params_file} (use --params-file)')

@@ -5,18 +5,21 @@ Usage (any ROS arguments work, e.g. a parameter file and remappings; also
     m2a-perception-node --ros-args --params-file config/m2a_perception.yaml \
         -p model.checkpoint:=/path/to/model.safetensors
 
-Allowed dependencies: rclpy, `m2a_perception.ros.node`, `m2a_perception.ros.allocator`.
+Allowed dependencies: rclpy, `m2a_perception.ros.node`, `m2a_perception.ros.allocator`,
+`m2a_perception.ros.processes`.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from m2a_perception.ros.allocator import tune_allocator
+from m2a_perception.ros.processes import EXIT_WITH_PARENT_VARIABLE
 
 EXIT_BAD_ARGUMENTS = 2
 # Longest wait of the executor between checks for Ctrl-C / SIGTERM.
@@ -32,12 +35,16 @@ def main(args: list[str] | None = None) -> int:
     On SIGINT or SIGTERM the worker stops first and the ROS context is shut down after it, so a
     frame in flight is never published on an invalid context (rclpy's own signal handler would
     invalidate the context first, so it is not installed). After the lifecycle `shutdown`
-    transition (state finalized) the process ends.
+    transition (state finalized) the process ends. Started by a launcher (`M2A_EXIT_WITH_PARENT=1`,
+    see `parent_to_watch`), it also ends the same way when that parent dies: SIGTERM or SIGKILL
+    to `ros2 launch` would otherwise leave it running, re-parented.
 
     Returns:
         Process exit status: 0 after a normal shutdown, 1 if the node could not be created, 2 for
         a missing or malformed parameter file or other ROS arguments rcl refuses.
     """
+    # First, before the slow imports: a parent that dies during them is still noticed.
+    watched_parent = parent_to_watch(os.environ, os.getppid())
     # While this is the only thread: importing torch, OpenCV or rclpy starts threads, and glibc
     # would hand later threads their malloc arenas (see m2a_perception.ros.allocator).
     allocator_state = tune_allocator()
@@ -75,6 +82,12 @@ def main(args: list[str] | None = None) -> int:
         # time and /clock stopped (a replay that has ended) never fires.
         while not node.finalized.done():
             executor.spin_once(timeout_sec=SIGNAL_POLL_S)
+            if watched_parent is not None and os.getppid() != watched_parent:
+                node.get_logger().warning(
+                    f'parent process {watched_parent} ended (e.g. `ros2 launch` got SIGTERM or '
+                    'SIGKILL): shutting down'
+                )
+                break
         if node.finalized.done():
             node.get_logger().info('finalized: exiting')
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -88,6 +101,24 @@ def main(args: list[str] | None = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def parent_to_watch(environ: Mapping[str, str], parent_pid: int) -> int | None:
+    """The parent process whose death ends the node, or None to watch nothing.
+
+    Only a launcher's child watches: launch files, `m2a-replay --live` and the tests set
+    `M2A_EXIT_WITH_PARENT=1`. A node started from a shell keeps running when that shell ends
+    (`nohup`, a closed terminal), as a shell user expects. A parent PID of 1 or 0 (systemd or a
+    container's init running the node directly, or the node being PID 1) is never re-parented
+    from, and systemd stops its own children with the unit's `KillSignal`.
+
+    Args:
+        environ: the process environment.
+        parent_pid: `os.getppid()` at start.
+    """
+    if environ.get(EXIT_WITH_PARENT_VARIABLE) != '1' or parent_pid <= 1:
+        return None
+    return parent_pid
 
 
 def _interrupt(signum: int, frame: object) -> None:
