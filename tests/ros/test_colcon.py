@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from lifecycle_msgs.msg import Transition
 
+from ..entry_points import setup_console_scripts
 from .helpers import (
     REPO_ROOT,
     STARTUP_TIMEOUT_S,
@@ -112,6 +113,11 @@ def test_colcon_install_has_both_packages(colcon_install):
     messages = colcon_install / 'm2a_perception_msgs' / 'share' / 'm2a_perception_msgs' / 'msg'
     for name in ('OpenSetPanoptic', 'OpenSetSegment', 'InferenceStats'):
         assert (messages / f'{name}.msg').is_file(), name
+    # `ros2 run m2a_perception <tool>` runs lib/m2a_perception/<tool>: after a colcon-only
+    # install the tools are not on PATH, so every console script must be there.
+    tools = colcon_install / 'm2a_perception' / 'lib' / 'm2a_perception'
+    missing = sorted(name for name in setup_console_scripts() if not (tools / name).is_file())
+    assert missing == [], f'not runnable with ros2 run: {missing}'
     share = colcon_install / 'm2a_perception' / 'share' / 'm2a_perception'
     assert (share / 'config' / 'm2a_perception.yaml').is_file()
     assert (share / 'launch' / 'm2a_perception.launch.py').is_file()

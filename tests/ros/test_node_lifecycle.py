@@ -108,6 +108,12 @@ def test_lifecycle_transitions(node_process, probe, diagnostics, cameras, tiny_c
     assert status_values(failed)['state'] == 'failed'
     errors = [line for line in node_process.log_text().splitlines() if 'configure failed' in line]
     assert len(errors) == 1 and missing in errors[0], errors
+    # An empty checkpoint is named as such (it logged "loading  (torch, cpu, fp32)").
+    assert probe.set_parameter(NODE, 'model.checkpoint', '')[0]
+    assert not probe.transition(NODE, Transition.TRANSITION_CONFIGURE)
+    log = node_process.log_text()
+    assert 'loading (model.checkpoint is empty) (torch, cpu, fp32)' in log, log[-2000:]
+    assert 'loading  (' not in log
 
     # A valid checkpoint configures; engine parameters are then locked.
     assert probe.set_parameter(NODE, 'model.checkpoint', str(tiny_checkpoint))[0]
