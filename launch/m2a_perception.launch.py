@@ -14,7 +14,7 @@ fails launch (exit 1) before the node starts (launch_ros would only warn and run
 before the node starts, so a failing RViz include cannot leave the node running. Stop with
 Ctrl-C (SIGINT; systemd: `KillSignal=SIGINT`): SIGTERM ends launch at once and would leave the
 node running, but the node notices: it is started with M2A_EXIT_WITH_PARENT=1 and shuts down
-by itself within a second when launch has gone. A Ctrl-C exits 0.
+by itself within seconds when launch has gone. A Ctrl-C exits 0.
 """
 
 import os
