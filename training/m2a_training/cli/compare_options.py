@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="scale of both stages' iterations relative to the demo recipes (default 1)",
     )
-    parser.add_argument(
-        '--model-config', default='demo', help='base model config the overrides apply to'
+    cli_args.add_model_config(
+        parser, default='demo', help='base model config (name or YAML path) the overrides apply to'
     )
     parser.add_argument(
         '--recipes', type=Path, help='folder with the two synthetic_stage*.yaml recipes'
