@@ -485,7 +485,8 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines += [f'- `{row["name"]}`: {row["note"]}' for row in report['rows'] if row['note']]
     if report['not_run']:
         lines.append(
-            f'- not run (the comparison stopped before them): {", ".join(report["not_run"])}'
+            '- not run (the comparison stopped, or has not reached them yet): '
+            + ', '.join(report['not_run'])
         )
     return '\n'.join(lines) + '\n'
 
