@@ -20,9 +20,9 @@ from m2a_training.compare import (
     MARKDOWN_NAME,
     OPTIONS,
     ComparedOption,
-    model_groups,
-    option_model_config,
-    option_postprocess,
+    build_option_model_config,
+    build_option_postprocess,
+    group_by_model,
     select_options,
     unknown_instance_truth,
 )
@@ -41,9 +41,9 @@ def test_the_option_table_names_the_issue_options():
     assert by_name['query_regions'].postprocess == ('mining_split=query_regions',)
     # Every option's model config and post-processing validate on the demo model.
     for option in OPTIONS:
-        config = option_model_config('demo', option.model, option.name)
+        config = build_option_model_config('demo', option.model, option.name)
         assert config['name'] == f'demo_{option.name}'
-        option_postprocess(PostprocessConfig(), option.postprocess)
+        build_option_postprocess(PostprocessConfig(), option.postprocess)
 
 
 def test_options_with_the_same_model_share_one_trained_model():
@@ -53,7 +53,7 @@ def test_options_with_the_same_model_share_one_trained_model():
         postprocess=('mining_split=query_regions',),
     )
     options = [*select_options(['default', 'kan', 'query_regions']), extra]
-    groups = model_groups(options)
+    groups = group_by_model(options)
     assert [(g.name, [o.name for o in g.options]) for g in groups] == [
         ('default', ['default', 'query_regions']),
         ('kan', ['kan', 'kan_split']),
@@ -66,9 +66,9 @@ def test_bad_options_fail_in_one_sentence():
     with pytest.raises(ValueError, match='listed twice'):
         select_options(['kan', 'kan'])
     with pytest.raises(ValueError, match=r"option 'bad': .*mask_embed must be one of"):
-        option_model_config('demo', ['transformer_decoder.mask_embed=cnn'], 'bad')
+        build_option_model_config('demo', ['transformer_decoder.mask_embed=cnn'], 'bad')
     with pytest.raises(ValueError, match='mining_split'):
-        option_postprocess(PostprocessConfig(), ['mining_split=nope'])
+        build_option_postprocess(PostprocessConfig(), ['mining_split=nope'])
 
 
 def test_unknown_instance_truth_is_the_8_connected_obstacle_components():

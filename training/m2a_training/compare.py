@@ -180,7 +180,7 @@ def select_options(names: Sequence[str] | None) -> list[ComparedOption]:
     return [by_name[name] for name in names]
 
 
-def model_groups(options: Sequence[ComparedOption]) -> list[ModelGroup]:
+def group_by_model(options: Sequence[ComparedOption]) -> list[ModelGroup]:
     """Group options by their model overrides (order-insensitive), in first-seen order."""
     groups: dict[tuple[str, ...], list[ComparedOption]] = {}
     for option in options:
@@ -191,7 +191,7 @@ def model_groups(options: Sequence[ComparedOption]) -> list[ModelGroup]:
     ]
 
 
-def option_model_config(base: str, overrides: Sequence[str], name: str) -> dict[str, Any]:
+def build_option_model_config(base: str, overrides: Sequence[str], name: str) -> dict[str, Any]:
     """The base model config (as plain data) with the dotted overrides, validated.
 
     Raises:
@@ -206,7 +206,9 @@ def option_model_config(base: str, overrides: Sequence[str], name: str) -> dict[
     return data
 
 
-def option_postprocess(base: PostprocessConfig, overrides: Sequence[str]) -> PostprocessConfig:
+def build_option_postprocess(
+    base: PostprocessConfig, overrides: Sequence[str]
+) -> PostprocessConfig:
     """`base` with dotted overrides, type-checked as the training config checks its fields."""
     data = apply_overrides(dataclasses.asdict(base), overrides)
     return build_dataclass(PostprocessConfig, data, 'postprocess')
@@ -230,7 +232,7 @@ def unknown_instance_truth(label: np.ndarray) -> tuple[np.ndarray, list[Panoptic
     return ids, segments
 
 
-def unknown_instance_pq(
+def compute_unknown_instance_pq(
     segmenter: Segmenter, anomaly_root: Path, num_classes: int
 ) -> dict[str, float]:
     """Unknown-instance PQ, SQ, RQ and counts over every held-out scene (full-frame labels)."""
@@ -262,7 +264,9 @@ def evaluate_option(
     model: Mask2Anomaly, model_config: ModelConfig, stage2: TrainConfig, option: ComparedOption
 ) -> dict[str, Any]:
     """mIoU, anomaly AuPRC / FPR95 and unknown-instance PQ of one option on its trained model."""
-    validation_postprocess = option_postprocess(stage2.validation.postprocess, option.postprocess)
+    validation_postprocess = build_option_postprocess(
+        stage2.validation.postprocess, option.postprocess
+    )
     config = dataclasses.replace(
         stage2,
         validation=dataclasses.replace(stage2.validation, postprocess=validation_postprocess),
@@ -270,7 +274,7 @@ def evaluate_option(
     context = DistributedContext(device=resolve_device(stage2.runtime.device, 0))
     metrics = Validator(config, context).run(model, model_config).metrics
     # The open-set outputs of the demo's gallery, then the option's own post-processing.
-    open_set = option_postprocess(
+    open_set = build_option_postprocess(
         dataclasses.replace(
             stage2.validation.postprocess, anomaly_threshold=0.5, panoptic=True, mining=True
         ),
@@ -284,7 +288,7 @@ def evaluate_option(
         'anomaly_auprc': metrics['anomaly_auprc'],
         'anomaly_fpr95': metrics['anomaly_fpr95'],
         'miou': metrics['miou'],
-        'unknown_instances': unknown_instance_pq(
+        'unknown_instances': compute_unknown_instance_pq(
             segmenter, world.anomaly_root, model_config.num_classes
         ),
     }
@@ -307,7 +311,7 @@ def train_group(
     """The demo's two Trainer stages for one model config, in `out/<group>/`."""
     folder = settings.out / group.name
     clean_outputs(folder)
-    model_data = option_model_config(settings.base_model, group.model, group.name)
+    model_data = build_option_model_config(settings.base_model, group.model, group.name)
     model_file = folder / 'model.yaml'
     atomic_write(
         model_file, lambda tmp: tmp.write_text(yaml.safe_dump(model_data, sort_keys=False))
@@ -357,11 +361,11 @@ def run_comparison(
     Every model config is validated before anything trains, so a bad override fails at once.
     Returns the report (what `comparison.json` holds).
     """
-    groups = model_groups(options)
+    groups = group_by_model(options)
     for group in groups:
-        option_model_config(settings.base_model, group.model, group.name)
+        build_option_model_config(settings.base_model, group.model, group.name)
         for option in group.options:
-            option_postprocess(PostprocessConfig(), option.postprocess)
+            build_option_postprocess(PostprocessConfig(), option.postprocess)
     settings.out.mkdir(parents=True, exist_ok=True)
     clean_outputs(settings.out)  # the world: every comparison starts from the same state
     started = time.perf_counter()
