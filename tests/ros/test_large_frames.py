@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -36,16 +37,33 @@ RATE_HZ = 4.0
 FRAMES = 12
 
 
+def large_frames_domain(environ: Mapping[str, str]) -> int:
+    """A domain of this worker's own beside its test domain, for the profiled processes.
+
+    tests/conftest.py gives xdist worker k domain base + k; base + k + 1 would be the next
+    worker's, so the step is the worker count (PYTEST_XDIST_WORKER_COUNT, 1 without xdist).
+    """
+    workers = int(environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+    return int(environ.get('ROS_DOMAIN_ID', '40')) + workers
+
+
 def profile_env(discovery_range: str | None) -> dict[str, str]:
     env = ros_env()
     for name in ('FASTDDS_BUILTIN_TRANSPORTS', *PROFILE_VARIABLES):
         env.pop(name, None)
     env.update(large_frames_environment())
-    env['ROS_DOMAIN_ID'] = str(int(os.environ.get('ROS_DOMAIN_ID', '40')) + 1)
+    env['ROS_DOMAIN_ID'] = str(large_frames_domain(os.environ))
     env.pop('ROS_AUTOMATIC_DISCOVERY_RANGE', None)
     if discovery_range is not None:
         env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = discovery_range
     return env
+
+
+def test_the_profiled_domain_is_no_other_workers_domain():
+    # Two xdist workers from base 150: test domains 150 and 151, profiled domains 152 and 153.
+    workers = [{'ROS_DOMAIN_ID': str(150 + k), 'PYTEST_XDIST_WORKER_COUNT': '2'} for k in (0, 1)]
+    assert [large_frames_domain(env) for env in workers] == [152, 153]
+    assert large_frames_domain({'ROS_DOMAIN_ID': '150'}) == 151  # without xdist, as before
 
 
 def test_the_profile_variable_is_the_one_this_fast_dds_reads(tmp_path, monkeypatch):
