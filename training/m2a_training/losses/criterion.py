@@ -12,6 +12,11 @@ targets (`matcher.py`), then:
   regulariser (L1 of the spline weights plus their entropy) over the model's parameters, once
   per step, weighted by `kan_regularization_weight`. A model without KAN layers (the default
   MLP head) gets no such term, so its total is unchanged.
+- `loss_centroid`, `loss_centroid_tv`, `loss_centroid_dice` (only for a model with the
+  class-agnostic instance head, `instance_head.kind: centroid`): seed 004's centroid
+  positional-embedding loss with edge distance sampling, total variation and generalised Dice
+  (`instance.py`), on the final output once per step, weighted by `centroid_weight`,
+  `centroid_tv_weight`, `centroid_dice_weight`. Without the head there are no such terms.
 Terms are named like the official ones (`loss_ce`, then `loss_ce_0`, ... for the auxiliary
 outputs in decoder order) and the total uses weights 2 / 5 / 5 / 1 on every output.
 
@@ -21,15 +26,17 @@ Allowed dependencies: torch, scipy (through the matcher).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from m2a_perception.classes import thing_train_ids
 from m2a_perception.model.kan import kan_regularization_loss
 from m2a_perception.types import NetworkOutput, TrainingOutput
 from m2a_training.losses.contrastive import ContrastiveLossConfig, compute_mask_contrastive_loss
+from m2a_training.losses.instance import compute_instance_losses
 from m2a_training.losses.matcher import MatcherConfig, match_predictions
 from m2a_training.losses.point_sampling import sample_points, sample_uncertain_points
 from m2a_training.losses.targets import MaskTargets
@@ -51,6 +58,12 @@ class CriterionConfig:
         kan_regularization_weight: λ1 of Mask2KAN's `L_seg + λ1·L_reg` (the thesis gives no
             value; 1e-4 is the digest's starting point, seeds-digest.md §5.5).
         kan_entropy_weight: weight of the entropy term inside `L_reg` (efficient-KAN: 1).
+        centroid_weight, centroid_tv_weight, centroid_dice_weight: weights of the instance-head
+            losses (seed 004 gives none; 1 each is our starting point).
+        centroid_eds_min_weight, centroid_eds_distance: edge distance sampling w_min and D in
+            pixels of the 1/4-resolution embedding (paper: 0 and 20, at 8/14 of its input).
+        centroid_thing_ids: class ids whose target masks are instances for the head (default
+            the Cityscapes things 11..18).
     """
 
     num_classes: int = 19
@@ -65,6 +78,12 @@ class CriterionConfig:
     contrastive: ContrastiveLossConfig | None = None
     kan_regularization_weight: float = 1e-4
     kan_entropy_weight: float = 1.0
+    centroid_weight: float = 1.0
+    centroid_tv_weight: float = 1.0
+    centroid_dice_weight: float = 1.0
+    centroid_eds_min_weight: float = 0.0
+    centroid_eds_distance: float = 20.0
+    centroid_thing_ids: tuple[int, ...] = field(default_factory=thing_train_ids)
 
     def __post_init__(self) -> None:
         if self.num_classes <= 0:
@@ -78,10 +97,24 @@ class CriterionConfig:
                 self.dice_weight,
                 self.kan_regularization_weight,
                 self.kan_entropy_weight,
+                self.centroid_weight,
+                self.centroid_tv_weight,
+                self.centroid_dice_weight,
             )
             < 0
         ):
             raise ValueError('loss weights must be non-negative')
+        if not 0.0 <= self.centroid_eds_min_weight <= 1.0:
+            raise ValueError(
+                f'centroid_eds_min_weight must be in [0, 1], got {self.centroid_eds_min_weight}'
+            )
+        if not self.centroid_eds_distance > 0:
+            raise ValueError(
+                f'centroid_eds_distance must be positive, got {self.centroid_eds_distance}'
+            )
+        object.__setattr__(
+            self, 'centroid_thing_ids', tuple(int(i) for i in self.centroid_thing_ids)
+        )
         if self.num_points <= 0 or self.oversample_ratio < 1.0:
             raise ValueError('num_points must be > 0 and oversample_ratio >= 1')
         if not 0.0 <= self.importance_sample_ratio <= 1.0:
@@ -331,4 +364,22 @@ class SetCriterion(nn.Module):
         if kan_loss is not None:
             terms['loss_kan_reg'] = kan_loss
             total = total + self.config.kan_regularization_weight * kan_loss
+        if outputs.instance_embedding is not None:
+            config = self.config
+            centroid, tv, dice = compute_instance_losses(
+                outputs.instance_embedding,
+                targets,
+                config.centroid_thing_ids,
+                min_weight=config.centroid_eds_min_weight,
+                distance=config.centroid_eds_distance,
+            )
+            terms['loss_centroid'] = centroid
+            terms['loss_centroid_tv'] = tv
+            terms['loss_centroid_dice'] = dice
+            total = (
+                total
+                + config.centroid_weight * centroid
+                + config.centroid_tv_weight * tv
+                + config.centroid_dice_weight * dice
+            )
         return LossOutput(total=total, terms=terms)

@@ -47,6 +47,8 @@ SIZE_LIMITS: dict[str, int] = {
     'transformer_decoder.num_layers': 32,
     'transformer_decoder.kan_grid_size': 64,
     'transformer_decoder.kan_spline_order': 8,
+    'instance_head.harmonics': 16,
+    'instance_head.num_convs': 8,
     'preprocess.short_side': 8192,
     'preprocess.max_size': 16384,
     'preprocess.size_divisibility': 1024,
@@ -225,6 +227,47 @@ class TransformerDecoderConfig:
             raise ValueError('transformer_decoder.num_feature_levels must be 3 (res3..res5)')
 
 
+# The optional class-agnostic instance head (model/instance_head.py): absent (the faithful
+# Mask2Anomaly), or the centroid positional-embedding head of the generalist panoptic paper
+# (seed 004 Section 3.3.1; seeds-digest.md §6, R10).
+INSTANCE_HEADS = ('none', 'centroid')
+
+
+@dataclass(frozen=True)
+class InstanceHeadConfig:
+    """Per-pixel class-agnostic instance embedding on the 1/4 mask features (experimental).
+
+    With `kind: none` (default) the network has no such module, no such parameters and no such
+    output. With `kind: centroid` every pixel regresses the spectral positional embedding
+    concat(γ(u), γ(v)) of its instance's centroid (4·harmonics channels; seed 004 Eq. 2-3).
+    """
+
+    kind: str = 'none'
+    # L of γ(p) = (sin 2^l πp, cos 2^l πp), l = 0..L-1; the paper's best is L = 4 (Table 4).
+    harmonics: int = 4
+    # 3×3 conv + GroupNorm + ReLU blocks before the final 1×1 projection.
+    num_convs: int = 2
+
+    def __post_init__(self) -> None:
+        _check_sizes('instance_head', dataclasses.asdict(self))
+        if self.kind not in INSTANCE_HEADS:
+            raise ValueError(
+                f'instance_head.kind must be one of {list(INSTANCE_HEADS)}, got {self.kind!r}'
+            )
+        if self.harmonics < 1:
+            raise ValueError(f'instance_head.harmonics must be >= 1, got {self.harmonics}')
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the network has the head."""
+        return self.kind != 'none'
+
+    @property
+    def embedding_dim(self) -> int:
+        """Channels of the embedding: 2L for u, then 2L for v."""
+        return 4 * self.harmonics
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """Test-time resize and normalisation (detectron2 DefaultPredictor semantics)."""
@@ -261,6 +304,7 @@ class ModelConfig:
     pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
     transformer_decoder: TransformerDecoderConfig = field(default_factory=TransformerDecoderConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    instance_head: InstanceHeadConfig = field(default_factory=InstanceHeadConfig)
 
     def __post_init__(self) -> None:
         _check_sizes('', {'num_classes': self.num_classes})
@@ -290,6 +334,7 @@ class ModelConfig:
             'pixel_decoder': PixelDecoderConfig,
             'transformer_decoder': TransformerDecoderConfig,
             'preprocess': PreprocessConfig,
+            'instance_head': InstanceHeadConfig,
         }
         data = dict(data)
         _reject_unknown(cls, data, 'model config')

@@ -17,15 +17,27 @@ class NetworkOutput(NamedTuple):
 
     A NamedTuple, so it flattens in `torch.export` and ONNX: the exported graph's outputs are
     the fields in this order, and their ONNX names are the field names
-    (`m2a_perception.export.OUTPUT_NAMES`).
+    (`m2a_perception.export.output_names`). A None field is an empty pytree node: it adds no
+    graph output, so a model without the optional instance head exports exactly the two
+    outputs `class_logits`, `mask_logits`.
 
     Attributes:
         class_logits: (B, Q, K+1), K known classes plus "no object" last.
         mask_logits: (B, Q, H/4, W/4), per-query mask logits at a quarter of the input size.
+        instance_embedding: (B, 4L, H/4, W/4) per-pixel centroid embeddings of the optional
+            class-agnostic instance head (`ModelConfig.instance_head`, model/instance_head.py),
+            or None when the model has no such head (the default).
     """
 
     class_logits: torch.Tensor
     mask_logits: torch.Tensor
+    instance_embedding: torch.Tensor | None = None
+
+    def present_fields(self) -> tuple[str, ...]:
+        """Names of the fields that hold a tensor (the exported graph's outputs, in order)."""
+        return tuple(
+            name for name, value in zip(self._fields, self, strict=True) if value is not None
+        )
 
 
 class TrainingOutput(NamedTuple):
@@ -37,12 +49,14 @@ class TrainingOutput(NamedTuple):
         aux_class_logits: (L, B, Q, K+1), the predictions of the learned queries alone and after
             decoder layers 1..L-1 (L decoder layers).
         aux_mask_logits: (L, B, Q, H/4, W/4), the matching mask logits.
+        instance_embedding: (B, 4L, H/4, W/4) as in `NetworkOutput`, or None without the head.
     """
 
     class_logits: torch.Tensor
     mask_logits: torch.Tensor
     aux_class_logits: torch.Tensor
     aux_mask_logits: torch.Tensor
+    instance_embedding: torch.Tensor | None = None
 
 
 class SegmentKind(str, enum.Enum):

@@ -324,13 +324,14 @@ class InferenceGraph(nn.Module):
             'pixel_std', torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1)
         )
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Args:
             images: (B, 3, H, W) uint8 RGB, already resized and padded to the engine's static
                 size (H, W multiples of 32).
 
         Returns:
-            class_logits (B, Q, K+1) and mask_logits (B, Q, H/4, W/4), float32.
+            class_logits (B, Q, K+1) and mask_logits (B, Q, H/4, W/4), float32; then
+            instance_embedding (B, 4L, H/4, W/4) float32 for a network with the instance head.
         """
         if images.dtype != torch.uint8:
             raise ValueError(f'InferenceGraph takes uint8 images, got {images.dtype}')
@@ -347,7 +348,13 @@ class InferenceGraph(nn.Module):
         outputs = self.network(normalized.to(self.compute_dtype))
         # A plain tuple, not the NetworkOutput: this graph is what `.ep` engines serialise, and
         # `torch.export.save` refuses NamedTuple types not registered with torch's pytree.
-        return outputs.class_logits.float(), outputs.mask_logits.float()
+        if outputs.instance_embedding is None:
+            return outputs.class_logits.float(), outputs.mask_logits.float()
+        return (
+            outputs.class_logits.float(),
+            outputs.mask_logits.float(),
+            outputs.instance_embedding.float(),
+        )
 
 
 def build_inference_graph(

@@ -188,7 +188,12 @@ class GraphBackend:
     def __call__(self, images: torch.Tensor) -> NetworkOutput:
         with torch.inference_mode():
             outputs = self.run(self.prepare(images))
-        return NetworkOutput(outputs.class_logits.float(), outputs.mask_logits.float())
+        embedding = outputs.instance_embedding
+        return NetworkOutput(
+            outputs.class_logits.float(),
+            outputs.mask_logits.float(),
+            None if embedding is None else embedding.float(),
+        )
 
 
 def _engine_metadata(
@@ -479,9 +484,10 @@ class OnnxTensorRTBackend(GraphBackend):
                 inputs.append((name, spec))
             else:
                 outputs[name] = spec
-        if len(inputs) != 1 or len(outputs) != 2:
+        # Two outputs, or three for a model with the instance head (`instance_embedding`).
+        if len(inputs) != 1 or len(outputs) not in (2, 3):
             raise EngineCorruptError(
-                f'{engine_path}: expected 1 input and 2 outputs, found {len(inputs)} and '
+                f'{engine_path}: expected 1 input and 2 or 3 outputs, found {len(inputs)} and '
                 f'{len(outputs)}'
             )
         self._input_name, (engine_shape, self.input_dtype) = inputs[0]
@@ -490,8 +496,9 @@ class OnnxTensorRTBackend(GraphBackend):
                 f'{engine_path}: engine input {engine_shape} differs from its sidecar {shape}'
             )
         names = list(outputs)
-        if set(NetworkOutput._fields) <= set(names):
-            names = list(NetworkOutput._fields)
+        expected = list(NetworkOutput._fields[: len(names)])
+        if set(expected) == set(names):
+            names = expected
         self._outputs = [(name, outputs[name]) for name in names]
         super().__init__(self._execute, device, shape, mean, std, name='tensorrt-onnx')  # type: ignore[arg-type]
         self.engine_path = engine_path

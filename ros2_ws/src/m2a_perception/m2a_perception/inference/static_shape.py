@@ -77,7 +77,11 @@ class StaticShapeBackend:
         else:
             padded = F.pad(images, (0, engine_width - width, 0, engine_height - height))
         outputs = self.backend(padded)  # type: ignore[operator]
+        embedding = outputs.instance_embedding
         return NetworkOutput(
             outputs.class_logits,
             outputs.mask_logits[..., : height // MASK_STRIDE, : width // MASK_STRIDE],
+            None
+            if embedding is None
+            else embedding[..., : height // MASK_STRIDE, : width // MASK_STRIDE],
         )

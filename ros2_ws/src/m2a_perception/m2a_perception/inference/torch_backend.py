@@ -50,4 +50,9 @@ class TorchBackend:
         dtype = _AUTOCAST_DTYPES.get(self.precision)
         with torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None):
             outputs = self._run(images)
-        return NetworkOutput(outputs.class_logits.float(), outputs.mask_logits.float())
+        embedding = outputs.instance_embedding
+        return NetworkOutput(
+            outputs.class_logits.float(),
+            outputs.mask_logits.float(),
+            None if embedding is None else embedding.float(),
+        )

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from m2a_perception.model.backbone import ResNet
+from m2a_perception.model.instance_head import CentroidInstanceHead
 from m2a_perception.model.pixel_decoder import MSDeformAttnPixelDecoder
 from m2a_perception.model.transformer_decoder import MaskedTransformerDecoderGMA
 from m2a_perception.types import NetworkOutput, TrainingOutput
@@ -22,14 +23,25 @@ SIZE_DIVISIBILITY = 32
 
 
 class SemSegHead(nn.Module):
-    """Holds the pixel decoder and the transformer decoder under the official names."""
+    """Holds the pixel decoder and the transformer decoder under the official names, and the
+    optional instance head as `instance_head` (not registered at all when absent, so the default
+    state dict has exactly the official keys)."""
 
     def __init__(
-        self, pixel_decoder: MSDeformAttnPixelDecoder, predictor: MaskedTransformerDecoderGMA
+        self,
+        pixel_decoder: MSDeformAttnPixelDecoder,
+        predictor: MaskedTransformerDecoderGMA,
+        instance_head: CentroidInstanceHead | None = None,
     ) -> None:
         super().__init__()
         self.pixel_decoder = pixel_decoder
         self.predictor = predictor
+        if instance_head is not None:
+            self.instance_head = instance_head
+
+    @property
+    def has_instance_head(self) -> bool:
+        return 'instance_head' in self._modules
 
 
 class Mask2Anomaly(nn.Module):
@@ -41,10 +53,11 @@ class Mask2Anomaly(nn.Module):
         backbone: ResNet,
         pixel_decoder: MSDeformAttnPixelDecoder,
         predictor: MaskedTransformerDecoderGMA,
+        instance_head: CentroidInstanceHead | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.sem_seg_head = SemSegHead(pixel_decoder, predictor)
+        self.sem_seg_head = SemSegHead(pixel_decoder, predictor, instance_head)
 
     def forward(self, images: torch.Tensor) -> NetworkOutput | TrainingOutput:
         """Run the network on normalised, padded images.
@@ -57,6 +70,8 @@ class Mask2Anomaly(nn.Module):
             In eval mode a `NetworkOutput`:
                 class_logits: (B, Q, K+1) float32, K known classes plus "no object" last.
                 mask_logits: (B, Q, H/4, W/4) float32, per-query mask logits.
+                instance_embedding: (B, 4L, H/4, W/4) float32 centroid embeddings with the
+                    instance head (`model/instance_head.py`), else None (no graph output).
             In training mode a `TrainingOutput`, additionally with `aux_class_logits`
             (L, B, Q, K+1) and `aux_mask_logits` (L, B, Q, H/4, W/4): the deep-supervision
             predictions of the learned queries alone and after decoder layers 1..L-1 (L decoder
@@ -75,8 +90,11 @@ class Mask2Anomaly(nn.Module):
         class_logits, mask_logits, aux_class, aux_mask = self.sem_seg_head.predictor(
             multi_scale_features, mask_features
         )
+        embedding = None
+        if self.sem_seg_head.has_instance_head:
+            embedding = self.sem_seg_head.instance_head(mask_features)
         if not self.training:
-            return NetworkOutput(class_logits, mask_logits)
+            return NetworkOutput(class_logits, mask_logits, embedding)
         return TrainingOutput(
-            class_logits, mask_logits, torch.stack(aux_class), torch.stack(aux_mask)
+            class_logits, mask_logits, torch.stack(aux_class), torch.stack(aux_mask), embedding
         )
