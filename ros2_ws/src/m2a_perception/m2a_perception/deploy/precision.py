@@ -18,7 +18,8 @@ The FP16 recipe (`fp16-islands`):
   and the attention masks are all FP32. Only FFN hidden activations (`linear1`, before a ReLU)
   stay FP16;
 - the class head (`class_embed`), the mask-embedding MLP (`mask_embed`), the per-pixel
-  `mask_features` projection and the mask product (einsum) are FP32 end to end;
+  `mask_features` projection, the mask product (einsum) and the optional instance head
+  (`instance_head`) are FP32 end to end;
 - outputs are FP32.
 
 Both recipes sample the deformable attention with `gather` (`DEPLOY_DEFORM_SAMPLING`), whatever
@@ -63,6 +64,9 @@ FP32_MODULES = (
     'sem_seg_head.predictor.class_embed',
     'sem_seg_head.predictor.mask_embed',
     'sem_seg_head.pixel_decoder.mask_features',
+    # The optional centroid instance head (absent by default): a few convolutions on the FP32
+    # mask features whose output is decoded by nearest-neighbour search on a fine grid.
+    'sem_seg_head.instance_head',
     # Unused in forward (kept for checkpoint compatibility); casting it would only cost time.
     'fusion_layer',
 )
