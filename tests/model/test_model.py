@@ -67,10 +67,7 @@ def test_output_shapes_eval_and_training(name, size):
     with torch.no_grad():
         outputs = model(images)
     assert type(outputs) is NetworkOutput
-    # The optional instance head's field is None without the head: not a graph output.
-    assert outputs._fields == ('class_logits', 'mask_logits', 'instance_embedding')
-    assert outputs.instance_embedding is None
-    assert outputs.present_fields() == ('class_logits', 'mask_logits')
+    assert outputs._fields == ('class_logits', 'mask_logits')
     assert outputs.class_logits.shape == (2, queries, classes)
     assert outputs.mask_logits.shape == (2, queries, size[0] // 4, size[1] // 4)
     assert torch.isfinite(outputs.class_logits).all() and torch.isfinite(outputs.mask_logits).all()
@@ -83,9 +80,7 @@ def test_output_shapes_eval_and_training(name, size):
         'mask_logits',
         'aux_class_logits',
         'aux_mask_logits',
-        'instance_embedding',
     )
-    assert training.instance_embedding is None
     layers = config.transformer_decoder.num_layers
     assert training.class_logits.shape == (2, queries, classes)
     assert training.mask_logits.shape == (2, queries, size[0] // 4, size[1] // 4)

@@ -34,7 +34,13 @@ from torch import nn
 
 from m2a_perception.classes import thing_train_ids
 from m2a_perception.model.kan import kan_regularization_loss
-from m2a_perception.types import NetworkOutput, TrainingOutput
+from m2a_perception.types import (
+    InstanceNetworkOutput,
+    InstanceTrainingOutput,
+    NetworkOutput,
+    TrainingOutput,
+    instance_embedding_of,
+)
 from m2a_training.losses.contrastive import ContrastiveLossConfig, compute_mask_contrastive_loss
 from m2a_training.losses.instance import compute_instance_losses
 from m2a_training.losses.matcher import MatcherConfig, match_predictions
@@ -290,7 +296,7 @@ class SetCriterion(nn.Module):
 
     def forward(
         self,
-        outputs: NetworkOutput | TrainingOutput,
+        outputs: NetworkOutput | TrainingOutput | InstanceNetworkOutput | InstanceTrainingOutput,
         targets: Sequence[MaskTargets],
         ood_masks: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -302,7 +308,8 @@ class SetCriterion(nn.Module):
             outputs: the training-mode model output (`TrainingOutput`: class_logits
                 (B, Q, K+1), mask_logits (B, Q, h, w), aux_class_logits (L, B, Q, K+1),
                 aux_mask_logits (L, B, Q, h, w)), or a `NetworkOutput` without the auxiliary
-                predictions.
+                predictions; or their `Instance*` forms (a model with the instance head), whose
+                `instance_embedding` gets the instance-head losses.
             targets: B per-image targets, masks in the padded input frame.
             ood_masks: (B, H, W) bool outlier masks of the unpadded crops; required when the
                 contrastive loss is configured.
@@ -313,7 +320,10 @@ class SetCriterion(nn.Module):
         Returns:
             The weighted total and the unweighted terms.
         """
-        if not isinstance(outputs, (NetworkOutput, TrainingOutput)):
+        if not isinstance(
+            outputs,
+            (NetworkOutput, TrainingOutput, InstanceNetworkOutput, InstanceTrainingOutput),
+        ):
             raise TypeError(
                 f'expected a NetworkOutput or TrainingOutput, got {type(outputs).__name__}'
             )
@@ -326,7 +336,9 @@ class SetCriterion(nn.Module):
         if self.config.contrastive is not None and ood_masks is None:
             raise ValueError('the contrastive loss is configured but no ood_masks were given')
         predictions = [(class_logits, mask_logits, '')]
-        if self.config.deep_supervision and isinstance(outputs, TrainingOutput):
+        if self.config.deep_supervision and isinstance(
+            outputs, (TrainingOutput, InstanceTrainingOutput)
+        ):
             aux_class, aux_mask = outputs.aux_class_logits, outputs.aux_mask_logits
             predictions += [
                 (aux_class[i], aux_mask[i], f'_{i}') for i in range(aux_class.shape[0])
@@ -364,10 +376,11 @@ class SetCriterion(nn.Module):
         if kan_loss is not None:
             terms['loss_kan_reg'] = kan_loss
             total = total + self.config.kan_regularization_weight * kan_loss
-        if outputs.instance_embedding is not None:
+        embedding = instance_embedding_of(outputs)
+        if embedding is not None:
             config = self.config
             centroid, tv, dice = compute_instance_losses(
-                outputs.instance_embedding,
+                embedding,
                 targets,
                 config.centroid_thing_ids,
                 min_weight=config.centroid_eds_min_weight,

@@ -17,22 +17,22 @@ import torch
 
 from m2a_perception.model import SIZE_DIVISIBILITY, Mask2Anomaly
 from m2a_perception.model.instance_head import CentroidInstanceHead
-from m2a_perception.types import NetworkOutput
+from m2a_perception.types import InstanceNetworkOutput, NetworkOutput
 from m2a_perception.weights.checkpoint import atomic_write
 
 LOGGER = logging.getLogger(__name__)
 
 INPUT_NAME = 'images'
 # The ONNX output names are the eval-mode output's field names (what the TensorRT engine binds):
-# these two for the default model; `output_names` adds `instance_embedding` for a model with the
-# optional instance head (a None field adds no graph output).
-OUTPUT_NAMES: tuple[str, ...] = NetworkOutput._fields[:2]
+# these two for the default model; `output_names` gives `InstanceNetworkOutput`'s three for a
+# model with the optional instance head.
+OUTPUT_NAMES: tuple[str, ...] = NetworkOutput._fields
 
 
 def output_names(module: torch.nn.Module) -> tuple[str, ...]:
     """The graph output names of `module` (a `Mask2Anomaly`, or a graph wrapping one)."""
     if any(isinstance(m, CentroidInstanceHead) for m in module.modules()):
-        return NetworkOutput._fields
+        return InstanceNetworkOutput._fields
     return OUTPUT_NAMES
 
 

@@ -23,7 +23,7 @@ from m2a_perception.model import Mask2Anomaly
 from m2a_perception.postprocess import PostprocessConfig, postprocess, predict_with_flip
 from m2a_perception.postprocess.config import check_instance_head
 from m2a_perception.preprocess import Preprocessor, PreprocessRecord
-from m2a_perception.types import NetworkOutput, SegmentationOutput
+from m2a_perception.types import NetworkOutput, SegmentationOutput, instance_embedding_of
 from m2a_perception.weights import load_checkpoint
 
 
@@ -137,11 +137,11 @@ class Segmenter:
                     raise ValueError('the flipped pass needs the pre-processing record')
                 plain, flipped = predict_with_flip(self.backend, images, record)
                 return Prediction(
-                    plain.class_logits, plain.mask_logits, flipped, plain.instance_embedding
+                    plain.class_logits, plain.mask_logits, flipped, instance_embedding_of(plain)
                 )
             outputs = self.backend(images)
             return Prediction(
-                outputs.class_logits, outputs.mask_logits, None, outputs.instance_embedding
+                outputs.class_logits, outputs.mask_logits, None, instance_embedding_of(outputs)
             )
 
     def postprocess(

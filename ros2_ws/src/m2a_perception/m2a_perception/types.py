@@ -17,27 +17,47 @@ class NetworkOutput(NamedTuple):
 
     A NamedTuple, so it flattens in `torch.export` and ONNX: the exported graph's outputs are
     the fields in this order, and their ONNX names are the field names
-    (`m2a_perception.export.output_names`). A None field is an empty pytree node: it adds no
-    graph output, so a model without the optional instance head exports exactly the two
-    outputs `class_logits`, `mask_logits`.
+    (`m2a_perception.export.OUTPUT_NAMES`). A model with the optional instance head returns an
+    `InstanceNetworkOutput` instead, with a third output.
 
     Attributes:
         class_logits: (B, Q, K+1), K known classes plus "no object" last.
         mask_logits: (B, Q, H/4, W/4), per-query mask logits at a quarter of the input size.
-        instance_embedding: (B, 4L, H/4, W/4) per-pixel centroid embeddings of the optional
-            class-agnostic instance head (`ModelConfig.instance_head`, model/instance_head.py),
-            or None when the model has no such head (the default).
     """
 
     class_logits: torch.Tensor
     mask_logits: torch.Tensor
-    instance_embedding: torch.Tensor | None = None
 
-    def present_fields(self) -> tuple[str, ...]:
-        """Names of the fields that hold a tensor (the exported graph's outputs, in order)."""
-        return tuple(
-            name for name, value in zip(self._fields, self, strict=True) if value is not None
-        )
+
+class InstanceNetworkOutput(NamedTuple):
+    """`NetworkOutput` of a model with the optional class-agnostic instance head
+    (`ModelConfig.instance_head`, model/instance_head.py): one more graph output, named
+    `instance_embedding`. A model without the head returns `NetworkOutput` exactly as before.
+
+    Attributes:
+        class_logits: (B, Q, K+1), as in `NetworkOutput`.
+        mask_logits: (B, Q, H/4, W/4), as in `NetworkOutput`.
+        instance_embedding: (B, 4L, H/4, W/4) per-pixel centroid embeddings
+            concat(γ(u), γ(v)) (seed 004 Section 3.3.1).
+    """
+
+    class_logits: torch.Tensor
+    mask_logits: torch.Tensor
+    instance_embedding: torch.Tensor
+
+
+def network_output(*tensors: torch.Tensor) -> NetworkOutput | InstanceNetworkOutput:
+    """The typed eval-mode output from a graph's outputs in order (2, or 3 with the head)."""
+    if len(tensors) == 2:
+        return NetworkOutput(*tensors)
+    if len(tensors) == 3:
+        return InstanceNetworkOutput(*tensors)
+    raise ValueError(f'a network has 2 or 3 outputs, got {len(tensors)}')
+
+
+def instance_embedding_of(outputs: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+    """The `instance_embedding` of a model output, or None for a model without the head."""
+    return getattr(outputs, 'instance_embedding', None)
 
 
 class TrainingOutput(NamedTuple):
@@ -49,14 +69,24 @@ class TrainingOutput(NamedTuple):
         aux_class_logits: (L, B, Q, K+1), the predictions of the learned queries alone and after
             decoder layers 1..L-1 (L decoder layers).
         aux_mask_logits: (L, B, Q, H/4, W/4), the matching mask logits.
-        instance_embedding: (B, 4L, H/4, W/4) as in `NetworkOutput`, or None without the head.
     """
 
     class_logits: torch.Tensor
     mask_logits: torch.Tensor
     aux_class_logits: torch.Tensor
     aux_mask_logits: torch.Tensor
-    instance_embedding: torch.Tensor | None = None
+
+
+class InstanceTrainingOutput(NamedTuple):
+    """`TrainingOutput` of a model with the instance head; `instance_embedding` (B, 4L, H/4, W/4)
+    as in `InstanceNetworkOutput` (the final prediction only: the head has no deep supervision).
+    """
+
+    class_logits: torch.Tensor
+    mask_logits: torch.Tensor
+    aux_class_logits: torch.Tensor
+    aux_mask_logits: torch.Tensor
+    instance_embedding: torch.Tensor
 
 
 class SegmentKind(str, enum.Enum):

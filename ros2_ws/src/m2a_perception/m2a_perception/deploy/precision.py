@@ -55,6 +55,7 @@ from m2a_perception.model.backbone import FrozenBatchNorm2d
 from m2a_perception.model.ms_deform_attn import set_deform_sampling
 from m2a_perception.model.pixel_decoder import ConvGroupNorm
 from m2a_perception.model.vit import ViTBackbone
+from m2a_perception.types import instance_embedding_of
 
 # The MSDeformAttn sampler of every deploy (TensorRT) graph: no GridSample op (module docstring).
 DEPLOY_DEFORM_SAMPLING = GATHER
@@ -352,13 +353,10 @@ class InferenceGraph(nn.Module):
         outputs = self.network(normalized.to(self.compute_dtype))
         # A plain tuple, not the NetworkOutput: this graph is what `.ep` engines serialise, and
         # `torch.export.save` refuses NamedTuple types not registered with torch's pytree.
-        if outputs.instance_embedding is None:
+        embedding = instance_embedding_of(outputs)
+        if embedding is None:
             return outputs.class_logits.float(), outputs.mask_logits.float()
-        return (
-            outputs.class_logits.float(),
-            outputs.mask_logits.float(),
-            outputs.instance_embedding.float(),
-        )
+        return outputs.class_logits.float(), outputs.mask_logits.float(), embedding.float()
 
 
 def build_inference_graph(

@@ -42,7 +42,12 @@ from m2a_perception.deploy.cache import (
     read_sidecar,
     sidecar_key,
 )
-from m2a_perception.types import NetworkOutput
+from m2a_perception.types import (
+    InstanceNetworkOutput,
+    NetworkOutput,
+    instance_embedding_of,
+    network_output,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -182,18 +187,18 @@ class GraphBackend:
         restored = images.float() * self._std.view(1, 3, 1, 1) + self._mean.view(1, 3, 1, 1)
         return restored.round_().clamp_(0, 255).to(torch.uint8).contiguous()
 
-    def run(self, images: torch.Tensor) -> NetworkOutput:
-        return NetworkOutput(*self.module(images))
+    def run(self, images: torch.Tensor) -> NetworkOutput | InstanceNetworkOutput:
+        return network_output(*self.module(images))
 
-    def __call__(self, images: torch.Tensor) -> NetworkOutput:
+    def __call__(self, images: torch.Tensor) -> NetworkOutput | InstanceNetworkOutput:
         with torch.inference_mode():
             outputs = self.run(self.prepare(images))
-        embedding = outputs.instance_embedding
-        return NetworkOutput(
-            outputs.class_logits.float(),
-            outputs.mask_logits.float(),
-            None if embedding is None else embedding.float(),
-        )
+        embedding = instance_embedding_of(outputs)
+        if embedding is not None:
+            return InstanceNetworkOutput(
+                outputs.class_logits.float(), outputs.mask_logits.float(), embedding.float()
+            )
+        return NetworkOutput(outputs.class_logits.float(), outputs.mask_logits.float())
 
 
 def _engine_metadata(
@@ -496,7 +501,7 @@ class OnnxTensorRTBackend(GraphBackend):
                 f'{engine_path}: engine input {engine_shape} differs from its sidecar {shape}'
             )
         names = list(outputs)
-        expected = list(NetworkOutput._fields[: len(names)])
+        expected = list(InstanceNetworkOutput._fields[: len(names)])
         if set(expected) == set(names):
             names = expected
         self._outputs = [(name, outputs[name]) for name in names]
@@ -524,7 +529,7 @@ class OnnxTensorRTBackend(GraphBackend):
             )
         return normalized.to(self.input_dtype).contiguous()
 
-    def _execute(self, images: torch.Tensor) -> NetworkOutput:
+    def _execute(self, images: torch.Tensor) -> NetworkOutput | InstanceNetworkOutput:
         results = []
         with torch.cuda.device(self.device):
             self._context.set_tensor_address(self._input_name, images.data_ptr())
@@ -535,7 +540,7 @@ class OnnxTensorRTBackend(GraphBackend):
             stream = torch.cuda.current_stream(self.device)
             if not self._context.execute_async_v3(stream.cuda_stream):
                 raise RuntimeError(f'TensorRT execution of {self.engine_path} failed')
-        return NetworkOutput(*results)
+        return network_output(*results)
 
 
 def onnx_has_low_precision(path: Path) -> bool:

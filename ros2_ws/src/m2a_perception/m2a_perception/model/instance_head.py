@@ -44,18 +44,21 @@ def centroid_positional_embedding(coords: torch.Tensor, harmonics: int) -> torch
 class CentroidInstanceHead(nn.Module):
     """(B, mask_dim, h, w) mask features -> (B, 4L, h, w) centroid embeddings.
 
-    `convs.N.{weight, bias, norm.weight, norm.bias}` 3×3 conv blocks (GroupNorm, ReLU), then the
-    linear 1×1 `projection` (no activation: the targets lie in [-1, 1], and 0 for no instance).
+    `reduce` (1×1 conv to `hidden_dim`) and `convs.N` (3×3 convs), each
+    `{weight, bias, norm.weight, norm.bias}` with GroupNorm and ReLU, then the linear 1×1
+    `projection` (no activation: the targets lie in [-1, 1], and 0 for no instance).
     """
 
     def __init__(self, config: InstanceHeadConfig, in_channels: int, num_groups: int) -> None:
         super().__init__()
         self.harmonics = config.harmonics
+        hidden = config.hidden_dim
+        self.reduce = _ConvBlock(in_channels, hidden, 1, num_groups)
         self.convs = nn.ModuleList(
-            _ConvBlock(in_channels, num_groups) for _ in range(config.num_convs)
+            _ConvBlock(hidden, hidden, 3, num_groups) for _ in range(config.num_convs)
         )
-        self.projection = nn.Conv2d(in_channels, config.embedding_dim, kernel_size=1)
-        for conv in self.convs:
+        self.projection = nn.Conv2d(hidden, config.embedding_dim, kernel_size=1)
+        for conv in (self.reduce, *self.convs):
             nn.init.kaiming_uniform_(conv.weight, a=1)
             nn.init.zeros_(conv.bias)
         # Small, so that training starts near the "no instance" code 0 everywhere.
@@ -64,18 +67,18 @@ class CentroidInstanceHead(nn.Module):
 
     def forward(self, mask_features: torch.Tensor) -> torch.Tensor:
         """mask_features: (B, C, h, w) float. Returns (B, 4L, h, w) float32 embeddings."""
-        features = mask_features
+        features = self.reduce(mask_features)
         for conv in self.convs:
             features = conv(features)
         return self.projection(features).float()
 
 
 class _ConvBlock(nn.Conv2d):
-    """3×3 convolution, GroupNorm, ReLU (the pixel decoder's conv-norm-act layout)."""
+    """Convolution (1×1 or 3×3, same size), GroupNorm, ReLU (the pixel decoder's layout)."""
 
-    def __init__(self, channels: int, num_groups: int) -> None:
-        super().__init__(channels, channels, kernel_size=3, padding=1)
-        self.norm = nn.GroupNorm(num_groups, channels)
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, num_groups: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=kernel, padding=kernel // 2)
+        self.norm = nn.GroupNorm(num_groups, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.norm(super().forward(x)))

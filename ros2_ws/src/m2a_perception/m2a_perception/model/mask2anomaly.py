@@ -16,7 +16,12 @@ from m2a_perception.model.backbone import ResNet
 from m2a_perception.model.instance_head import CentroidInstanceHead
 from m2a_perception.model.pixel_decoder import MSDeformAttnPixelDecoder
 from m2a_perception.model.transformer_decoder import MaskedTransformerDecoderGMA
-from m2a_perception.types import NetworkOutput, TrainingOutput
+from m2a_perception.types import (
+    InstanceNetworkOutput,
+    InstanceTrainingOutput,
+    NetworkOutput,
+    TrainingOutput,
+)
 
 # Input height and width must be multiples of this (the coarsest feature stride).
 SIZE_DIVISIBILITY = 32
@@ -59,7 +64,9 @@ class Mask2Anomaly(nn.Module):
         self.backbone = backbone
         self.sem_seg_head = SemSegHead(pixel_decoder, predictor, instance_head)
 
-    def forward(self, images: torch.Tensor) -> NetworkOutput | TrainingOutput:
+    def forward(
+        self, images: torch.Tensor
+    ) -> NetworkOutput | TrainingOutput | InstanceNetworkOutput | InstanceTrainingOutput:
         """Run the network on normalised, padded images.
 
         Args:
@@ -70,8 +77,9 @@ class Mask2Anomaly(nn.Module):
             In eval mode a `NetworkOutput`:
                 class_logits: (B, Q, K+1) float32, K known classes plus "no object" last.
                 mask_logits: (B, Q, H/4, W/4) float32, per-query mask logits.
-                instance_embedding: (B, 4L, H/4, W/4) float32 centroid embeddings with the
-                    instance head (`model/instance_head.py`), else None (no graph output).
+            With the instance head (`model/instance_head.py`) an `InstanceNetworkOutput` /
+            `InstanceTrainingOutput` instead, with `instance_embedding` (B, 4L, H/4, W/4)
+            float32 centroid embeddings as the last field.
             In training mode a `TrainingOutput`, additionally with `aux_class_logits`
             (L, B, Q, K+1) and `aux_mask_logits` (L, B, Q, H/4, W/4): the deep-supervision
             predictions of the learned queries alone and after decoder layers 1..L-1 (L decoder
@@ -90,11 +98,15 @@ class Mask2Anomaly(nn.Module):
         class_logits, mask_logits, aux_class, aux_mask = self.sem_seg_head.predictor(
             multi_scale_features, mask_features
         )
-        embedding = None
         if self.sem_seg_head.has_instance_head:
             embedding = self.sem_seg_head.instance_head(mask_features)
+            if not self.training:
+                return InstanceNetworkOutput(class_logits, mask_logits, embedding)
+            return InstanceTrainingOutput(
+                class_logits, mask_logits, torch.stack(aux_class), torch.stack(aux_mask), embedding
+            )
         if not self.training:
-            return NetworkOutput(class_logits, mask_logits, embedding)
+            return NetworkOutput(class_logits, mask_logits)
         return TrainingOutput(
-            class_logits, mask_logits, torch.stack(aux_class), torch.stack(aux_mask), embedding
+            class_logits, mask_logits, torch.stack(aux_class), torch.stack(aux_mask)
         )

@@ -225,7 +225,7 @@ def postprocess(
             `anomaly_inference.py` lines 184-187). Semantic labels and panoptic segments come from
             the plain pass.
         instance_embedding: (4L, h, w) or (1, 4L, h, w) centroid embeddings of the plain pass
-            (`NetworkOutput.instance_embedding`); needed by `mining_split: centroid_head`,
+            (`InstanceNetworkOutput.instance_embedding`); needed by `mining_split: centroid_head`,
             ignored otherwise.
 
     Returns:

@@ -282,7 +282,7 @@ def check_instance_head(config: PostprocessConfig, has_instance_head: bool) -> N
     Args:
         config: post-processing configuration.
         has_instance_head: whether the model outputs `instance_embedding`
-            (`ModelConfig.instance_head.enabled`, or a non-None `NetworkOutput` field).
+            (`ModelConfig.instance_head.enabled`, or an `InstanceNetworkOutput` output).
     """
     needs_head = config.panoptic and config.mining and config.mining_split == CENTROID_SPLIT
     if needs_head and not has_instance_head:

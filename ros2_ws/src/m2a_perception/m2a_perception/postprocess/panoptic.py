@@ -330,7 +330,8 @@ def compute_centroid_regions(
     left (after `max_regions` centres, the rest join their nearest centre).
 
     Args:
-        embedding: (4L, h, w) float instance embeddings (`NetworkOutput.instance_embedding`).
+        embedding: (4L, h, w) float instance embeddings
+            (`InstanceNetworkOutput.instance_embedding`).
         candidates: (h, w) bool pixels to group (the mining candidates).
         grid: (rows, columns) of the decoding grid.
         radius: NMS radius in mask-resolution pixels.
