@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from m2a_perception.config import load_model_config
 from m2a_perception.metrics.panoptic import UNKNOWN_CATEGORY_ID, PanopticSegment
 from m2a_perception.postprocess import PostprocessConfig
 from m2a_training.cli.compare_options import main
@@ -39,6 +40,13 @@ def test_the_option_table_names_the_issue_options():
     assert 'backbone.freeze_at=0' in by_name['dinov2_vit_trained'].model
     assert 'RANDOM' in by_name['dinov2_vit'].note
     assert by_name['query_regions'].postprocess == ('mining_split=query_regions',)
+    assert 'instance_head.kind=centroid' in by_name['centroid_head'].model
+    assert by_name['centroid_head'].postprocess == ('mining_split=centroid_head',)
+    assert by_name['centroid_head'].recipe == by_name['panoptic_targets'].recipe
+    assert by_name['panoptic_targets'].recipe == ('data.target_mode=panoptic',)
+    # demo_centroid.yaml is the centroid row's model, written as overrides on demo.yaml.
+    centroid = build_option_model_config('demo', by_name['centroid_head'].model, 'centroid_head')
+    assert centroid['instance_head'] == load_model_config('demo_centroid').to_dict()['instance_head']
     # Every option's model config and post-processing validate on the demo model.
     for option in OPTIONS:
         config = build_option_model_config('demo', option.model, option.name)
@@ -57,6 +65,17 @@ def test_options_with_the_same_model_share_one_trained_model():
     assert [(g.name, [o.name for o in g.options]) for g in groups] == [
         ('default', ['default', 'query_regions']),
         ('kan', ['kan', 'kan_split']),
+    ]
+
+
+def test_an_option_with_its_own_recipe_is_trained_on_its_own():
+    # panoptic_targets has the default model but another recipe: never the default's model.
+    options = select_options(['default', 'panoptic_targets', 'centroid_head', 'query_regions'])
+    groups = group_by_model(options)
+    assert [(g.name, [o.name for o in g.options], g.recipe) for g in groups] == [
+        ('default', ['default', 'query_regions'], ()),
+        ('panoptic_targets', ['panoptic_targets'], ('data.target_mode=panoptic',)),
+        ('centroid_head', ['centroid_head'], ('data.target_mode=panoptic',)),
     ]
 
 

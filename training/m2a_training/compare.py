@@ -71,6 +71,13 @@ _DEMO_VIT = (
     'backbone.vit_ffn_dim=384',
     'preprocess.size_divisibility=224',
 )
+# config/model/demo_centroid.yaml as overrides on demo.yaml.
+_DEMO_CENTROID = (
+    'instance_head.kind=centroid',
+    'instance_head.harmonics=4',
+    'instance_head.hidden_dim=24',
+    'instance_head.num_convs=2',
+)
 
 
 @dataclass(frozen=True)
@@ -82,12 +89,16 @@ class ComparedOption:
         model: dotted overrides on the base model config, e.g.
             'transformer_decoder.mask_embed=kan'.
         postprocess: dotted overrides on the post-processing, e.g. 'mining_split=query_regions'.
+        recipe: dotted overrides on both training stages, e.g. 'data.target_mode=panoptic' (an
+            option that needs other targets; it is trained on its own, never shared with one
+            that has the same model but the default recipe).
         note: what the row is, printed under the table (say what it is not, too).
     """
 
     name: str
     model: tuple[str, ...] = ()
     postprocess: tuple[str, ...] = ()
+    recipe: tuple[str, ...] = ()
     note: str = ''
 
 
@@ -113,6 +124,24 @@ OPTIONS: tuple[ComparedOption, ...] = (
         note=(
             'the same ViT trained from scratch (freeze_at 0), as the demo trains its ResNet: '
             "a synthetic-world comparison of the architecture, not the paper's recipe"
+        ),
+    ),
+    ComparedOption(
+        'panoptic_targets',
+        recipe=('data.target_mode=panoptic',),
+        note=(
+            'the default model trained on panoptic mask targets (one per thing instance), the '
+            "centroid head's recipe without the head: separates the head from its targets"
+        ),
+    ),
+    ComparedOption(
+        'centroid_head',
+        model=_DEMO_CENTROID,
+        recipe=('data.target_mode=panoptic',),
+        postprocess=('mining_split=centroid_head',),
+        note=(
+            'class-agnostic centroid instance head (seed 004, config/model/demo_centroid.yaml) '
+            'on panoptic targets; unknown components split by the predicted centroids'
         ),
     ),
     ComparedOption(
@@ -156,11 +185,13 @@ class ComparisonSettings:
 
 @dataclass(frozen=True)
 class ModelGroup:
-    """Options that share one trained model (same model overrides); named by its first."""
+    """Options that share one trained model (same model and recipe overrides); named by its
+    first."""
 
     name: str
     model: tuple[str, ...]
     options: tuple[ComparedOption, ...]
+    recipe: tuple[str, ...] = ()
 
 
 def select_options(names: Sequence[str] | None) -> list[ComparedOption]:
@@ -181,12 +212,14 @@ def select_options(names: Sequence[str] | None) -> list[ComparedOption]:
 
 
 def group_by_model(options: Sequence[ComparedOption]) -> list[ModelGroup]:
-    """Group options by their model overrides (order-insensitive), in first-seen order."""
-    groups: dict[tuple[str, ...], list[ComparedOption]] = {}
+    """Group options by their model and recipe overrides (order-insensitive), in first-seen
+    order."""
+    groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[ComparedOption]] = {}
     for option in options:
-        groups.setdefault(tuple(sorted(option.model)), []).append(option)
+        key = (tuple(sorted(option.model)), tuple(sorted(option.recipe)))
+        groups.setdefault(key, []).append(option)
     return [
-        ModelGroup(members[0].name, members[0].model, tuple(members))
+        ModelGroup(members[0].name, members[0].model, tuple(members), members[0].recipe)
         for members in groups.values()
     ]
 
@@ -316,7 +349,7 @@ def train_group(
     atomic_write(
         model_file, lambda tmp: tmp.write_text(yaml.safe_dump(model_data, sort_keys=False))
     )
-    shared = [f'data.root={settings.out / WORLD_DIR}', *settings.recipe_overrides]
+    shared = [f'data.root={settings.out / WORLD_DIR}', *settings.recipe_overrides, *group.recipe]
     configs, summaries = [], []
     for index, recipe_name in enumerate(STAGE_RECIPES):
         recipe = settings.recipes / recipe_name
@@ -382,6 +415,7 @@ def run_comparison(
         timing[f'train/{group.name}'] = round(time.perf_counter() - group_started, 1)
         trained[group.name] = {
             'model_overrides': list(group.model),
+            'recipe_overrides': list(group.recipe),
             'checkpoint': str(result.checkpoint),
             'iterations': {'stage1': result.iterations[0], 'stage2': result.iterations[1]},
             'seeds': {'stage1': result.seeds[0], 'stage2': result.seeds[1]},
@@ -396,6 +430,7 @@ def run_comparison(
                 'name': option.name,
                 'model_overrides': list(option.model),
                 'postprocess_overrides': list(option.postprocess),
+                'recipe_overrides': list(option.recipe),
                 'trained_as': group.name,
                 'note': option.note,
                 'parameters': sum(p.numel() for p in model.parameters()),

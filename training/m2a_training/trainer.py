@@ -217,6 +217,11 @@ class Trainer:
                 f'model has {self.model_config.num_classes} classes, loss.num_classes is '
                 f'{config.loss.num_classes}'
             )
+        if self.model_config.instance_head.enabled and config.data.target_mode != 'panoptic':
+            raise ConfigError(
+                "the model's instance head (instance_head.kind: centroid) learns from one mask "
+                f'per instance; set data.target_mode: panoptic (got {config.data.target_mode!r})'
+            )
         frozen = freeze_unused_parameters(self.model)
         self.model.to(self.device)
         self.optimizer = build_optimizer(

@@ -12,6 +12,11 @@ targets (`matcher.py`), then:
   regulariser (L1 of the spline weights plus their entropy) over the model's parameters, once
   per step, weighted by `kan_regularization_weight`. A model without KAN layers (the default
   MLP head) gets no such term, so its total is unchanged.
+- `loss_centroid`, `loss_centroid_tv`, `loss_centroid_dice` (only for a model with the
+  class-agnostic instance head, `instance_head.kind: centroid`): seed 004's centroid
+  positional-embedding loss with edge distance sampling, total variation and generalised Dice
+  (`instance.py`), on the final output once per step, weighted by `centroid_weight`,
+  `centroid_tv_weight`, `centroid_dice_weight`. Without the head there are no such terms.
 Terms are named like the official ones (`loss_ce`, then `loss_ce_0`, ... for the auxiliary
 outputs in decoder order) and the total uses weights 2 / 5 / 5 / 1 on every output.
 
@@ -21,15 +26,23 @@ Allowed dependencies: torch, scipy (through the matcher).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from m2a_perception.classes import thing_train_ids
 from m2a_perception.model.kan import kan_regularization_loss
-from m2a_perception.types import NetworkOutput, TrainingOutput
+from m2a_perception.types import (
+    InstanceNetworkOutput,
+    InstanceTrainingOutput,
+    NetworkOutput,
+    TrainingOutput,
+    instance_embedding_of,
+)
 from m2a_training.losses.contrastive import ContrastiveLossConfig, compute_mask_contrastive_loss
+from m2a_training.losses.instance import compute_instance_losses
 from m2a_training.losses.matcher import MatcherConfig, match_predictions
 from m2a_training.losses.point_sampling import sample_points, sample_uncertain_points
 from m2a_training.losses.targets import MaskTargets
@@ -51,6 +64,12 @@ class CriterionConfig:
         kan_regularization_weight: λ1 of Mask2KAN's `L_seg + λ1·L_reg` (the thesis gives no
             value; 1e-4 is the digest's starting point, seeds-digest.md §5.5).
         kan_entropy_weight: weight of the entropy term inside `L_reg` (efficient-KAN: 1).
+        centroid_weight, centroid_tv_weight, centroid_dice_weight: weights of the instance-head
+            losses (seed 004 gives none; 1 each is our starting point).
+        centroid_eds_min_weight, centroid_eds_distance: edge distance sampling w_min and D in
+            pixels of the 1/4-resolution embedding (paper: 0 and 20, at 8/14 of its input).
+        centroid_thing_ids: class ids whose target masks are instances for the head (default
+            the Cityscapes things 11..18).
     """
 
     num_classes: int = 19
@@ -65,6 +84,12 @@ class CriterionConfig:
     contrastive: ContrastiveLossConfig | None = None
     kan_regularization_weight: float = 1e-4
     kan_entropy_weight: float = 1.0
+    centroid_weight: float = 1.0
+    centroid_tv_weight: float = 1.0
+    centroid_dice_weight: float = 1.0
+    centroid_eds_min_weight: float = 0.0
+    centroid_eds_distance: float = 20.0
+    centroid_thing_ids: tuple[int, ...] = field(default_factory=thing_train_ids)
 
     def __post_init__(self) -> None:
         if self.num_classes <= 0:
@@ -78,10 +103,24 @@ class CriterionConfig:
                 self.dice_weight,
                 self.kan_regularization_weight,
                 self.kan_entropy_weight,
+                self.centroid_weight,
+                self.centroid_tv_weight,
+                self.centroid_dice_weight,
             )
             < 0
         ):
             raise ValueError('loss weights must be non-negative')
+        if not 0.0 <= self.centroid_eds_min_weight <= 1.0:
+            raise ValueError(
+                f'centroid_eds_min_weight must be in [0, 1], got {self.centroid_eds_min_weight}'
+            )
+        if not self.centroid_eds_distance > 0:
+            raise ValueError(
+                f'centroid_eds_distance must be positive, got {self.centroid_eds_distance}'
+            )
+        object.__setattr__(
+            self, 'centroid_thing_ids', tuple(int(i) for i in self.centroid_thing_ids)
+        )
         if self.num_points <= 0 or self.oversample_ratio < 1.0:
             raise ValueError('num_points must be > 0 and oversample_ratio >= 1')
         if not 0.0 <= self.importance_sample_ratio <= 1.0:
@@ -257,7 +296,7 @@ class SetCriterion(nn.Module):
 
     def forward(
         self,
-        outputs: NetworkOutput | TrainingOutput,
+        outputs: NetworkOutput | TrainingOutput | InstanceNetworkOutput | InstanceTrainingOutput,
         targets: Sequence[MaskTargets],
         ood_masks: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -269,7 +308,8 @@ class SetCriterion(nn.Module):
             outputs: the training-mode model output (`TrainingOutput`: class_logits
                 (B, Q, K+1), mask_logits (B, Q, h, w), aux_class_logits (L, B, Q, K+1),
                 aux_mask_logits (L, B, Q, h, w)), or a `NetworkOutput` without the auxiliary
-                predictions.
+                predictions; or their `Instance*` forms (a model with the instance head), whose
+                `instance_embedding` gets the instance-head losses.
             targets: B per-image targets, masks in the padded input frame.
             ood_masks: (B, H, W) bool outlier masks of the unpadded crops; required when the
                 contrastive loss is configured.
@@ -280,7 +320,10 @@ class SetCriterion(nn.Module):
         Returns:
             The weighted total and the unweighted terms.
         """
-        if not isinstance(outputs, (NetworkOutput, TrainingOutput)):
+        if not isinstance(
+            outputs,
+            (NetworkOutput, TrainingOutput, InstanceNetworkOutput, InstanceTrainingOutput),
+        ):
             raise TypeError(
                 f'expected a NetworkOutput or TrainingOutput, got {type(outputs).__name__}'
             )
@@ -293,7 +336,9 @@ class SetCriterion(nn.Module):
         if self.config.contrastive is not None and ood_masks is None:
             raise ValueError('the contrastive loss is configured but no ood_masks were given')
         predictions = [(class_logits, mask_logits, '')]
-        if self.config.deep_supervision and isinstance(outputs, TrainingOutput):
+        if self.config.deep_supervision and isinstance(
+            outputs, (TrainingOutput, InstanceTrainingOutput)
+        ):
             aux_class, aux_mask = outputs.aux_class_logits, outputs.aux_mask_logits
             predictions += [
                 (aux_class[i], aux_mask[i], f'_{i}') for i in range(aux_class.shape[0])
@@ -331,4 +376,23 @@ class SetCriterion(nn.Module):
         if kan_loss is not None:
             terms['loss_kan_reg'] = kan_loss
             total = total + self.config.kan_regularization_weight * kan_loss
+        embedding = instance_embedding_of(outputs)
+        if embedding is not None:
+            config = self.config
+            centroid, tv, dice = compute_instance_losses(
+                embedding,
+                targets,
+                config.centroid_thing_ids,
+                min_weight=config.centroid_eds_min_weight,
+                distance=config.centroid_eds_distance,
+            )
+            terms['loss_centroid'] = centroid
+            terms['loss_centroid_tv'] = tv
+            terms['loss_centroid_dice'] = dice
+            total = (
+                total
+                + config.centroid_weight * centroid
+                + config.centroid_tv_weight * tv
+                + config.centroid_dice_weight * dice
+            )
         return LossOutput(total=total, terms=terms)

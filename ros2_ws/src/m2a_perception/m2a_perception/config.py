@@ -47,6 +47,9 @@ SIZE_LIMITS: dict[str, int] = {
     'transformer_decoder.num_layers': 32,
     'transformer_decoder.kan_grid_size': 64,
     'transformer_decoder.kan_spline_order': 8,
+    'instance_head.harmonics': 16,
+    'instance_head.num_convs': 8,
+    'instance_head.hidden_dim': 2048,
     'preprocess.short_side': 8192,
     'preprocess.max_size': 16384,
     'preprocess.size_divisibility': 1024,
@@ -225,6 +228,53 @@ class TransformerDecoderConfig:
             raise ValueError('transformer_decoder.num_feature_levels must be 3 (res3..res5)')
 
 
+# The optional class-agnostic instance head (model/instance_head.py): absent (the faithful
+# Mask2Anomaly), or the centroid positional-embedding head of the generalist panoptic paper
+# (seed 004 Section 3.3.1; seeds-digest.md §6, R10).
+INSTANCE_HEADS = ('none', 'centroid')
+
+
+@dataclass(frozen=True)
+class InstanceHeadConfig:
+    """Per-pixel class-agnostic instance embedding on the 1/4 mask features (experimental).
+
+    With `kind: none` (default) the network has no such module, no such parameters and no such
+    output. With `kind: centroid` every pixel regresses the spectral positional embedding
+    concat(γ(u), γ(v)) of its instance's centroid (4·harmonics channels; seed 004 Eq. 2-3).
+    """
+
+    kind: str = 'none'
+    # L of γ(p) = (sin 2^l πp, cos 2^l πp), l = 0..L-1; the paper's best is L = 4 (Table 4).
+    harmonics: int = 4
+    # Width of the head: a 1×1 reduction of the mask features to hidden_dim channels, then
+    # num_convs 3×3 conv + GroupNorm + ReLU blocks, then the 1×1 projection to 4L channels. Narrow
+    # on purpose: at 1/4 resolution a 3×3 conv at the full 256 channels costs ~77 GMAC per layer
+    # at 1024×2048.
+    hidden_dim: int = 64
+    num_convs: int = 2
+
+    def __post_init__(self) -> None:
+        _check_sizes('instance_head', dataclasses.asdict(self))
+        if self.kind not in INSTANCE_HEADS:
+            raise ValueError(
+                f'instance_head.kind must be one of {list(INSTANCE_HEADS)}, got {self.kind!r}'
+            )
+        if self.harmonics < 1:
+            raise ValueError(f'instance_head.harmonics must be >= 1, got {self.harmonics}')
+        if self.hidden_dim < 1:
+            raise ValueError(f'instance_head.hidden_dim must be >= 1, got {self.hidden_dim}')
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the network has the head."""
+        return self.kind != 'none'
+
+    @property
+    def embedding_dim(self) -> int:
+        """Channels of the embedding: 2L for u, then 2L for v."""
+        return 4 * self.harmonics
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """Test-time resize and normalisation (detectron2 DefaultPredictor semantics)."""
@@ -261,6 +311,7 @@ class ModelConfig:
     pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
     transformer_decoder: TransformerDecoderConfig = field(default_factory=TransformerDecoderConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    instance_head: InstanceHeadConfig = field(default_factory=InstanceHeadConfig)
 
     def __post_init__(self) -> None:
         _check_sizes('', {'num_classes': self.num_classes})
@@ -270,6 +321,15 @@ class ModelConfig:
             raise ValueError('pixel_decoder.conv_dim must equal transformer_decoder.hidden_dim')
         if self.pixel_decoder.mask_dim != self.transformer_decoder.hidden_dim:
             raise ValueError('pixel_decoder.mask_dim must equal transformer_decoder.hidden_dim')
+        if (
+            self.instance_head.enabled
+            and self.instance_head.hidden_dim % self.pixel_decoder.num_groups
+        ):
+            raise ValueError(
+                'instance_head.hidden_dim must be divisible by pixel_decoder.num_groups '
+                f'({self.pixel_decoder.num_groups}, its GroupNorm groups), got '
+                f'{self.instance_head.hidden_dim}'
+            )
         if self.backbone.arch == 'dinov2_vit':
             divisor = math.lcm(self.backbone.vit_patch_size, 32)
             if self.preprocess.size_divisibility % divisor:
@@ -290,6 +350,7 @@ class ModelConfig:
             'pixel_decoder': PixelDecoderConfig,
             'transformer_decoder': TransformerDecoderConfig,
             'preprocess': PreprocessConfig,
+            'instance_head': InstanceHeadConfig,
         }
         data = dict(data)
         _reject_unknown(cls, data, 'model config')

@@ -16,14 +16,26 @@ from pathlib import Path
 import torch
 
 from m2a_perception.model import SIZE_DIVISIBILITY, Mask2Anomaly
-from m2a_perception.types import NetworkOutput
+from m2a_perception.model.instance_head import CentroidInstanceHead
+from m2a_perception.types import InstanceNetworkOutput, NetworkOutput
 from m2a_perception.weights.checkpoint import atomic_write
 
 LOGGER = logging.getLogger(__name__)
 
 INPUT_NAME = 'images'
-# The ONNX output names are the eval-mode output's field names (what the TensorRT engine binds).
+# The ONNX output names are the eval-mode output's field names (what the TensorRT engine binds):
+# these two for the default model; `output_names` gives `InstanceNetworkOutput`'s three for a
+# model with the optional instance head.
 OUTPUT_NAMES: tuple[str, ...] = NetworkOutput._fields
+
+
+def output_names(module: torch.nn.Module) -> tuple[str, ...]:
+    """The graph output names of `module` (a `Mask2Anomaly`, or a graph wrapping one)."""
+    if any(isinstance(m, CentroidInstanceHead) for m in module.modules()):
+        return InstanceNetworkOutput._fields
+    return OUTPUT_NAMES
+
+
 # Opset 18: GridSample is native (>= 16), LayerNorm is a single op (>= 17), and it avoids the
 # opset-20 GridSample mis-parse of TensorRT 10.13 (shared/reference/tensorrt.md §2.8).
 DEFAULT_OPSET = 18
@@ -56,7 +68,8 @@ def export_onnx(
     batch: int = 1,
     opset: int = DEFAULT_OPSET,
 ) -> Path:
-    """Write an ONNX file with input `images` and outputs `class_logits`, `mask_logits`.
+    """Write an ONNX file with input `images` and outputs `class_logits`, `mask_logits` (and
+    `instance_embedding` with the instance head).
 
     Uses the torch dynamo exporter on the exported program; the file is written atomically and
     checked with `onnx.checker`.
@@ -70,7 +83,8 @@ def write_onnx(
     module: torch.nn.Module, example: torch.Tensor, path: str | Path, opset: int = DEFAULT_OPSET
 ) -> Path:
     """Dynamo-export `module` at `example`'s static shape to ONNX (input `images`, outputs
-    `class_logits`, `mask_logits`), write it atomically and check it with `onnx.checker`."""
+    `class_logits`, `mask_logits`, and `instance_embedding` with the instance head), write it
+    atomically and check it with `onnx.checker`."""
     import onnx
 
     program = torch.onnx.export(
@@ -78,7 +92,7 @@ def write_onnx(
         (example,),
         dynamo=True,
         input_names=[INPUT_NAME],
-        output_names=list(OUTPUT_NAMES),
+        output_names=list(output_names(module)),
         opset_version=opset,
         verbose=False,
     )

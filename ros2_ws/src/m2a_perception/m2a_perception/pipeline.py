@@ -21,8 +21,9 @@ from m2a_perception.config import ModelConfig, PreprocessConfig
 from m2a_perception.inference import TorchBackend
 from m2a_perception.model import Mask2Anomaly
 from m2a_perception.postprocess import PostprocessConfig, postprocess, predict_with_flip
+from m2a_perception.postprocess.config import check_instance_head
 from m2a_perception.preprocess import Preprocessor, PreprocessRecord
-from m2a_perception.types import NetworkOutput, SegmentationOutput
+from m2a_perception.types import NetworkOutput, SegmentationOutput, instance_embedding_of
 from m2a_perception.weights import load_checkpoint
 
 
@@ -35,11 +36,14 @@ class Prediction:
         mask_logits: (B, Q, H/4, W/4) float32.
         flipped: the pass on the mirrored source image, as the network returned it (same
             shapes; `postprocess` flips it back at output resolution), or None.
+        instance_embedding: (B, 4L, H/4, W/4) float32 centroid embeddings of the plain pass from
+            a model with the instance head, or None.
     """
 
     class_logits: torch.Tensor
     mask_logits: torch.Tensor
     flipped: NetworkOutput | None = None
+    instance_embedding: torch.Tensor | None = None
 
 
 class Segmenter:
@@ -91,7 +95,15 @@ class Segmenter:
         postprocess_config: PostprocessConfig | None = None,
         precision: str = 'fp32',
     ) -> Segmenter:
-        """Wrap an in-memory model (tests, training-time evaluation) in a `TorchBackend`."""
+        """Wrap an in-memory model (tests, training-time evaluation) in a `TorchBackend`.
+
+        Raises:
+            ValueError: the post-processing needs the instance head (`mining_split:
+                centroid_head`) and the model has none.
+        """
+        check_instance_head(
+            postprocess_config or PostprocessConfig(), config.instance_head.enabled
+        )
         backend = TorchBackend(model, device, precision)
         return cls(backend, config.preprocess, postprocess_config)
 
@@ -124,9 +136,13 @@ class Segmenter:
                 if record is None:
                     raise ValueError('the flipped pass needs the pre-processing record')
                 plain, flipped = predict_with_flip(self.backend, images, record)
-                return Prediction(plain.class_logits, plain.mask_logits, flipped)
+                return Prediction(
+                    plain.class_logits, plain.mask_logits, flipped, instance_embedding_of(plain)
+                )
             outputs = self.backend(images)
-            return Prediction(outputs.class_logits, outputs.mask_logits)
+            return Prediction(
+                outputs.class_logits, outputs.mask_logits, None, instance_embedding_of(outputs)
+            )
 
     def postprocess(
         self,
@@ -142,6 +158,7 @@ class Segmenter:
             flipped = NetworkOutput(
                 prediction.flipped.class_logits[index], prediction.flipped.mask_logits[index]
             )
+        embedding = prediction.instance_embedding
         with torch.inference_mode():
             return postprocess(
                 prediction.class_logits[index],
@@ -149,6 +166,7 @@ class Segmenter:
                 record,
                 config or self.postprocess_config,
                 flipped,
+                instance_embedding=None if embedding is None else embedding[index],
             )
 
     def __call__(self, image: np.ndarray) -> SegmentationOutput:

@@ -17,7 +17,8 @@ class NetworkOutput(NamedTuple):
 
     A NamedTuple, so it flattens in `torch.export` and ONNX: the exported graph's outputs are
     the fields in this order, and their ONNX names are the field names
-    (`m2a_perception.export.OUTPUT_NAMES`).
+    (`m2a_perception.export.OUTPUT_NAMES`). A model with the optional instance head returns an
+    `InstanceNetworkOutput` instead, with a third output.
 
     Attributes:
         class_logits: (B, Q, K+1), K known classes plus "no object" last.
@@ -26,6 +27,37 @@ class NetworkOutput(NamedTuple):
 
     class_logits: torch.Tensor
     mask_logits: torch.Tensor
+
+
+class InstanceNetworkOutput(NamedTuple):
+    """`NetworkOutput` of a model with the optional class-agnostic instance head
+    (`ModelConfig.instance_head`, model/instance_head.py): one more graph output, named
+    `instance_embedding`. A model without the head returns `NetworkOutput` exactly as before.
+
+    Attributes:
+        class_logits: (B, Q, K+1), as in `NetworkOutput`.
+        mask_logits: (B, Q, H/4, W/4), as in `NetworkOutput`.
+        instance_embedding: (B, 4L, H/4, W/4) per-pixel centroid embeddings
+            concat(γ(u), γ(v)) (seed 004 Section 3.3.1).
+    """
+
+    class_logits: torch.Tensor
+    mask_logits: torch.Tensor
+    instance_embedding: torch.Tensor
+
+
+def network_output(*tensors: torch.Tensor) -> NetworkOutput | InstanceNetworkOutput:
+    """The typed eval-mode output from a graph's outputs in order (2, or 3 with the head)."""
+    if len(tensors) == 2:
+        return NetworkOutput(*tensors)
+    if len(tensors) == 3:
+        return InstanceNetworkOutput(*tensors)
+    raise ValueError(f'a network has 2 or 3 outputs, got {len(tensors)}')
+
+
+def instance_embedding_of(outputs: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+    """The `instance_embedding` of a model output, or None for a model without the head."""
+    return getattr(outputs, 'instance_embedding', None)
 
 
 class TrainingOutput(NamedTuple):
@@ -43,6 +75,18 @@ class TrainingOutput(NamedTuple):
     mask_logits: torch.Tensor
     aux_class_logits: torch.Tensor
     aux_mask_logits: torch.Tensor
+
+
+class InstanceTrainingOutput(NamedTuple):
+    """`TrainingOutput` of a model with the instance head; `instance_embedding` (B, 4L, H/4, W/4)
+    as in `InstanceNetworkOutput` (the final prediction only: the head has no deep supervision).
+    """
+
+    class_logits: torch.Tensor
+    mask_logits: torch.Tensor
+    aux_class_logits: torch.Tensor
+    aux_mask_logits: torch.Tensor
+    instance_embedding: torch.Tensor
 
 
 class SegmentKind(str, enum.Enum):

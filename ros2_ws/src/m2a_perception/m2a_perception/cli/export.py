@@ -26,7 +26,6 @@ from m2a_perception.export import DEFAULT_OPSET, example_input, export_onnx
 from m2a_perception.inference.onnxruntime_backend import OnnxRuntimeBackend
 from m2a_perception.logs import setup_logging
 from m2a_perception.model.ms_deform_attn import set_deform_sampling
-from m2a_perception.types import NetworkOutput
 from m2a_perception.weights.checkpoint import CheckpointError, load_checkpoint
 
 
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         expected = model(images)
     actual = OnnxRuntimeBackend(path)(images)
-    for name in NetworkOutput._fields:
+    for name in expected._fields:
         diff = (getattr(expected, name) - getattr(actual, name)).abs().max().item()
         print(f'onnxruntime vs eager {name}: max abs diff {diff:.3g}')
     return 0

@@ -18,7 +18,8 @@ The FP16 recipe (`fp16-islands`):
   and the attention masks are all FP32. Only FFN hidden activations (`linear1`, before a ReLU)
   stay FP16;
 - the class head (`class_embed`), the mask-embedding MLP (`mask_embed`), the per-pixel
-  `mask_features` projection and the mask product (einsum) are FP32 end to end;
+  `mask_features` projection, the mask product (einsum) and the optional instance head
+  (`instance_head`) are FP32 end to end;
 - outputs are FP32.
 
 Both recipes sample the deformable attention with `gather` (`DEPLOY_DEFORM_SAMPLING`), whatever
@@ -54,6 +55,7 @@ from m2a_perception.model.backbone import FrozenBatchNorm2d
 from m2a_perception.model.ms_deform_attn import set_deform_sampling
 from m2a_perception.model.pixel_decoder import ConvGroupNorm
 from m2a_perception.model.vit import ViTBackbone
+from m2a_perception.types import instance_embedding_of
 
 # The MSDeformAttn sampler of every deploy (TensorRT) graph: no GridSample op (module docstring).
 DEPLOY_DEFORM_SAMPLING = GATHER
@@ -63,6 +65,9 @@ FP32_MODULES = (
     'sem_seg_head.predictor.class_embed',
     'sem_seg_head.predictor.mask_embed',
     'sem_seg_head.pixel_decoder.mask_features',
+    # The optional centroid instance head (absent by default): a few convolutions on the FP32
+    # mask features whose output is decoded by nearest-neighbour search on a fine grid.
+    'sem_seg_head.instance_head',
     # Unused in forward (kept for checkpoint compatibility); casting it would only cost time.
     'fusion_layer',
 )
@@ -324,13 +329,14 @@ class InferenceGraph(nn.Module):
             'pixel_std', torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1)
         )
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Args:
             images: (B, 3, H, W) uint8 RGB, already resized and padded to the engine's static
                 size (H, W multiples of 32).
 
         Returns:
-            class_logits (B, Q, K+1) and mask_logits (B, Q, H/4, W/4), float32.
+            class_logits (B, Q, K+1) and mask_logits (B, Q, H/4, W/4), float32; then
+            instance_embedding (B, 4L, H/4, W/4) float32 for a network with the instance head.
         """
         if images.dtype != torch.uint8:
             raise ValueError(f'InferenceGraph takes uint8 images, got {images.dtype}')
@@ -347,7 +353,10 @@ class InferenceGraph(nn.Module):
         outputs = self.network(normalized.to(self.compute_dtype))
         # A plain tuple, not the NetworkOutput: this graph is what `.ep` engines serialise, and
         # `torch.export.save` refuses NamedTuple types not registered with torch's pytree.
-        return outputs.class_logits.float(), outputs.mask_logits.float()
+        embedding = instance_embedding_of(outputs)
+        if embedding is None:
+            return outputs.class_logits.float(), outputs.mask_logits.float()
+        return outputs.class_logits.float(), outputs.mask_logits.float(), embedding.float()
 
 
 def build_inference_graph(

@@ -42,7 +42,12 @@ from m2a_perception.deploy.cache import (
     read_sidecar,
     sidecar_key,
 )
-from m2a_perception.types import NetworkOutput
+from m2a_perception.types import (
+    InstanceNetworkOutput,
+    NetworkOutput,
+    instance_embedding_of,
+    network_output,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -182,12 +187,17 @@ class GraphBackend:
         restored = images.float() * self._std.view(1, 3, 1, 1) + self._mean.view(1, 3, 1, 1)
         return restored.round_().clamp_(0, 255).to(torch.uint8).contiguous()
 
-    def run(self, images: torch.Tensor) -> NetworkOutput:
-        return NetworkOutput(*self.module(images))
+    def run(self, images: torch.Tensor) -> NetworkOutput | InstanceNetworkOutput:
+        return network_output(*self.module(images))
 
-    def __call__(self, images: torch.Tensor) -> NetworkOutput:
+    def __call__(self, images: torch.Tensor) -> NetworkOutput | InstanceNetworkOutput:
         with torch.inference_mode():
             outputs = self.run(self.prepare(images))
+        embedding = instance_embedding_of(outputs)
+        if embedding is not None:
+            return InstanceNetworkOutput(
+                outputs.class_logits.float(), outputs.mask_logits.float(), embedding.float()
+            )
         return NetworkOutput(outputs.class_logits.float(), outputs.mask_logits.float())
 
 
@@ -479,9 +489,10 @@ class OnnxTensorRTBackend(GraphBackend):
                 inputs.append((name, spec))
             else:
                 outputs[name] = spec
-        if len(inputs) != 1 or len(outputs) != 2:
+        # Two outputs, or three for a model with the instance head (`instance_embedding`).
+        if len(inputs) != 1 or len(outputs) not in (2, 3):
             raise EngineCorruptError(
-                f'{engine_path}: expected 1 input and 2 outputs, found {len(inputs)} and '
+                f'{engine_path}: expected 1 input and 2 or 3 outputs, found {len(inputs)} and '
                 f'{len(outputs)}'
             )
         self._input_name, (engine_shape, self.input_dtype) = inputs[0]
@@ -490,8 +501,9 @@ class OnnxTensorRTBackend(GraphBackend):
                 f'{engine_path}: engine input {engine_shape} differs from its sidecar {shape}'
             )
         names = list(outputs)
-        if set(NetworkOutput._fields) <= set(names):
-            names = list(NetworkOutput._fields)
+        expected = list(InstanceNetworkOutput._fields[: len(names)])
+        if set(expected) == set(names):
+            names = expected
         self._outputs = [(name, outputs[name]) for name in names]
         super().__init__(self._execute, device, shape, mean, std, name='tensorrt-onnx')  # type: ignore[arg-type]
         self.engine_path = engine_path
@@ -517,7 +529,7 @@ class OnnxTensorRTBackend(GraphBackend):
             )
         return normalized.to(self.input_dtype).contiguous()
 
-    def _execute(self, images: torch.Tensor) -> NetworkOutput:
+    def _execute(self, images: torch.Tensor) -> NetworkOutput | InstanceNetworkOutput:
         results = []
         with torch.cuda.device(self.device):
             self._context.set_tensor_address(self._input_name, images.data_ptr())
@@ -528,7 +540,7 @@ class OnnxTensorRTBackend(GraphBackend):
             stream = torch.cuda.current_stream(self.device)
             if not self._context.execute_async_v3(stream.cuda_stream):
                 raise RuntimeError(f'TensorRT execution of {self.engine_path} failed')
-        return NetworkOutput(*results)
+        return network_output(*results)
 
 
 def onnx_has_low_precision(path: Path) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from m2a_perception.types import NetworkOutput
+from m2a_perception.types import InstanceNetworkOutput, NetworkOutput, network_output
 
 
 class OnnxRuntimeBackend:
@@ -28,7 +28,7 @@ class OnnxRuntimeBackend:
         self.name = 'onnxruntime'
         self.device = torch.device('cpu')
 
-    def __call__(self, images: torch.Tensor) -> NetworkOutput:
+    def __call__(self, images: torch.Tensor) -> NetworkOutput | InstanceNetworkOutput:
         if tuple(images.shape) != self.input_shape:
             raise ValueError(
                 f'{self.path.name} was exported for input {self.input_shape}, '
@@ -36,4 +36,4 @@ class OnnxRuntimeBackend:
             )
         feed = {self.input_name: np.ascontiguousarray(images.detach().cpu().numpy(), np.float32)}
         results = self.session.run(self.output_names, feed)
-        return NetworkOutput(*(torch.from_numpy(result) for result in results))
+        return network_output(*(torch.from_numpy(result) for result in results))

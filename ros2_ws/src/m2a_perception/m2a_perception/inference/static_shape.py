@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from m2a_perception.preprocess import pad_uint8
-from m2a_perception.types import NetworkOutput
+from m2a_perception.types import InstanceNetworkOutput, NetworkOutput, instance_embedding_of
 
 LOGGER = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class StaticShapeBackend:
         self.input_dtype = getattr(backend, 'input_dtype', torch.float32)
         self._warned = False
 
-    def __call__(self, images: torch.Tensor) -> NetworkOutput:
+    def __call__(self, images: torch.Tensor) -> NetworkOutput | InstanceNetworkOutput:
         batch, channels, height, width = images.shape
         engine_batch, engine_channels, engine_height, engine_width = self.input_shape
         if (batch, channels) != (engine_batch, engine_channels):
@@ -77,7 +77,12 @@ class StaticShapeBackend:
         else:
             padded = F.pad(images, (0, engine_width - width, 0, engine_height - height))
         outputs = self.backend(padded)  # type: ignore[operator]
-        return NetworkOutput(
-            outputs.class_logits,
-            outputs.mask_logits[..., : height // MASK_STRIDE, : width // MASK_STRIDE],
-        )
+        masks = outputs.mask_logits[..., : height // MASK_STRIDE, : width // MASK_STRIDE]
+        embedding = instance_embedding_of(outputs)
+        if embedding is not None:
+            return InstanceNetworkOutput(
+                outputs.class_logits,
+                masks,
+                embedding[..., : height // MASK_STRIDE, : width // MASK_STRIDE],
+            )
+        return NetworkOutput(outputs.class_logits, masks)

@@ -6,7 +6,7 @@ import torch
 
 from m2a_perception.inference.backend import PRECISIONS
 from m2a_perception.model import Mask2Anomaly
-from m2a_perception.types import NetworkOutput
+from m2a_perception.types import InstanceNetworkOutput, NetworkOutput, instance_embedding_of
 
 _AUTOCAST_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 
@@ -45,9 +45,14 @@ class TorchBackend:
         self._run = torch.compile(self.model, mode=mode) if compile else self.model
 
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor) -> NetworkOutput:
+    def __call__(self, images: torch.Tensor) -> NetworkOutput | InstanceNetworkOutput:
         images = images.to(self.device, non_blocking=True)
         dtype = _AUTOCAST_DTYPES.get(self.precision)
         with torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None):
             outputs = self._run(images)
+        embedding = instance_embedding_of(outputs)
+        if embedding is not None:
+            return InstanceNetworkOutput(
+                outputs.class_logits.float(), outputs.mask_logits.float(), embedding.float()
+            )
         return NetworkOutput(outputs.class_logits.float(), outputs.mask_logits.float())

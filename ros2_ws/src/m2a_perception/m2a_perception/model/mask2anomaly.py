@@ -13,23 +13,40 @@ import torch
 from torch import nn
 
 from m2a_perception.model.backbone import ResNet
+from m2a_perception.model.instance_head import CentroidInstanceHead
 from m2a_perception.model.pixel_decoder import MSDeformAttnPixelDecoder
 from m2a_perception.model.transformer_decoder import MaskedTransformerDecoderGMA
-from m2a_perception.types import NetworkOutput, TrainingOutput
+from m2a_perception.types import (
+    InstanceNetworkOutput,
+    InstanceTrainingOutput,
+    NetworkOutput,
+    TrainingOutput,
+)
 
 # Input height and width must be multiples of this (the coarsest feature stride).
 SIZE_DIVISIBILITY = 32
 
 
 class SemSegHead(nn.Module):
-    """Holds the pixel decoder and the transformer decoder under the official names."""
+    """Holds the pixel decoder and the transformer decoder under the official names, and the
+    optional instance head as `instance_head` (not registered at all when absent, so the default
+    state dict has exactly the official keys)."""
 
     def __init__(
-        self, pixel_decoder: MSDeformAttnPixelDecoder, predictor: MaskedTransformerDecoderGMA
+        self,
+        pixel_decoder: MSDeformAttnPixelDecoder,
+        predictor: MaskedTransformerDecoderGMA,
+        instance_head: CentroidInstanceHead | None = None,
     ) -> None:
         super().__init__()
         self.pixel_decoder = pixel_decoder
         self.predictor = predictor
+        if instance_head is not None:
+            self.instance_head = instance_head
+
+    @property
+    def has_instance_head(self) -> bool:
+        return 'instance_head' in self._modules
 
 
 class Mask2Anomaly(nn.Module):
@@ -41,12 +58,15 @@ class Mask2Anomaly(nn.Module):
         backbone: ResNet,
         pixel_decoder: MSDeformAttnPixelDecoder,
         predictor: MaskedTransformerDecoderGMA,
+        instance_head: CentroidInstanceHead | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.sem_seg_head = SemSegHead(pixel_decoder, predictor)
+        self.sem_seg_head = SemSegHead(pixel_decoder, predictor, instance_head)
 
-    def forward(self, images: torch.Tensor) -> NetworkOutput | TrainingOutput:
+    def forward(
+        self, images: torch.Tensor
+    ) -> NetworkOutput | TrainingOutput | InstanceNetworkOutput | InstanceTrainingOutput:
         """Run the network on normalised, padded images.
 
         Args:
@@ -57,6 +77,9 @@ class Mask2Anomaly(nn.Module):
             In eval mode a `NetworkOutput`:
                 class_logits: (B, Q, K+1) float32, K known classes plus "no object" last.
                 mask_logits: (B, Q, H/4, W/4) float32, per-query mask logits.
+            With the instance head (`model/instance_head.py`) an `InstanceNetworkOutput` /
+            `InstanceTrainingOutput` instead, with `instance_embedding` (B, 4L, H/4, W/4)
+            float32 centroid embeddings as the last field.
             In training mode a `TrainingOutput`, additionally with `aux_class_logits`
             (L, B, Q, K+1) and `aux_mask_logits` (L, B, Q, H/4, W/4): the deep-supervision
             predictions of the learned queries alone and after decoder layers 1..L-1 (L decoder
@@ -75,6 +98,13 @@ class Mask2Anomaly(nn.Module):
         class_logits, mask_logits, aux_class, aux_mask = self.sem_seg_head.predictor(
             multi_scale_features, mask_features
         )
+        if self.sem_seg_head.has_instance_head:
+            embedding = self.sem_seg_head.instance_head(mask_features)
+            if not self.training:
+                return InstanceNetworkOutput(class_logits, mask_logits, embedding)
+            return InstanceTrainingOutput(
+                class_logits, mask_logits, torch.stack(aux_class), torch.stack(aux_mask), embedding
+            )
         if not self.training:
             return NetworkOutput(class_logits, mask_logits)
         return TrainingOutput(

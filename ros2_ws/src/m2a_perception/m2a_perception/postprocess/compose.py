@@ -28,9 +28,14 @@ from m2a_perception.postprocess.anomaly import (
     default_refinement_class_ids,
     scorer_floor,
 )
-from m2a_perception.postprocess.config import PostprocessConfig
+from m2a_perception.postprocess.config import (
+    CENTROID_SPLIT,
+    PostprocessConfig,
+    check_instance_head,
+)
 from m2a_perception.postprocess.panoptic import (
     compute_background_map,
+    compute_centroid_regions,
     compute_known_panoptic,
     mine_unknown_instances,
 )
@@ -203,6 +208,8 @@ def postprocess(
     record: PreprocessRecord,
     config: PostprocessConfig | None = None,
     flipped: NetworkOutput | None = None,
+    *,
+    instance_embedding: torch.Tensor | None = None,
 ) -> SegmentationOutput:
     """Open-set outputs of one image from its logits.
 
@@ -217,16 +224,30 @@ def postprocess(
             resolution, flipped back there and averaged with the plain pass's (official
             `anomaly_inference.py` lines 184-187). Semantic labels and panoptic segments come from
             the plain pass.
+        instance_embedding: (4L, h, w) or (1, 4L, h, w) centroid embeddings of the plain pass
+            (`InstanceNetworkOutput.instance_embedding`); needed by `mining_split: centroid_head`,
+            ignored otherwise.
 
     Returns:
         A `SegmentationOutput` on the logits' device.
 
     Raises:
-        ValueError: on bad shapes, `config.flip` without `flipped`, or class ids that do not fit
-            the number of classes.
+        ValueError: on bad shapes, `config.flip` without `flipped`, `mining_split:
+            centroid_head` without `instance_embedding`, or class ids that do not fit the number
+            of classes.
     """
     config = config or PostprocessConfig()
     class_logits, mask_logits = _single_image(class_logits, mask_logits)
+    check_instance_head(config, instance_embedding is not None)
+    if instance_embedding is not None and instance_embedding.dim() == 4:
+        instance_embedding = instance_embedding[0]
+    if instance_embedding is not None and (
+        instance_embedding.dim() != 3 or instance_embedding.shape[1:] != mask_logits.shape[1:]
+    ):
+        raise ValueError(
+            'instance_embedding must be (4L, h, w) with the mask size '
+            f'{tuple(mask_logits.shape[1:])}, got {tuple(instance_embedding.shape)}'
+        )
     num_known = class_logits.shape[1] - 1
     if config.flip and flipped is None:
         raise ValueError(
@@ -275,7 +296,7 @@ def postprocess(
             # Mining works at mask resolution on the plain pass.
             anomaly = compute_anomaly_map(class_scores, class_probs, mask_probs, config)
         id_map, kinds, class_ids, class_scores_table = _compute_panoptic_ids(
-            class_probs, mask_probs, anomaly, config
+            class_probs, mask_probs, anomaly, config, instance_embedding
         )
         id_map_out = resize_to_output(id_map[None], record, resolution, 'nearest')[0]
         panoptic, segments = _build_segments(
@@ -327,8 +348,12 @@ def _compute_panoptic_ids(
     mask_probs: torch.Tensor,
     anomaly: torch.Tensor | None,
     config: PostprocessConfig,
+    instance_embedding: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Known segments plus mined unknown things at mask resolution.
+
+    `instance_embedding` (4L, h, w) is the instance head's output, used by `mining_split:
+    centroid_head`.
 
     Returns:
         id_map (h, w) int64 and per-id tables kinds (S+1,) int64, class ids (S+1,) int64 and
@@ -358,9 +383,19 @@ def _compute_panoptic_ids(
             raise ValueError("mining_map 'anomaly' needs the mask-resolution anomaly map")
         mining_map = anomaly
     regions = None
+    num_regions = None
     if config.mining_split == 'query_regions':
         validity = compute_query_validity(class_probs, config.scf_validity)
         regions = compute_soft_regions(mask_probs, validity)
+    elif config.mining_split == CENTROID_SPLIT:
+        if instance_embedding is None:
+            raise ValueError("mining_split 'centroid_head' needs the instance embedding")
+        regions, num_regions = compute_centroid_regions(
+            instance_embedding,
+            mining_map >= config.mining_threshold,
+            config.centroid_grid,
+            config.centroid_radius,
+        )
     unknown = mine_unknown_instances(
         mining_map,
         class_probs,
@@ -377,6 +412,7 @@ def _compute_panoptic_ids(
         cc_iterations=config.mining_cc_iterations,
         regions=regions,
         split_min_fraction=config.mining_split_min_fraction,
+        num_regions=num_regions,
     )
     if unknown.num_instances == 0:
         return id_map, kinds, class_ids, scores

@@ -31,7 +31,9 @@ SCORING_PROTOCOLS = ('official', 'node')
 LABEL_UPSAMPLING = ('nearest', 'bilinear')
 MINING_MAPS = ('background', 'anomaly')
 CC_BACKENDS = ('opencv', 'iterative')
-MINING_SPLITS = ('components', 'query_regions')
+MINING_SPLITS = ('components', 'query_regions', 'centroid_head')
+# The split that needs the model's optional class-agnostic instance head (`instance_embedding`).
+CENTROID_SPLIT = 'centroid_head'
 
 
 @dataclass(frozen=True)
@@ -98,9 +100,16 @@ class PostprocessConfig:
         mining_cc_backend: 'opencv' (exact) or 'iterative' (max-pool label propagation run for
             `mining_cc_iterations` steps, the behaviour the paper's iteration count suggests).
         mining_split: 'components' (paper) or 'query_regions' (CSL: split each component by the
-            soft-assignment query region).
-        mining_split_min_fraction: with 'query_regions', pieces smaller than this fraction of
-            their component are merged into the component's largest piece.
+            soft-assignment query region) or 'centroid_head' (split each component by the
+            centroids the model's class-agnostic instance head predicts, seed 004 Section 3.3.1;
+            needs a model with `instance_head.kind: centroid`).
+        mining_split_min_fraction: with 'query_regions' or 'centroid_head', pieces smaller than
+            this fraction of their component are merged into the component's largest piece.
+        centroid_grid: (rows, columns) of the discrete centroid grid the embeddings are decoded
+            on by nearest-neighbour search (seed 004 uses 160×320 for Cityscapes).
+        centroid_radius: with 'centroid_head', pixels whose decoded centroid lies within this
+            many mask-resolution pixels of a chosen centroid join its instance (the NMS radius;
+            our choice, the paper gives Painter's NMS without numbers).
     """
 
     scorer: str = 'mask2anomaly'
@@ -139,6 +148,8 @@ class PostprocessConfig:
     mining_cc_iterations: int = 500
     mining_split: str = 'components'
     mining_split_min_fraction: float = 0.1
+    centroid_grid: tuple[int, int] = (160, 320)
+    centroid_radius: float = 4.0
 
     def __post_init__(self) -> None:
         _check_choice('scorer', self.scorer, SCORERS)
@@ -186,6 +197,18 @@ class PostprocessConfig:
             )
         if self.mining_connectivity not in (4, 8):
             raise ValueError(f'mining_connectivity must be 4 or 8, got {self.mining_connectivity}')
+        grid = tuple(self.centroid_grid)
+        if len(grid) != 2 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in grid
+        ):
+            raise ValueError(
+                f'centroid_grid must be two integers (rows, columns) in [1, 4096], got {grid}'
+            )
+        object.__setattr__(self, 'centroid_grid', grid)
+        if not (math.isfinite(self.centroid_radius) and self.centroid_radius >= 0):
+            raise ValueError(
+                f'centroid_radius must be finite and >= 0, got {self.centroid_radius}'
+            )
         if self.mining_cc_iterations < 1:
             raise ValueError(f'mining_cc_iterations must be >= 1, got {self.mining_cc_iterations}')
         object.__setattr__(
@@ -251,3 +274,20 @@ def _id_tuple(name: str, values: Any) -> tuple[int, ...]:
     if any(i < 0 for i in ids) or len(set(ids)) != len(ids):
         raise ValueError(f'{name} must hold distinct non-negative class ids, got {ids}')
     return ids
+
+
+def check_instance_head(config: PostprocessConfig, has_instance_head: bool) -> None:
+    """Raise ValueError if `config` needs the model's instance head and the model has none.
+
+    Args:
+        config: post-processing configuration.
+        has_instance_head: whether the model outputs `instance_embedding`
+            (`ModelConfig.instance_head.enabled`, or an `InstanceNetworkOutput` output).
+    """
+    needs_head = config.panoptic and config.mining and config.mining_split == CENTROID_SPLIT
+    if needs_head and not has_instance_head:
+        raise ValueError(
+            "mining_split 'centroid_head' needs a model with the class-agnostic instance "
+            'head (model config instance_head.kind: centroid); this model has none, so '
+            "choose mining_split 'components' or 'query_regions'"
+        )

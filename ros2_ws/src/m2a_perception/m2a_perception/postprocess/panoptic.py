@@ -16,7 +16,8 @@ Unknown instances (paper Section 6.3; the paper leaves thresholds open, ours are
 1. background map B = 1 - max over known queries of max_k P_qk * sigmoid(m_q) (Eq. 15), or the
    anomaly map;
 2. candidates = connected components of map >= threshold (OpenCV, or iterative propagation), at
-   least `min_area` pixels; optionally split by CSL query regions;
+   least `min_area` pixels; optionally split by CSL query regions, or by the centroids of the
+   optional class-agnostic instance head (`compute_centroid_regions`, seed 004 Section 3.3.1);
 3. IoU of every candidate with every binarised query mask; the best query must reach the IoU
    threshold ("significant overlap");
 4. that query's class distribution is renormalised over stuff classes and over thing classes; the
@@ -35,6 +36,8 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from m2a_perception.model.instance_head import centroid_positional_embedding
 
 
 @dataclass(frozen=True)
@@ -284,6 +287,96 @@ def split_by_regions(
     return relabelled, int(used.numel()) - 1
 
 
+def decode_centroids(embedding: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Nearest centroid on a discrete (rows, columns) grid for each embedding (seed 004 §3.3.1).
+
+    The embedding is concat(γ(u), γ(v)), so the squared distance to the code of grid point
+    (row, column) is the distance of the u half to γ(u_column) plus that of the v half to
+    γ(v_row): the nearest grid point is the nearest column and the nearest row, searched
+    separately (columns + rows codes instead of columns × rows).
+
+    Args:
+        embedding: (P, 4L) float predicted embeddings.
+        grid: (rows, columns); grid points sit at cell centres of [-1, 1]².
+
+    Returns:
+        (P, 2) float32 decoded (u, v) in [-1, 1].
+    """
+    if embedding.dim() != 2 or embedding.shape[1] % 4:
+        raise ValueError(f'embedding must be (P, 4L), got {tuple(embedding.shape)}')
+    harmonics = embedding.shape[1] // 4
+    decoded = []
+    for half, cells in zip(embedding.float().split(2 * harmonics, dim=1), grid[::-1], strict=True):
+        centres = torch.arange(cells, device=embedding.device, dtype=torch.float32) + 0.5
+        centres = centres / cells * 2.0 - 1.0
+        codes = centroid_positional_embedding(centres[:, None], harmonics)  # (cells, 2L)
+        decoded.append(centres[torch.cdist(half, codes).argmin(1)])
+    return torch.stack(decoded, dim=1)
+
+
+def compute_centroid_regions(
+    embedding: torch.Tensor,
+    candidates: torch.Tensor,
+    grid: tuple[int, int],
+    radius: float,
+    max_regions: int = 256,
+) -> tuple[torch.Tensor, int]:
+    """Group candidate pixels by the centroid the instance head predicts for them.
+
+    Seed 004's post-processing (Section 3.4): nearest-neighbour decoding on a discrete centroid
+    grid, then non-maximum suppression. The NMS here is on the centroids: the grid point decoded
+    by most remaining pixels becomes an instance centre, every remaining pixel whose decoded
+    centroid lies within `radius` (mask pixels) of it joins, and this repeats until no pixel is
+    left (after `max_regions` centres, the rest join their nearest centre).
+
+    Args:
+        embedding: (4L, h, w) float instance embeddings
+            (`InstanceNetworkOutput.instance_embedding`).
+        candidates: (h, w) bool pixels to group (the mining candidates).
+        grid: (rows, columns) of the decoding grid.
+        radius: NMS radius in mask-resolution pixels.
+        max_regions: most centres chosen.
+
+    Returns:
+        (h, w) int64 region per pixel in [0, R) (0 outside the candidates) and R >= 1.
+    """
+    channels, height, width = embedding.shape
+    if tuple(candidates.shape) != (height, width):
+        raise ValueError(
+            f'candidates {tuple(candidates.shape)} and embedding {tuple(embedding.shape)} '
+            'must share (h, w)'
+        )
+    regions = torch.zeros(height * width, dtype=torch.long, device=embedding.device)
+    index = torch.nonzero(candidates.reshape(-1)).squeeze(1)
+    if index.numel() == 0:
+        return regions.reshape(height, width), 1
+    decoded = decode_centroids(embedding.reshape(channels, -1).T.index_select(0, index), grid)
+    # Decoded centroids in mask pixels, so that the radius is isotropic on the image.
+    points = (decoded + 1.0) * 0.5 * torch.tensor([width, height], device=decoded.device)
+    rows, columns = grid
+    cell = ((decoded[:, 1] + 1.0) * 0.5 * rows).long().clamp(0, rows - 1) * columns + (
+        (decoded[:, 0] + 1.0) * 0.5 * columns
+    ).long().clamp(0, columns - 1)
+    assigned = torch.full_like(index, -1)
+    centres = []
+    while len(centres) < max_regions:
+        remaining = assigned < 0
+        if not bool(remaining.any()):
+            break
+        votes = torch.bincount(cell[remaining], minlength=rows * columns)
+        best = int(votes.argmax())
+        centre = points[remaining][cell[remaining] == best][0]
+        centres.append(centre)
+        near = (points - centre).norm(dim=1) <= radius
+        assigned = torch.where(remaining & near, len(centres) - 1, assigned)
+    remaining = assigned < 0
+    if bool(remaining.any()):
+        nearest = torch.cdist(points[remaining], torch.stack(centres)).argmin(1)
+        assigned[remaining] = nearest
+    regions[index] = assigned
+    return regions.reshape(height, width), len(centres)
+
+
 def compute_group_entropy(probs: torch.Tensor, class_ids: tuple[int, ...]) -> torch.Tensor:
     """Entropy of `probs` renormalised over `class_ids`, divided by log(len(class_ids)).
 
@@ -317,6 +410,7 @@ def mine_unknown_instances(
     cc_iterations: int = 500,
     regions: torch.Tensor | None = None,
     split_min_fraction: float = 0.1,
+    num_regions: int | None = None,
 ) -> UnknownInstances:
     """Mine unknown-thing instances from the background (or anomaly) map (Section 6.3).
 
@@ -334,8 +428,11 @@ def mine_unknown_instances(
         connectivity: 4 or 8.
         cc_backend: 'opencv' or 'iterative' (`find_connected_components`).
         cc_iterations: steps of the iterative backend.
-        regions: (h, w) int64 CSL query regions; given, components are split by them.
+        regions: (h, w) int64 regions in [0, num_regions): CSL query regions, or the centroid
+            regions of the instance head (`compute_centroid_regions`); given, components are
+            split by them.
         split_min_fraction: see `split_by_regions`.
+        num_regions: number of regions; None = Q (query regions).
 
     Returns:
         `UnknownInstances`, numbered 1..N by decreasing area.
@@ -351,7 +448,12 @@ def mine_unknown_instances(
         mining_map >= threshold, connectivity, cc_backend, cc_iterations
     )
     if count and regions is not None:
-        labels, count = split_by_regions(labels, regions, num_queries, split_min_fraction)
+        labels, count = split_by_regions(
+            labels,
+            regions,
+            num_queries if num_regions is None else num_regions,
+            split_min_fraction,
+        )
     empty = UnknownInstances(
         torch.zeros_like(labels),
         torch.zeros(0, dtype=torch.float32, device=device),

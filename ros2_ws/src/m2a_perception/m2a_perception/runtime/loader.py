@@ -44,7 +44,7 @@ from m2a_perception.config import ModelConfig
 from m2a_perception.inference import Backend, StaticShapeBackend, TorchBackend
 from m2a_perception.inference.backend import PRECISIONS
 from m2a_perception.pipeline import Segmenter
-from m2a_perception.postprocess.config import PostprocessConfig
+from m2a_perception.postprocess.config import PostprocessConfig, check_instance_head
 from m2a_perception.preprocess import mean_colour, padded_size
 from m2a_perception.weights import CheckpointError, load_checkpoint, read_checkpoint
 
@@ -355,9 +355,14 @@ def build_segmenter(
     """`load_backend` wrapped in the `Segmenter` every consumer runs.
 
     Raises:
-        BackendError: see `load_backend`.
+        BackendError: see `load_backend`; or the post-processing needs the instance head
+            (`mining_split: centroid_head`) and the checkpoint's model has none.
     """
     loaded = load_backend(spec, on_state)
+    try:
+        check_instance_head(postprocess, loaded.config.instance_head.enabled)
+    except ValueError as error:
+        raise BackendError(f'{spec.checkpoint}: {error}') from None
     segmenter = Segmenter(loaded.backend, loaded.config.preprocess, postprocess)
     return segmenter, loaded.config
 
