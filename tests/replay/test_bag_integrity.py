@@ -286,3 +286,88 @@ def test_the_live_recorder_on_a_full_disk_closes_a_readable_bag(tmp_path):
         assert match and match.group(1) == match.group(2), summary
         with AnyReader([out]) as reader:
             assert sum(1 for _ in reader.messages()) == int(match.group(1)) > 0
+
+
+# ------------------------------------------------------------------------ --overwrite
+
+
+def old_bag(frames: Path, out: Path) -> int:
+    """A previous bag at `out` (2 frames packed by the real CLI); its message count."""
+    assert pack_main([str(frames), '--out', str(out), '--fps', '5', '--limit', '2']) == 0
+    with AnyReader([out]) as reader:
+        return sum(1 for _ in reader.messages())
+
+
+def assert_old_bag_intact(out: Path, count: int) -> None:
+    """`out` opens with rosbags with its old `count` messages; nothing is left beside it."""
+    with AnyReader([out]) as reader:
+        assert sum(1 for _ in reader.messages()) == count
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
+
+
+def unchanged_line(err: str, out: Path) -> None:
+    lines = err.strip().splitlines()
+    assert lines == [
+        f'error: no space left on {lines[0].split()[5]} while writing {out}; free some space and '
+        f'retry (the previous bag {out} is unchanged; the incomplete new one was deleted)'
+    ], lines
+
+
+def test_m2a_pack_bag_overwrite_on_a_full_disk_keeps_the_previous_bag(
+    frames, tmp_path, monkeypatch, capsys
+):
+    # 2.5 MiB: the old bag (2 frames, 0.8 MB) and the new bag's first chunk fit, its second not.
+    with full_disk(tmp_path / 'disk', 5 << 19, monkeypatch) as disk:
+        out = disk / 'bag'
+        count = old_bag(frames, out)
+        capsys.readouterr()
+        args = [str(frames), '--out', str(out), '--fps', '5', '--overwrite']
+        assert pack_main(args) == 1
+        unchanged_line(capsys.readouterr().err, out)
+        assert_old_bag_intact(out, count)
+        assert count == 2
+
+
+def test_m2a_replay_overwrite_on_a_full_disk_keeps_the_previous_bag(
+    frames, packed, tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    with full_disk(tmp_path / 'disk', 5 << 19, monkeypatch) as disk:
+        out = disk / 'out'
+        count = old_bag(frames, out)
+        capsys.readouterr()
+        common = ['--checkpoint', str(tiny_checkpoint), '--no-progress', '--threads', '1']
+        assert replay_main([str(packed), '--out', str(out), '--overwrite', *common]) == 1
+        unchanged_line(capsys.readouterr().err, out)
+        assert_old_bag_intact(out, count)
+
+
+def test_overwrite_replaces_the_bag_only_once_the_new_one_is_complete(
+    frames, tmp_path, monkeypatch
+):
+    from m2a_perception.ros.replay import pack
+
+    out = tmp_path / 'bags' / 'bag'
+    count = old_bag(frames, out)
+    read = pack.read_rgb
+    calls = [0]
+
+    def interrupted(path: Path) -> np.ndarray:
+        calls[0] += 1
+        if calls[0] == 5:  # Ctrl-C after the first chunk of the new bag was written
+            raise KeyboardInterrupt
+        return read(path)
+
+    monkeypatch.setattr(pack, 'read_rgb', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pack_main([str(frames), '--out', str(out), '--fps', '5', '--overwrite'])
+    assert_old_bag_intact(out, count)
+
+    monkeypatch.setattr(pack, 'read_rgb', read)
+    assert pack_main([str(frames), '--out', str(out), '--fps', '5', '--overwrite']) == 0
+    assert_old_bag_intact(out, FRAMES)  # replaced: the new count, no staging folder left
+    assert pack_main([str(frames), '--out', str(out), '--fps', '5']) == 2  # no --overwrite
+    not_a_bag = tmp_path / 'bags' / 'notes'
+    not_a_bag.mkdir()
+    (not_a_bag / 'todo.txt').write_text('keep me')
+    assert pack_main([str(frames), '--out', str(not_a_bag), '--overwrite']) == 2
+    assert (not_a_bag / 'todo.txt').read_text() == 'keep me'
