@@ -37,7 +37,7 @@ from m2a_perception.ros.replay.bag import IMAGE_TYPE, RESERVE_NAME, BagReader, m
 from m2a_perception.ros.replay.pack import PackOptions, pack_images
 
 from ..disk import small_disk
-from .conftest import write_pngs
+from .conftest import live_domain, write_pngs
 
 FRAME = (256, 512)  # 393 kB of rgb8: rosbags closes a chunk after three frames (> 1 MiB)
 FRAMES = 7  # chunks of frames 0-2, 3-5 and 6
@@ -256,7 +256,7 @@ def test_the_live_recorder_on_a_full_disk_closes_a_readable_bag(tmp_path):
     with small_disk(tmp_path / 'disk', 2 << 20) as disk:
         if disk is None:
             pytest.skip('the recorder runs in its own process: needs a real small disk (root)')
-        env = ros_environment({'ROS_DOMAIN_ID': str(150 + os.getpid() % 80)})
+        env = ros_environment({'ROS_DOMAIN_ID': live_domain()})
         out = disk / 'recorded'
         command = [sys.executable, '-m', 'm2a_perception.cli.bag_recorder', str(out)]
         recorder = subprocess.Popen(
@@ -371,3 +371,35 @@ def test_overwrite_replaces_the_bag_only_once_the_new_one_is_complete(
     (not_a_bag / 'todo.txt').write_text('keep me')
     assert pack_main([str(frames), '--out', str(not_a_bag), '--overwrite']) == 2
     assert (not_a_bag / 'todo.txt').read_text() == 'keep me'
+
+
+@pytest.mark.ros
+def test_m2a_replay_live_counts_skipped_chunks_and_exits_3(
+    packed, tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    """The player process skips the corrupt chunk; the live report counts it as offline does."""
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')  # node, player and recorder inherit it
+    monkeypatch.setenv('ROS_DOMAIN_ID', live_domain())
+    bag, offset = corrupt_middle(packed, tmp_path / 'corrupt')
+    out = tmp_path / 'out'
+    common = ['--checkpoint', str(tiny_checkpoint), '--no-progress', '--live']
+    assert replay_main([str(bag), '--out', str(out), *common]) == 3
+    captured = capsys.readouterr()
+    assert f'error: input bag {bag}: 1 corrupt chunk(s) skipped' in captured.err
+    assert 'INPUT DAMAGED: skipped 1 corrupt chunk(s) with 3 message(s)' in captured.out
+    report = json.loads((out / 'replay_report.json').read_text())
+    assert report['mode'] == 'live'
+    assert (report['skipped_chunks'], report['skipped_messages']) == (1, 3)
+    assert report['skipped'][0]['offset'] == offset
+    assert report['skipped'][0]['messages'] == {'/front/image': 3}
+    assert report['frames_received'] == FRAMES - 3
+
+    # Accepted, and replacing the first recording: the new one is swapped in complete.
+    (out / 'replay_report.json').unlink()
+    args = [str(bag), '--out', str(out), *common, '--overwrite', '--allow-skipped-chunks']
+    assert replay_main(args) == 0
+    assert json.loads((out / 'replay_report.json').read_text())['skipped_chunks'] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['corrupt', 'out']
+    with AnyReader([out]) as reader:
+        images = [c for c in reader.connections if c.topic == '/front/image']
+        assert sum(1 for _ in reader.messages(connections=images)) == FRAMES - 3
