@@ -403,3 +403,29 @@ def test_m2a_replay_live_counts_skipped_chunks_and_exits_3(
     with AnyReader([out]) as reader:
         images = [c for c in reader.connections if c.topic == '/front/image']
         assert sum(1 for _ in reader.messages(connections=images)) == FRAMES - 3
+
+
+def test_m2a_replay_overwrite_interrupted_keeps_the_previous_bag(
+    frames, packed, tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    from m2a_perception.ros.replay import offline
+
+    out = tmp_path / 'bags' / 'out'
+    count = old_bag(frames, out)
+    capsys.readouterr()
+    process = offline._Replayer.process
+    calls = [0]
+
+    def interrupted(self, *args, **kwargs):  # Ctrl-C at the third frame
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return process(self, *args, **kwargs)
+
+    monkeypatch.setattr(offline._Replayer, 'process', interrupted)
+    common = ['--checkpoint', str(tiny_checkpoint), '--no-progress', '--threads', '1']
+    assert replay_main([str(packed), '--out', str(out), '--overwrite', *common]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f'interrupted: the previous bag {out} is unchanged; the incomplete new one was deleted'
+    )
+    assert_old_bag_intact(out, count)
