@@ -104,8 +104,12 @@ def test_live_replay_through_the_running_node(
 
 @pytest.mark.ros
 # Once in two full runs (CI check of 2026-12-02) the player waited 180 s for its second
-# subscriber (the recorder) although the node had subscribed; it passed on rerun. Open: the
-# recorder's discovery of a topic the player advertises late; one rerun until it is found.
+# subscriber although the node had subscribed; it passed on rerun. One cause is fixed (the
+# recorder's idle clock, see test_the_recorder_idle_clock_starts_with_the_first_camera_frame).
+# Still open, reproduced 1 in 5 runs on a loaded machine with the recorder alive: the player and
+# the recorder, started first, never discovered the node's endpoints (no match, the node's
+# outputs never recorded) although Fast DDS had TCP connections between all three and a fresh
+# participant saw every endpoint. A middleware discovery failure (LARGE_DATA); one rerun.
 @pytest.mark.flaky(reruns=1)
 def test_live_replay_of_a_truncated_bag(truncated_live_bag, node_parameters, tmp_path):
     options = LiveReplayOptions(
@@ -158,8 +162,8 @@ def test_live_overwrite_keeps_the_previous_bag_when_the_replay_fails(
     assert {t: len(m) for t, m in read_with_rosbags(out).items()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ['logs', 'out']
     assert (
-        'waited 5 s for 2 subscriber(s) on each of /front/image; still short: /front/image has 1'
-        in str(info.value)
+        'waited 5 s for 2 subscriber(s) on each of /front/image; still short: /front/image has 1 '
+        '(the ROS graph shows 1)' in str(info.value)
     )
 
 

@@ -105,10 +105,15 @@ class BagPlayer:
             if not waiting:
                 break
             if time.monotonic() > deadline:
+                # Matched (the publisher's view) against discovered (this node's graph): fewer
+                # discovered means the subscriber was never discovered, more means unmatched.
                 raise TimeoutError(
                     f'waited {timeout_s:.0f} s for {count} subscriber(s) on each of '
                     f'{", ".join(topics)}; still short: '
-                    + ', '.join(f'{t} has {n}' for t, n in waiting.items())
+                    + ', '.join(
+                        f'{t} has {n} (the ROS graph shows {self.node.count_subscribers(t)})'
+                        for t, n in waiting.items()
+                    )
                 )
             time.sleep(0.05)
         time.sleep(settle_s)
