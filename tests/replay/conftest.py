@@ -6,6 +6,7 @@ runs in about a minute on two CPU cores; torch uses one thread.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -90,3 +91,15 @@ def write_pngs(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -
         Image.fromarray(rgb).save(path)
         paths.append(path)
     return paths
+
+
+def live_domain() -> str:
+    """ROS_DOMAIN_ID of the live-replay processes (as tests/ros/conftest.py chooses one).
+
+    With M2A_TEST_DOMAIN_BASE: the worker's own (tests/conftest.py: base + xdist worker number).
+    Without it tests/conftest.py gives every concurrent pytest run domain 40 + n, so this test
+    process takes a pid-based domain instead.
+    """
+    if 'M2A_TEST_DOMAIN_BASE' in os.environ:
+        return os.environ['ROS_DOMAIN_ID']
+    return str(101 + os.getpid() % 120)

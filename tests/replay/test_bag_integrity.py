@@ -37,7 +37,7 @@ from m2a_perception.ros.replay.bag import IMAGE_TYPE, RESERVE_NAME, BagReader, m
 from m2a_perception.ros.replay.pack import PackOptions, pack_images
 
 from ..disk import small_disk
-from .conftest import write_pngs
+from .conftest import live_domain, write_pngs
 
 FRAME = (256, 512)  # 393 kB of rgb8: rosbags closes a chunk after three frames (> 1 MiB)
 FRAMES = 7  # chunks of frames 0-2, 3-5 and 6
@@ -256,7 +256,7 @@ def test_the_live_recorder_on_a_full_disk_closes_a_readable_bag(tmp_path):
     with small_disk(tmp_path / 'disk', 2 << 20) as disk:
         if disk is None:
             pytest.skip('the recorder runs in its own process: needs a real small disk (root)')
-        env = ros_environment({'ROS_DOMAIN_ID': str(150 + os.getpid() % 80)})
+        env = ros_environment({'ROS_DOMAIN_ID': live_domain()})
         out = disk / 'recorded'
         command = [sys.executable, '-m', 'm2a_perception.cli.bag_recorder', str(out)]
         recorder = subprocess.Popen(
@@ -286,3 +286,146 @@ def test_the_live_recorder_on_a_full_disk_closes_a_readable_bag(tmp_path):
         assert match and match.group(1) == match.group(2), summary
         with AnyReader([out]) as reader:
             assert sum(1 for _ in reader.messages()) == int(match.group(1)) > 0
+
+
+# ------------------------------------------------------------------------ --overwrite
+
+
+def old_bag(frames: Path, out: Path) -> int:
+    """A previous bag at `out` (2 frames packed by the real CLI); its message count."""
+    assert pack_main([str(frames), '--out', str(out), '--fps', '5', '--limit', '2']) == 0
+    with AnyReader([out]) as reader:
+        return sum(1 for _ in reader.messages())
+
+
+def assert_old_bag_intact(out: Path, count: int) -> None:
+    """`out` opens with rosbags with its old `count` messages; nothing is left beside it."""
+    with AnyReader([out]) as reader:
+        assert sum(1 for _ in reader.messages()) == count
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
+
+
+def unchanged_line(err: str, out: Path) -> None:
+    lines = err.strip().splitlines()
+    assert lines == [
+        f'error: no space left on {lines[0].split()[5]} while writing {out}; free some space and '
+        f'retry (the previous bag {out} is unchanged; the incomplete new one was deleted)'
+    ], lines
+
+
+def test_m2a_pack_bag_overwrite_on_a_full_disk_keeps_the_previous_bag(
+    frames, tmp_path, monkeypatch, capsys
+):
+    # 2.5 MiB: the old bag (2 frames, 0.8 MB) and the new bag's first chunk fit, its second not.
+    with full_disk(tmp_path / 'disk', 5 << 19, monkeypatch) as disk:
+        out = disk / 'bag'
+        count = old_bag(frames, out)
+        capsys.readouterr()
+        args = [str(frames), '--out', str(out), '--fps', '5', '--overwrite']
+        assert pack_main(args) == 1
+        unchanged_line(capsys.readouterr().err, out)
+        assert_old_bag_intact(out, count)
+        assert count == 2
+
+
+def test_m2a_replay_overwrite_on_a_full_disk_keeps_the_previous_bag(
+    frames, packed, tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    with full_disk(tmp_path / 'disk', 5 << 19, monkeypatch) as disk:
+        out = disk / 'out'
+        count = old_bag(frames, out)
+        capsys.readouterr()
+        common = ['--checkpoint', str(tiny_checkpoint), '--no-progress', '--threads', '1']
+        assert replay_main([str(packed), '--out', str(out), '--overwrite', *common]) == 1
+        unchanged_line(capsys.readouterr().err, out)
+        assert_old_bag_intact(out, count)
+
+
+def test_overwrite_replaces_the_bag_only_once_the_new_one_is_complete(
+    frames, tmp_path, monkeypatch
+):
+    from m2a_perception.ros.replay import pack
+
+    out = tmp_path / 'bags' / 'bag'
+    count = old_bag(frames, out)
+    read = pack.read_rgb
+    calls = [0]
+
+    def interrupted(path: Path) -> np.ndarray:
+        calls[0] += 1
+        if calls[0] == 5:  # Ctrl-C after the first chunk of the new bag was written
+            raise KeyboardInterrupt
+        return read(path)
+
+    monkeypatch.setattr(pack, 'read_rgb', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pack_main([str(frames), '--out', str(out), '--fps', '5', '--overwrite'])
+    assert_old_bag_intact(out, count)
+
+    monkeypatch.setattr(pack, 'read_rgb', read)
+    assert pack_main([str(frames), '--out', str(out), '--fps', '5', '--overwrite']) == 0
+    assert_old_bag_intact(out, FRAMES)  # replaced: the new count, no staging folder left
+    assert pack_main([str(frames), '--out', str(out), '--fps', '5']) == 2  # no --overwrite
+    not_a_bag = tmp_path / 'bags' / 'notes'
+    not_a_bag.mkdir()
+    (not_a_bag / 'todo.txt').write_text('keep me')
+    assert pack_main([str(frames), '--out', str(not_a_bag), '--overwrite']) == 2
+    assert (not_a_bag / 'todo.txt').read_text() == 'keep me'
+
+
+@pytest.mark.ros
+def test_m2a_replay_live_counts_skipped_chunks_and_exits_3(
+    packed, tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    """The player process skips the corrupt chunk; the live report counts it as offline does."""
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')  # node, player and recorder inherit it
+    monkeypatch.setenv('ROS_DOMAIN_ID', live_domain())
+    bag, offset = corrupt_middle(packed, tmp_path / 'corrupt')
+    out = tmp_path / 'out'
+    common = ['--checkpoint', str(tiny_checkpoint), '--no-progress', '--live']
+    assert replay_main([str(bag), '--out', str(out), *common]) == 3
+    captured = capsys.readouterr()
+    assert f'error: input bag {bag}: 1 corrupt chunk(s) skipped' in captured.err
+    assert 'INPUT DAMAGED: skipped 1 corrupt chunk(s) with 3 message(s)' in captured.out
+    report = json.loads((out / 'replay_report.json').read_text())
+    assert report['mode'] == 'live'
+    assert (report['skipped_chunks'], report['skipped_messages']) == (1, 3)
+    assert report['skipped'][0]['offset'] == offset
+    assert report['skipped'][0]['messages'] == {'/front/image': 3}
+    assert report['frames_received'] == FRAMES - 3
+
+    # Accepted, and replacing the first recording: the new one is swapped in complete.
+    (out / 'replay_report.json').unlink()
+    args = [str(bag), '--out', str(out), *common, '--overwrite', '--allow-skipped-chunks']
+    assert replay_main(args) == 0
+    assert json.loads((out / 'replay_report.json').read_text())['skipped_chunks'] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['corrupt', 'out']
+    with AnyReader([out]) as reader:
+        images = [c for c in reader.connections if c.topic == '/front/image']
+        assert sum(1 for _ in reader.messages(connections=images)) == FRAMES - 3
+
+
+def test_m2a_replay_overwrite_interrupted_keeps_the_previous_bag(
+    frames, packed, tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    from m2a_perception.ros.replay import offline
+
+    out = tmp_path / 'bags' / 'out'
+    count = old_bag(frames, out)
+    capsys.readouterr()
+    process = offline._Replayer.process
+    calls = [0]
+
+    def interrupted(self, *args, **kwargs):  # Ctrl-C at the third frame
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return process(self, *args, **kwargs)
+
+    monkeypatch.setattr(offline._Replayer, 'process', interrupted)
+    common = ['--checkpoint', str(tiny_checkpoint), '--no-progress', '--threads', '1']
+    assert replay_main([str(packed), '--out', str(out), '--overwrite', *common]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f'interrupted: the previous bag {out} is unchanged; the incomplete new one was deleted'
+    )
+    assert_old_bag_intact(out, count)

@@ -104,9 +104,11 @@ class Recorder:
 class RosProbe:
     """A node in its own context, for subscribing to node outputs and calling its services."""
 
-    def __init__(self, name: str = 'm2a_test_probe') -> None:
+    def __init__(self, name: str = 'm2a_test_probe', domain_id: int | None = None) -> None:
         self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=int(os.environ.get('ROS_DOMAIN_ID', '40')))
+        if domain_id is None:
+            domain_id = int(os.environ.get('ROS_DOMAIN_ID', '40'))
+        rclpy.init(context=self.context, domain_id=domain_id)
         self.node = rclpy.create_node(name, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)

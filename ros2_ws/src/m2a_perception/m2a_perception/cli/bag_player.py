@@ -16,13 +16,17 @@ Start: with --wait-topic, playback waits until each such topic has --wait-subscr
 subscriptions (e.g. the node and the recorder), then --settle seconds more for discovery to
 complete in the other direction.
 
-Prints `progress <published>/<total>` lines on stdout. Exit status: 0 all played; 1 the bag is
-damaged (everything before the damage was played); 2 usage errors or start-up timeout.
+Prints `progress <published>/<total>` lines on stdout and, at the end, one
+`skipped-chunk {JSON}` line per corrupt chunk that was skipped (file, offset, reason, messages
+per topic; `m2a-replay --live` counts them in its report). Exit status: 0 all played (corrupt
+chunks skipped included); 1 the bag is damaged (everything before the damage was played); 2
+usage errors or start-up timeout.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -31,7 +35,7 @@ from rclpy.node import Node
 from rclpy.utilities import remove_ros_args
 
 from m2a_perception.cli import args as cli_args
-from m2a_perception.ros.replay.bag import BagReader, BagReadError
+from m2a_perception.ros.replay.bag import SKIPPED_CHUNK_PREFIX, BagReader, BagReadError
 from m2a_perception.ros.replay.player import EXIT_DAMAGED, EXIT_USAGE, NODE_NAME, BagPlayer
 
 
@@ -70,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
                     args.wait_topic, args.wait_subscribers, args.wait_timeout, args.settle
                 )
             log.info(f'playing {len(player.topics)} topic(s) of {args.bag} at x{args.speed:g}')
-            player.play(args.tail, args.progress)
+            try:
+                player.play(args.tail, args.progress)
+            finally:
+                for chunk in reader.skipped:
+                    print(f'{SKIPPED_CHUNK_PREFIX}{json.dumps(chunk.as_dict())}', flush=True)
             log.info(f'done: {player.published} message(s)')
         return 0
     except BagReadError as error:

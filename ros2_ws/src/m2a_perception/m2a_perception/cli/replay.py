@@ -24,7 +24,9 @@ Exit status: 0 success; 1 the input bag is damaged or the output bag could not b
 full); either way the output bag holds everything processed before and is readable; 2 usage,
 parameter or model errors; 3 corrupt input chunks were skipped and the rest was replayed (see
 "skipped_chunks" in the report; --allow-skipped-chunks makes this 0); 130 interrupted (the
-output bag is closed and readable).
+output bag is closed and readable). With --overwrite an existing --out bag is replaced only by a
+complete new one: on a full disk, an error or Ctrl-C it stays unchanged and the incomplete new
+bag is deleted (docs/replay.md).
 """
 
 from __future__ import annotations
@@ -241,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from m2a_perception.runtime.loader import BackendError
 
+    # --overwrite of an existing bag: an interrupted run keeps it (the new bag is deleted).
+    replacing = args.overwrite and args.out is not None and args.out.exists()
     try:
         report, report_path = _run(args)
     except BagReadError as error:
@@ -262,8 +266,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: {error}', file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        # The output bag was closed on the way out and holds every frame processed so far.
-        print('interrupted: the output bag was closed and is readable', file=sys.stderr)
+        if replacing:
+            print(
+                f'interrupted: the previous bag {args.out} is unchanged; the incomplete new one '
+                'was deleted',
+                file=sys.stderr,
+            )
+        else:
+            # The output bag was closed on the way out and holds every frame processed so far.
+            print('interrupted: the output bag was closed and is readable', file=sys.stderr)
         return EXIT_INTERRUPTED
     print(report.format_text())
     if report_path is not None and not _write_report(report, report_path):

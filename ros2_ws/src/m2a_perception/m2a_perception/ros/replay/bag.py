@@ -12,7 +12,9 @@ reading raises one `BagReadError` that names the bag, the cause and how many mes
 read, after everything before it was delivered.
 
 Writing (`OutputBag`) writes mcap chunk CRCs and, on a full disk, closes the bag with the
-complete chunks already on disk (see `mcap_io`).
+complete chunks already on disk (see `mcap_io`). Replacing an existing bag (`--overwrite`,
+`StagedBag`) writes the new bag next to it and swaps it in only once it is complete and closed:
+on a full disk, an error or Ctrl-C the previous bag stays as it was.
 
 Allowed dependencies: rosbags, mcap, PyYAML, standard library (no torch, no rclpy: the player
 process imports this module).
@@ -38,7 +40,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
-from m2a_perception.files import WriteFailedError, write_failure
+from m2a_perception.files import WriteFailedError, fsync_directory, write_failure
 from m2a_perception.ros.replay.mcap_io import (
     COMMITTING_STORAGES,
     CheckedWriter,
@@ -62,6 +64,8 @@ STORAGE_SUFFIXES = {'.mcap': 'mcap', '.db3': 'sqlite3'}
 # Holds disk space for closing an output bag on a full disk (removed when the bag is closed).
 RESERVE_NAME = '.m2a_space_reserve'
 STORAGE_PLUGINS = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
+# Prefix of the bag player's stdout lines that report a skipped corrupt chunk (JSON follows).
+SKIPPED_CHUNK_PREFIX = 'skipped-chunk '
 # Camera names the node accepts (`cameras.names`, see ros/params.py).
 _CAMERA_NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
 
@@ -433,6 +437,96 @@ class BagReader:
 
 # ------------------------------------------------------------------------------------ writing
 
+# `<name>.m2a-staging-<pid>`: the sibling folder a replacing bag is written in (see StagedBag).
+STAGING_MARK = '.m2a-staging-'
+# Inside the staging folder, the previous bag for the instant between the two renames.
+PREVIOUS_PREFIX = 'previous-'
+
+
+def check_bag_folder(path: Path) -> None:
+    """Accept `path` as a bag to replace only if it looks like one (metadata or storage files).
+
+    Raises:
+        ValueError: if `path` exists and is not a bag folder.
+    """
+    if path.exists() and not (
+        path.is_dir()
+        and (
+            (path / 'metadata.yaml').exists()
+            or any(p.suffix in STORAGE_SUFFIXES for p in path.iterdir())
+        )
+    ):
+        raise ValueError(f'{path} exists and is not a bag folder; not replacing it')
+
+
+class StagedBag:
+    """Where to write a bag that may replace an existing one, and the swap once it is complete.
+
+    Without a bag at `target`, `path` is `target` itself and `commit`/`discard` do nothing. With
+    one (only allowed with `overwrite`), the new bag is written as
+    `<parent>/<name>.m2a-staging-<pid>/<name>`: the same file system (so the swap is a rename)
+    and the same folder name (so its storage file is named as rosbag2 names it). `commit` then
+    renames the old bag into the staging folder (as `previous-<name>`), the new one into place,
+    and deletes the staging folder; `discard` deletes the staging folder, the old bag untouched.
+    A process killed outright (SIGKILL, power loss) may leave the staging folder behind; the
+    previous bag is then either still at `target` or, between the two renames, inside it.
+
+    Args:
+        target: the bag folder to create or replace.
+        overwrite: allow replacing an existing bag folder.
+
+    Raises:
+        FileExistsError: `target` exists and `overwrite` is false.
+        ValueError: `target` exists and is not a bag folder.
+    """
+
+    def __init__(self, target: str | os.PathLike[str], overwrite: bool = False) -> None:
+        self.target = Path(target)
+        self.staging: Path | None = None
+        if self.target.exists():
+            if not overwrite:
+                raise FileExistsError(
+                    f'output bag {self.target} exists; remove it, pick another path or pass '
+                    '--overwrite'
+                )
+            check_bag_folder(self.target)
+            self.staging = self.target.parent / f'{self.target.name}{STAGING_MARK}{os.getpid()}'
+            # Left by an earlier process of the same id that was killed: never a finished bag.
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging.mkdir()
+        self.path = self.target if self.staging is None else self.staging / self.target.name
+
+    @property
+    def replacing(self) -> bool:
+        """The new bag is written aside and replaces an existing one on `commit`."""
+        return self.staging is not None
+
+    def commit(self) -> None:
+        """Swap the complete new bag in for the old one (safe to call twice)."""
+        staging, self.staging = self.staging, None
+        if staging is None:
+            return
+        previous = staging / f'{PREVIOUS_PREFIX}{self.target.name}'
+        os.rename(self.target, previous)
+        try:
+            os.rename(staging / self.target.name, self.target)
+        except OSError:
+            os.rename(previous, self.target)  # put the old bag back; the new one is discarded
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        fsync_directory(self.target.parent)
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Delete the new bag; the old one stays as it was (safe to call twice)."""
+        staging, self.staging = self.staging, None
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def unchanged_note(self) -> str:
+        """How a failure leaves things when replacing: for the end of the error sentence."""
+        return f'the previous bag {self.target} is unchanged; the incomplete new one was deleted'
+
 
 @dataclass
 class OutputBag:
@@ -445,16 +539,29 @@ class OutputBag:
     is released just before closing. `counts` then says what the bag holds, and the
     `WriteFailedError` raised (and kept in `failure`) says so in one sentence.
 
+    With `overwrite`, an existing bag at `path` is replaced only by a complete one: the new bag
+    is written aside (`StagedBag`) and swapped in by `close`. A write failure, or leaving the
+    `with` block by an exception (Ctrl-C included), deletes the new bag and keeps the old one.
+    Without a previous bag, or without `overwrite`, an exception closes the bag normally:
+    everything written so far stays readable.
+
     Args:
-        path: bag folder to create (must not exist).
+        path: bag folder to create (must not exist unless `overwrite`).
         storage: 'mcap' (default) or 'sqlite3'.
         typestore: where message definitions and hashes come from (default `m2a_typestore`).
+        overwrite: replace an existing bag folder at `path` once the new one is complete.
+
+    Raises:
+        FileExistsError: `path` exists and `overwrite` is false.
+        ValueError: an unknown storage, or `path` exists and is not a bag folder.
+        WriteFailedError: the bag cannot be created.
     """
 
     path: Path
     storage: str = 'mcap'
     typestore: Typestore | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -462,15 +569,15 @@ class OutputBag:
             raise ValueError(
                 f'storage must be one of {tuple(STORAGE_PLUGINS)}, got {self.storage}'
             )
-        if self.path.exists():
-            raise FileExistsError(f'output bag {self.path} exists; remove it or pick another path')
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._staged = StagedBag(self.path, self.overwrite)
         self.typestore = self.typestore or m2a_typestore()
         self.failure: WriteFailedError | None = None
         self._connections: dict[str, Any] = {}
         self.types: dict[str, str] = {}
-        self._reserve = SpaceReserve(self.path / RESERVE_NAME)
-        writer = CheckedWriter(self.path, version=9, storage_plugin=STORAGE_PLUGINS[self.storage])
+        written = self._staged.path
+        self._reserve = SpaceReserve(written / RESERVE_NAME)
+        writer = CheckedWriter(written, version=9, storage_plugin=STORAGE_PLUGINS[self.storage])
         try:
             writer.open()
             self._writer: Writer | None = writer
@@ -480,8 +587,10 @@ class OutputBag:
             with contextlib.suppress(Exception):
                 writer.abort()
             self._reserve.release()
-            shutil.rmtree(self.path, ignore_errors=True)
-            raise _failure(self.path, error, 'nothing was written') from error
+            shutil.rmtree(written, ignore_errors=True)
+            outcome = self._staged.unchanged_note() if self._staged.replacing else ''
+            self._staged.discard()
+            raise _failure(self.path, error, outcome or 'nothing was written') from error
 
     def add_topic(self, topic: str, msgtype: str, msgdef: str = '') -> None:
         """Declare a topic (idempotent); unknown types are learnt from `msgdef`.
@@ -531,10 +640,12 @@ class OutputBag:
         return sum(self.counts.values())
 
     def close(self) -> None:
-        """Finish the storage file and metadata.yaml (safe to call twice).
+        """Finish the storage file and metadata.yaml; with `overwrite`, swap the new bag in for
+        the old one (safe to call twice).
 
         Raises:
-            WriteFailedError: the disk filled while finishing; what could be kept is closed.
+            WriteFailedError: the disk filled while finishing; what could be kept is closed (or,
+                when replacing a bag, the old one is kept).
         """
         writer = self._writer
         if writer is None:
@@ -545,6 +656,25 @@ class OutputBag:
         except (OSError, sqlite3.Error) as error:
             raise self._fail(error) from error
         self._writer = None
+        try:
+            self._staged.commit()
+        except OSError as error:
+            self.failure = _failure(self.path, error, self._staged.unchanged_note())
+            raise self.failure from error
+
+    def discard(self) -> None:
+        """Stop writing. When replacing a bag, delete the new one and keep the old one;
+        otherwise close the bag normally (everything written so far stays readable)."""
+        if not self._staged.replacing:
+            with contextlib.suppress(WriteFailedError):
+                self.close()
+            return
+        writer, self._writer = self._writer, None
+        self._reserve.release()
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.abort()
+        self._staged.discard()
 
     def _open_writer(self) -> Writer:
         if self._writer is None:
@@ -567,12 +697,15 @@ class OutputBag:
         if isinstance(storage, COMMITTING_STORAGES):
             storage.discard_pending()
         if storage is None:  # the storage file is complete; metadata.yaml failed
-            self.failure = _failure(
-                self.path,
-                error,
-                f'its storage file is complete with {self.message_count} message(s), but '
-                'metadata.yaml is missing; m2a-replay reads the storage file directly',
-            )
+            if self._staged.replacing:
+                self._staged.discard()
+                outcome = self._staged.unchanged_note()
+            else:
+                outcome = (
+                    f'its storage file is complete with {self.message_count} message(s), but '
+                    'metadata.yaml is missing; m2a-replay reads the storage file directly'
+                )
+            self.failure = _failure(self.path, error, outcome)
             return self.failure
         committed = match_committed(writer)
         try:
@@ -588,7 +721,10 @@ class OutputBag:
                 for topic, connection in self._connections.items()
             }
         total = self.message_count
-        if closed:
+        if self._staged.replacing:
+            self._staged.discard()
+            outcome = self._staged.unchanged_note()
+        elif closed:
             outcome = f'the bag was closed and holds the {total} message(s) written before'
         else:
             outcome = (
@@ -601,9 +737,13 @@ class OutputBag:
     def __enter__(self) -> OutputBag:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        # Close normally even on errors: everything written so far stays readable.
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # On errors a new bag is no replacement for a complete old one; a first bag is closed
+        # normally, so everything written so far stays readable.
+        if exc_type is not None:
+            self.discard()
+        else:
+            self.close()
 
 
 def _failure(path: Path, error: BaseException, outcome: str) -> WriteFailedError:
@@ -612,22 +752,6 @@ def _failure(path: Path, error: BaseException, outcome: str) -> WriteFailedError
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         failure = WriteFailedError(errno.EIO, f'could not write {path}: {first_line} ({outcome})')
     return failure
-
-
-def remove_bag(path: Path) -> None:
-    """Delete an existing output bag folder (only something that looks like a bag).
-
-    Raises:
-        ValueError: if `path` is not a bag folder.
-    """
-    if not path.exists():
-        return
-    if not path.is_dir() or not (
-        (path / 'metadata.yaml').exists()
-        or any(p.suffix in STORAGE_SUFFIXES for p in path.iterdir())
-    ):
-        raise ValueError(f'{path} exists and is not a bag folder; not removing it')
-    shutil.rmtree(path)
 
 
 # ------------------------------------------------------------------------------------ cameras

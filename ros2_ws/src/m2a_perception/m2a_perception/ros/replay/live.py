@@ -7,19 +7,25 @@ Three ROS processes, as on a vehicle (the same plan `launch/replay_eval.launch.p
     bag_player        the camera and ground-truth topics with recorded timing and /clock;
                       starts once the node and the recorder subscribe to every camera
 
-The recorder stops by itself a few seconds after the last message; then the node is stopped
-(SIGINT) and `evaluate_recorded_bag` computes the statistics (from the node's `stats` topics)
-and the metrics. Unlike the offline replay, frames travel through the middleware, the node's
-latest-frame slots drop frames the model cannot keep up with, and latencies include transport.
+The recorder stops by itself a few seconds after the last message (its idle clock starts with
+the first camera frame, so the node's start-up /diagnostics cannot stop it while the player
+still waits); then the node is stopped (SIGINT) and `evaluate_recorded_bag` computes the
+statistics (from the node's `stats` topics) and the metrics. Corrupt input chunks the player
+skipped are counted in the report. With `overwrite`, the recording goes to a staging folder
+(`bag.StagedBag`) and replaces the old bag only after a complete run. Unlike the offline
+replay, frames travel through the middleware, the node's latest-frame slots drop frames the
+model cannot keep up with, and latencies include transport.
 
-Allowed dependencies: standard library, tqdm, `m2a_perception.ros.processes` and `topics`, the
-other `m2a_perception.ros.replay` modules
+Allowed dependencies: standard library, tqdm, `m2a_perception.files`,
+`m2a_perception.ros.processes` and `topics`, the other `m2a_perception.ros.replay` modules
 (`evaluation`, which needs torch, only inside `run_live_replay`, so the launch file that imports
 this module stays light).
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import sys
 import tempfile
@@ -30,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from m2a_perception.files import WriteFailedError
 from m2a_perception.ros.processes import (
     ManagedProcess,
     parameter_overrides,
@@ -37,13 +44,15 @@ from m2a_perception.ros.processes import (
     ros_environment,
 )
 from m2a_perception.ros.replay.bag import (
+    SKIPPED_CHUNK_PREFIX,
     BagReader,
     BagReadError,
     CameraSource,
+    StagedBag,
     detect_cameras,
     ground_truth_kinds,
-    remove_bag,
 )
+from m2a_perception.ros.replay.mcap_io import SkippedChunk
 from m2a_perception.ros.topics import OUTPUT_TOPICS
 from m2a_perception.runtime.report import ReplayReport
 
@@ -52,6 +61,8 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger(__name__)
 PLAYER_MODULE = 'm2a_perception.cli.bag_player'
+# bag_recorder's exit status when writing failed (disk full); 2 is a usage error.
+RECORDER_WRITE_FAILED = 1
 RECORDER_MODULE = 'm2a_perception.cli.bag_recorder'
 DIAGNOSTICS_TOPIC = '/diagnostics'
 SIM_TIME_ARGUMENTS = ('--ros-args', '-p', 'use_sim_time:=true')
@@ -196,8 +207,20 @@ def node_command(plan: LivePlan, params_file: Path | None = None) -> list[str]:
 
 
 def recorder_arguments(plan: LivePlan, out_bag: Path, idle_timeout_s: float) -> list[str]:
-    """Arguments of bag_recorder (after the program name; it runs with use_sim_time)."""
-    return [str(out_bag), '--topics', *plan.record_topics, '--idle-timeout', f'{idle_timeout_s:g}']
+    """Arguments of bag_recorder (after the program name; it runs with use_sim_time).
+
+    The idle timeout counts from the first camera frame: before it, only the node's start-up
+    /diagnostics arrive, and the player may still be waiting for its subscribers.
+    """
+    return [
+        str(out_bag),
+        '--topics',
+        *plan.record_topics,
+        '--idle-timeout',
+        f'{idle_timeout_s:g}',
+        '--idle-after',
+        *plan.wait_topics,
+    ]
 
 
 def player_arguments(
@@ -244,14 +267,38 @@ def run_live_replay(
         BagReadError: the input is damaged; the recording (everything played before the
             damage) is closed and evaluated, `error.report` holds it.
         RuntimeError: a process failed or timed out; the message ends with its log tail.
+        WriteFailedError: the recorder could not write the bag (disk full).
+        FileExistsError: `out_bag` exists and `options.overwrite` is false.
+        ValueError: `out_bag` exists and is not a bag folder.
     """
     options = options or LiveReplayOptions()
     bag, out = Path(bag), Path(out_bag)
     plan = plan_live_replay(bag, parameters, options.cameras, options.namespace)
-    if options.overwrite:
-        remove_bag(out)
-    if out.exists():
-        raise FileExistsError(f'output bag {out} exists; remove it or pick another path')
+    # An existing bag is replaced only after a complete run (also on a damaged input: then the
+    # recording holds everything the input has); any failure keeps it and deletes the new one.
+    staged = StagedBag(out, options.overwrite)
+    try:
+        report, player_status, player = _record_and_evaluate(bag, staged, plan, options)
+    except BaseException:
+        staged.discard()
+        raise
+    staged.commit()
+    report.input_bag = str(bag)
+    report.output_bag = str(out)
+    if player_status == 1:
+        report.input_error = _player_error(player)
+        error = BagReadError(bag, report.input_error)
+        error.report = report
+        raise error
+    return report
+
+
+def _record_and_evaluate(
+    bag: Path, staged: StagedBag, plan: LivePlan, options: LiveReplayOptions
+) -> tuple[ReplayReport, int, ManagedProcess]:
+    """Run the three processes, the recording into `staged.path`; its report, the player's exit
+    status (0, or 1 for a damaged input) and the player."""
+    out = staged.path
     log_dir = options.log_dir or Path(tempfile.mkdtemp(prefix='m2a-live-replay-'))
     log_dir.mkdir(parents=True, exist_ok=True)
     env = ros_environment(options.env)
@@ -286,12 +333,12 @@ def run_live_replay(
             pipe=True,
         )
         processes.append(player)
-        _follow_player(player, plan, options, node)
+        skipped = _follow_player(player, plan, options, node, recorder)
         player_status = player.process.returncode
         if player_status not in (0, 1):
             raise RuntimeError(
-                f'the player failed (exit {player_status}); node and player logs:\n'
-                f'{node.tail()}\n{player.tail()}'
+                f'the player failed (exit {player_status}); node, recorder and player logs:\n'
+                f'{node.tail()}\n{recorder.tail()}\n{player.tail()}'
             )
         # The recorder stops itself once the node's last outputs are written.
         deadline = time.monotonic() + options.idle_timeout_s + 60.0
@@ -299,8 +346,10 @@ def run_live_replay(
             if not node.alive():
                 break
             time.sleep(0.1)
-        recorder.stop()
+        recorder_status = recorder.stop()
         node.stop()
+        if recorder_status == RECORDER_WRITE_FAILED:
+            raise _recorder_failure(recorder, staged)
         if not out.is_dir():
             raise RuntimeError(f'the recorder wrote no bag; its log:\n{recorder.tail()}')
         # Imported here: the launch file imports this module and needs no torch.
@@ -310,38 +359,62 @@ def run_live_replay(
     finally:
         for process in reversed(processes):
             process.stop()
-    report.input_bag = str(bag)
-    report.output_bag = str(out)
+    # The input's corrupt chunks, as the player skipped them (the recording itself is intact).
+    report.add_skipped(skipped)
     report.wall_time_s = report.wall_time_s or time.monotonic() - start
     report.notes.append(f'process logs: {log_dir}')
-    if player_status == 1:
-        report.input_error = _player_error(player)
-        error = BagReadError(bag, report.input_error)
-        error.report = report
-        raise error
-    return report
+    return report, player_status, player
+
+
+def _recorder_failure(recorder: ManagedProcess, staged: StagedBag) -> WriteFailedError:
+    """The recorder's one-sentence write failure (its last line), for the bag the user named."""
+    lines = [ln for ln in recorder.log_text().splitlines() if ln.startswith('recorder: ')]
+    reason = lines[-1].removeprefix('recorder: ').rpartition('; wrote ')[0] if lines else ''
+    reason = reason or 'the recorder could not write the bag; see its log'
+    if staged.replacing:
+        reason = reason.replace(str(staged.path), str(staged.target))
+        head, separator, _ = reason.rpartition(' (')
+        reason = f'{head if separator else reason} ({staged.unchanged_note()})'
+    return WriteFailedError(errno.ENOSPC if 'no space left' in reason else errno.EIO, reason)
 
 
 def _follow_player(
-    player: ManagedProcess, plan: LivePlan, options: LiveReplayOptions, node: ManagedProcess
-) -> None:
-    """Copy the player's output to its log, drive the progress bar, wait for its exit."""
+    player: ManagedProcess,
+    plan: LivePlan,
+    options: LiveReplayOptions,
+    node: ManagedProcess,
+    recorder: ManagedProcess,
+) -> list[SkippedChunk]:
+    """Copy the player's output to its log, drive the progress bar, wait for its exit; the
+    corrupt chunks it skipped.
+
+    Raises:
+        RuntimeError: the node exited, the recorder exited before the playback began (the player
+            would wait for it until its timeout), or the player did not finish in time.
+    """
     progress = None
     if options.progress:
         from tqdm import tqdm
 
         progress = tqdm(desc='live replay', unit='msg', file=sys.stderr, dynamic_ncols=True)
+    skipped: list[SkippedChunk] = []
+    published = [0]
 
     def pump() -> None:
         assert player.process.stdout is not None
         for line in player.process.stdout:
             if line.startswith('progress '):
+                done, _, total = line.split()[1].partition('/')
+                published[0] = int(done)
                 if progress is not None:
-                    done, _, total = line.split()[1].partition('/')
                     progress.total = int(total) if total.isdigit() else None
                     progress.n = int(done)
                     progress.refresh()
                 continue
+            if line.startswith(SKIPPED_CHUNK_PREFIX):
+                skipped.append(
+                    SkippedChunk.from_dict(json.loads(line[len(SKIPPED_CHUNK_PREFIX) :]))
+                )
             player.write_log(line)
 
     thread = threading.Thread(target=pump, name='player-output', daemon=True)
@@ -358,11 +431,18 @@ def _follow_player(
                     f'the node exited (status {node.process.returncode}) during the replay; its '
                     f'log:\n{node.tail()}'
                 )
+            if not recorder.alive() and (published[0] == 0 or recorder.process.returncode):
+                raise RuntimeError(
+                    f'the recorder exited (status {recorder.process.returncode}) '
+                    + ('before the playback began' if published[0] == 0 else 'during the replay')
+                    + f'; its log:\n{recorder.tail()}'
+                )
             time.sleep(0.1)
         thread.join(5.0)
     finally:
         if progress is not None:
             progress.close()
+    return skipped
 
 
 def _player_error(player: ManagedProcess) -> str:

@@ -350,6 +350,17 @@ class SkippedChunk:
             'messages': self.messages,
         }
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SkippedChunk:
+        """The inverse of `as_dict` (e.g. a chunk the bag player process reported)."""
+        messages = values.get('messages')
+        return cls(
+            Path(values['file']),
+            int(values['offset']),
+            str(values['reason']),
+            None if messages is None else {str(k): int(v) for k, v in messages.items()},
+        )
+
 
 def _summary(stream: BinaryIO, path: Path) -> Any:
     from mcap.reader import SeekingReader

@@ -71,7 +71,6 @@ from m2a_perception.ros.replay.bag import (
     OutputBag,
     detect_cameras,
     ground_truth_kinds,
-    remove_bag,
     stamp_ns,
 )
 from m2a_perception.runtime import loader
@@ -590,8 +589,6 @@ def replay_bag(
             backend = dataclasses.replace(
                 backend, model=model_config.name, load_time_s=time.monotonic() - load_start
             )
-        if options.overwrite:
-            remove_bag(out_path)
         routes: dict[str, tuple[str, str]] = {}
         expected: dict[str, tuple[str, ...]] = {}
         for camera in cameras:
@@ -600,7 +597,7 @@ def replay_bag(
             for kind in expected[camera.name]:
                 routes[camera.ground_truth_topic(kind)] = (camera.name, kind)
         report = ReplayReport(mode=options.rate, input_bag=str(bag), output_bag=str(out_path))
-        with OutputBag(out_path) as output:
+        with OutputBag(out_path, overwrite=options.overwrite) as output:
             replayer = _Replayer(reader, output, segmenter, settings, cameras, options, backend)
             copy_topics = _copy_topics(reader, cameras, options, set(output.types), report)
             for topic in sorted(copy_topics):

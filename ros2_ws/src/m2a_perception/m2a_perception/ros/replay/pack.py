@@ -31,7 +31,6 @@ from m2a_perception.ros.replay.bag import (
     STORAGE_PLUGINS,
     CameraSource,
     OutputBag,
-    remove_bag,
 )
 
 LOGGER = logging.getLogger(__name__)
@@ -277,8 +276,6 @@ def pack_images(
         if label_dir is not None and not label_dir.is_dir():
             raise FileNotFoundError(f'label folder {label_dir} does not exist')
     out_path = Path(out_bag)
-    if options.overwrite:
-        remove_bag(out_path)
     source = options.source
     frame_id = (
         options.frame_id if options.frame_id is not None else f'{options.camera}_optical_frame'
@@ -288,7 +285,7 @@ def pack_images(
     stamps: list[int] = []
     counts = {'anomaly': 0, 'semantic': 0}
     unlabelled = 0
-    with OutputBag(out_path, storage=options.storage) as bag:
+    with OutputBag(out_path, storage=options.storage, overwrite=options.overwrite) as bag:
         bag.add_topic(source.topic, IMAGE_TYPE if source.transport == 'raw' else COMPRESSED_TYPE)
         label_topics = {}
         for kind, label_dir in (('anomaly', mask_dir), ('semantic', semantic_dir)):

@@ -93,17 +93,27 @@ class BagPlayer:
     ) -> None:
         """Block until every topic in `topics` has `count` subscriptions.
 
+        The matched counts come from the middleware's discovery (no spinning needed).
+
         Raises:
-            TimeoutError: naming the topics still waiting.
+            TimeoutError: naming the topics still waiting and how many subscribers each has.
         """
         deadline = time.monotonic() + timeout_s
         while True:
-            waiting = [t for t in topics if self.publishers[t].get_subscription_count() < count]
+            matched = {t: self.publishers[t].get_subscription_count() for t in topics}
+            waiting = {t: n for t, n in matched.items() if n < count}
             if not waiting:
                 break
             if time.monotonic() > deadline:
+                # Matched (the publisher's view) against discovered (this node's graph): fewer
+                # discovered means the subscriber was never discovered, more means unmatched.
                 raise TimeoutError(
-                    f'no {count} subscriber(s) on {", ".join(waiting)} after {timeout_s:.0f} s'
+                    f'waited {timeout_s:.0f} s for {count} subscriber(s) on each of '
+                    f'{", ".join(topics)}; still short: '
+                    + ', '.join(
+                        f'{t} has {n} (the ROS graph shows {self.node.count_subscribers(t)})'
+                        for t, n in waiting.items()
+                    )
                 )
             time.sleep(0.05)
         time.sleep(settle_s)

@@ -28,14 +28,22 @@ class BagRecorder:
         node: the node that owns the subscriptions.
         bag: the open output bag.
         topics: topic names to record.
+        idle_after: `last_message_s` (the idle clock) starts with the first message on one of
+            these topics; empty: with the first message on any topic. A live replay names the
+            played cameras: the node's start-up /diagnostics must not start the idle clock while
+            the player still waits for its subscribers.
     """
 
-    def __init__(self, node: Node, bag: OutputBag, topics: Sequence[str]) -> None:
+    def __init__(
+        self, node: Node, bag: OutputBag, topics: Sequence[str], idle_after: Sequence[str] = ()
+    ) -> None:
         self.node = node
         self.bag = bag
         self.wanted = list(dict.fromkeys(topics))
         self.subscribed: dict[str, str] = {}
         self.received = 0
+        self.idle_after = frozenset(idle_after)
+        # Monotonic time of the last message since the idle clock started (None before).
         self.last_message_s: float | None = None
         # Set when the bag cannot be written (disk full): the bag is closed, recording stops.
         self.failure: WriteFailedError | None = None
@@ -101,7 +109,8 @@ class BagRecorder:
             self.node.get_logger().error(str(error))
             return
         self.received += 1
-        self.last_message_s = time.monotonic()
+        if self.last_message_s is not None or not self.idle_after or topic in self.idle_after:
+            self.last_message_s = time.monotonic()
 
 
 def _message_class(msgtype: str) -> type:
