@@ -46,7 +46,9 @@ def test_the_option_table_names_the_issue_options():
     assert by_name['panoptic_targets'].recipe == ('data.target_mode=panoptic',)
     # demo_centroid.yaml is the centroid row's model, written as overrides on demo.yaml.
     centroid = build_option_model_config('demo', by_name['centroid_head'].model, 'centroid_head')
-    assert centroid['instance_head'] == load_model_config('demo_centroid').to_dict()['instance_head']
+    assert (
+        centroid['instance_head'] == load_model_config('demo_centroid').to_dict()['instance_head']
+    )
     # Every option's model config and post-processing validate on the demo model.
     for option in OPTIONS:
         config = build_option_model_config('demo', option.model, option.name)
