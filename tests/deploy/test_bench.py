@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,3 +162,115 @@ def test_bench_prints_the_model_cost(tmp_path, capsys, tiny_model):
     assert cost['size'] == list(TINY_SIZE) and cost['mask_embed'] == 'mlp'
     assert cost['parameters'] == sum(p.numel() for p in tiny_model.parameters())
     assert f'model cost at {SIZE_ARG}: ' in output and 'mask_embed mlp' in output
+
+
+def test_every_backend_comes_through_the_node_loader_from_a_checkpoint_file(
+    tmp_path, capsys, monkeypatch, fast_onnxruntime_kind
+):
+    """Without --checkpoint the seeded random model is written to a temporary checkpoint per
+    sampler, and every backend is a `BackendSpec` loaded by `runtime.loader.load_backend`, the
+    node's loader; engine backends come with the sidecar it wrote and checked."""
+    from m2a_perception.deploy.cache import EngineKey, read_sidecar, sha256_file
+    from m2a_perception.runtime import loader
+    from m2a_perception.weights import read_checkpoint
+
+    loads = []
+
+    def recording_load_backend(spec, on_state=None):
+        loaded = loader.load_backend(spec, on_state)
+        # While the bench's temporary checkpoint still exists: what the loader was given.
+        contents = read_checkpoint(spec.checkpoint)
+        engine = loaded.engine_file
+        sidecar = read_sidecar(Path(engine + '.json')) if engine else None
+        loads.append((spec, contents.config, sha256_file(spec.checkpoint), sidecar, loaded))
+        return loaded
+
+    monkeypatch.setattr(bench, 'load_backend', recording_load_backend)
+    results, _ = _run(
+        tmp_path,
+        capsys,
+        '--backend',
+        'torch,onnxruntime',
+        '--deform-sampling',
+        'grid_sample,gather',
+    )
+    assert [(spec.kind, config.pixel_decoder.deform_sampling) for spec, config, *_ in loads] == [
+        ('torch', 'grid_sample'),
+        ('onnxruntime', 'grid_sample'),
+        ('torch', 'gather'),
+        ('onnxruntime', 'gather'),
+    ]
+    for spec, config, sha256, sidecar, loaded in loads:
+        sampler = config.pixel_decoder.deform_sampling
+        checkpoint = results['checkpoints'][sampler]
+        assert checkpoint['random_weights'] and checkpoint['temporary']
+        assert spec.checkpoint == checkpoint['checkpoint'] and sha256 == checkpoint['sha256']
+        assert spec.checkpoint.endswith(f'tiny-{sampler}.safetensors')
+        assert not Path(spec.checkpoint).exists()  # the temporary folder is gone
+        label = f'{spec.kind}[{sampler}]@{SIZE_ARG}'
+        assert results['backends'][label] == loaded.describe()
+        assert results['backends'][label]['checkpoint'] == spec.checkpoint
+        if spec.kind == 'torch':
+            assert sidecar is None and loaded.sidecar is None
+            continue
+        # The engine is named by its key in the cache folder and sealed by a sidecar whose key
+        # holds the checkpoint's hash, the bench size and the sampler.
+        engine = Path(loaded.engine_file)
+        assert engine.parent == Path(spec.engine_cache) and not spec.engine_path
+        assert engine.name == EngineKey.from_dict(sidecar['key']).file_stem() + '.onnx'
+        assert spec.engine_policy == 'build_if_missing' and spec.allow_gate_failed
+        assert sidecar == loaded.sidecar
+        assert sidecar['key']['weights_sha256'] == sha256
+        assert sidecar['key']['input_shape'] == [1, 3, *TINY_SIZE]
+        assert sidecar['key']['builder']['model_deform_sampling'] == sampler
+        assert results['engines'][label]['loaded'] == loaded.describe()
+        assert results['engines'][label]['sidecar'] == loaded.engine_file + '.json'
+    assert (
+        results['checkpoints']['grid_sample']['sha256']
+        != (results['checkpoints']['gather']['sha256'])
+    )
+
+
+def test_engine_reuse_goes_through_the_sidecar_check(
+    tmp_path, capsys, monkeypatch, fast_onnxruntime_kind
+):
+    """A second run reuses the engine only while the sidecar's recorded hash matches the file:
+    an overwritten engine is rebuilt, as the node would under build_if_missing."""
+    cache = tmp_path / 'engines'
+    args = ('--backend', 'onnxruntime', '--engine-cache', str(cache))
+    first, _ = _run(tmp_path, capsys, *args)
+    engine = Path(first['engines'][f'onnxruntime@{SIZE_ARG}']['engine'])
+    assert first['engines'][f'onnxruntime@{SIZE_ARG}']['built']
+    again, _ = _run(tmp_path, capsys, *args)
+    assert not again['engines'][f'onnxruntime@{SIZE_ARG}']['built']  # same checkpoint bytes
+    assert again['checkpoints']['model']['sha256'] == first['checkpoints']['model']['sha256']
+    engine.write_bytes(engine.read_bytes() + b'tampered')
+    third, _ = _run(tmp_path, capsys, *args)
+    assert third['engines'][f'onnxruntime@{SIZE_ARG}']['built']
+    assert len(fast_onnxruntime_kind) == 2
+    assert sorted(path.name for path in cache.iterdir()) == [engine.name, engine.name + '.json']
+
+
+def test_a_given_checkpoint_is_used_as_is_for_its_own_sampler(
+    tmp_path, capsys, tiny_checkpoint, fast_onnxruntime_kind
+):
+    results, _ = _run(
+        tmp_path,
+        capsys,
+        '--checkpoint',
+        str(tiny_checkpoint),
+        '--backend',
+        'torch,onnxruntime',
+        '--deform-sampling',
+        'grid_sample,gather',
+    )
+    own, switched = results['checkpoints']['grid_sample'], results['checkpoints']['gather']
+    assert own['checkpoint'] == str(tiny_checkpoint) and not own['temporary']
+    assert switched['temporary'] and not switched['random_weights']
+    assert switched['checkpoint'].endswith('tiny-gather.safetensors')
+    assert results['weights'] == str(tiny_checkpoint)
+    # A trained checkpoint's engines must pass their gate: nothing is overridden.
+    for label in (f'onnxruntime[grid_sample]@{SIZE_ARG}', f'onnxruntime[gather]@{SIZE_ARG}'):
+        assert results['engines'][label]['gate']['passed']
+        assert not results['engines'][label]['gate']['overridden']
+    assert {run['backend'] for run in results['runs']} == {'torch', 'onnxruntime'}

@@ -145,6 +145,47 @@ def test_prebuilt_engine_is_never_used_for_other_weights(
         open_prebuilt_engine(engine, checkpoint, device='cpu')
 
 
+def test_the_loader_finds_the_build_engine_cache_entry_by_its_key(
+    tmp_path, tiny_model, capsys, fast_onnxruntime_kind
+):
+    """`BackendSpec.engine_cache` (what m2a-bench uses): the engine m2a-build-engine keyed into
+    the folder is the one loaded, through the same sidecar check; other weights have no entry."""
+    from m2a_perception.deploy.cache import sha256_file
+    from m2a_perception.runtime.loader import BackendError, BackendSpec, load_backend
+
+    checkpoint = save_checkpoint(tmp_path / 'a.safetensors', tiny_model.state_dict(), _config())
+    cache = tmp_path / 'cache'
+    args = ['--checkpoint', str(checkpoint), '--backend', 'onnxruntime', '--precision', 'fp32']
+    args += ['--size', SIZE_ARG, '--device', 'cpu', '--engine-cache', str(cache)]
+    assert main([*args, '--json', str(tmp_path / 'built.json')]) == 0
+    built = json.loads((tmp_path / 'built.json').read_text())[0]
+    spec = BackendSpec(
+        kind='onnxruntime',
+        checkpoint=str(checkpoint),
+        engine_cache=str(cache),
+        engine_size=TINY_SIZE,
+    )
+    loaded = load_backend(spec)
+    assert loaded.engine_file == built['engine'] and not loaded.built
+    assert loaded.describe()['engine'] == built['engine']
+    assert loaded.sidecar['key']['weights_sha256'] == sha256_file(checkpoint)
+    assert len(fast_onnxruntime_kind) == 1
+
+    other = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    other['sem_seg_head.predictor.class_embed.bias'] += 1.0
+    other_checkpoint = save_checkpoint(tmp_path / 'b.safetensors', other, _config())
+    other_spec = BackendSpec(
+        kind='onnxruntime',
+        checkpoint=str(other_checkpoint),
+        engine_cache=str(cache),
+        engine_size=TINY_SIZE,
+    )
+    with pytest.raises(BackendError, match='weights_sha256') as refused:
+        load_backend(other_spec)
+    assert f'in {cache} refused' in str(refused.value)
+    assert len(fast_onnxruntime_kind) == 1
+
+
 def _config():
     from m2a_perception.config import load_model_config
 

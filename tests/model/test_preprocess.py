@@ -12,6 +12,7 @@ from m2a_perception.preprocess import (
     DegenerateResizeError,
     Preprocessor,
     PreprocessRecord,
+    TapCache,
     bilinear_taps,
     compute_resized_size,
     map_to_source,
@@ -179,6 +180,40 @@ def test_torch_resize_taps_for_a_two_to_one_shrink():
     assert resized[..., 0].tolist() == expected.tolist()
 
 
+def test_frames_of_one_size_reuse_the_device_taps_and_keep_pillows_bytes():
+    """The Preprocessor's tap cache: the first 90x160 -> 64x114 frame computes one tap set per
+    axis, the second frame reuses both (the very same tensors); bytes stay Pillow's."""
+    preprocessor = Preprocessor(PreprocessConfig(short_side=64, max_size=256))
+    taps = preprocessor.taps
+    outputs = []
+    for seed in (11, 12):
+        frame = torch.from_numpy(_frame(90, 160, seed=seed))
+        outputs.append(resize_uint8_torch(frame, (64, 114), taps=taps))
+        np.testing.assert_array_equal(
+            outputs[-1].numpy(), resize_uint8_pil(frame, (64, 114)).numpy()
+        )
+    assert (taps.misses, taps.hits, len(taps)) == (2, 2, 2)
+    width_taps = taps.get(160, 114, torch.device('cpu'))
+    assert width_taps is taps.get(160, 114, torch.device('cpu'))
+    expected_indices, expected_weights = bilinear_taps(160, 114)
+    assert torch.equal(width_taps[0], expected_indices)
+    assert torch.equal(width_taps[1], expected_weights)
+    assert not torch.equal(outputs[0], outputs[1])  # two different frames, not one result cached
+
+
+def test_tap_cache_is_bounded_least_recently_used_first():
+    taps = TapCache(max_entries=2)
+    cpu = torch.device('cpu')
+    first = taps.get(10, 5, cpu)
+    taps.get(20, 5, cpu)
+    assert taps.get(10, 5, cpu) is first  # refreshed: (20, 5) is now the oldest
+    taps.get(30, 5, cpu)
+    assert len(taps) == 2 and taps.get(10, 5, cpu) is first
+    assert taps.misses == 3
+    taps.get(20, 5, cpu)  # was dropped: computed again
+    assert taps.misses == 4
+
+
 def test_preprocessor_resizes_like_pillow_then_normalises():
     config = PreprocessConfig(short_side=64, max_size=256)
     frame = _frame(90, 160, seed=7)
@@ -199,3 +234,19 @@ def test_resize_on_cuda_gives_the_cpu_bytes(height, width, out_h, out_w):
     on_cuda = resize_uint8(frame.cuda(), (out_h, out_w))
     assert on_cuda.is_cuda
     np.testing.assert_array_equal(on_cuda.cpu().numpy(), resize_uint8(frame, (out_h, out_w)))
+
+
+@pytest.mark.gpu
+def test_preprocessor_on_cuda_copies_the_taps_once():
+    config = PreprocessConfig(short_side=64, max_size=256)
+    preprocessor = Preprocessor(config)
+    for seed in (21, 22):
+        frame = _frame(90, 160, seed=seed)
+        images, _ = preprocessor(frame, device='cuda', dtype=torch.uint8)
+        expected = np.array(Image.fromarray(frame).resize((114, 64), Image.Resampling.BILINEAR))
+        np.testing.assert_array_equal(
+            images[0, :, :64, :114].permute(1, 2, 0).cpu().numpy(), expected
+        )
+    taps = preprocessor.taps
+    assert (taps.misses, taps.hits) == (2, 2)
+    assert taps.get(160, 114, torch.device('cuda', 0))[0].is_cuda

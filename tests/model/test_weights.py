@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import re
@@ -292,6 +293,28 @@ def test_checkpoint_round_trip_keeps_config_and_metadata(tiny_model, tiny_config
         torch.equal(a, b)
         for a, b in zip(model.state_dict().values(), tiny_model.state_dict().values(), strict=True)
     )
+
+
+def test_saving_the_same_weights_twice_gives_the_same_bytes(tiny_model, tiny_config, tmp_path):
+    """safetensors writes its metadata in hash-map order; ours is sorted, so a checkpoint's
+    sha256 (an engine key's weights hash) depends only on its contents."""
+    metadata = {f'field_{index}': str(index) for index in range(12)}
+    paths = [
+        save_checkpoint(
+            tmp_path / f'{name}.safetensors',
+            tiny_model.state_dict(),
+            tiny_config,
+            extra_metadata=metadata,
+        )
+        for name in ('first', 'second')
+    ]
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    data = paths[0].read_bytes()
+    length = int.from_bytes(data[:8], 'little')
+    assert length % 8 == 0
+    header = json.loads(data[8 : 8 + length])
+    assert list(header['__metadata__']) == sorted(header['__metadata__'])
+    assert read_checkpoint(paths[0]).metadata['field_11'] == '11'
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):

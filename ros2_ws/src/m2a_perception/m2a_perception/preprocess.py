@@ -21,6 +21,8 @@ Allowed dependencies: numpy, torch; Pillow for the CPU kernel.
 
 from __future__ import annotations
 
+import functools
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,16 +85,11 @@ def padded_size(height: int, width: int, divisibility: int) -> tuple[int, int]:
 _PIL_PRECISION_BITS = 22
 
 
-def bilinear_taps(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pillow's antialiased bilinear taps for resampling one axis from `in_size` to `out_size`.
+@functools.lru_cache(maxsize=64)
+def _bilinear_taps_numpy(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`bilinear_taps` as read-only numpy arrays, cached: a camera stream has one or two sizes.
 
-    The triangle filter is widened by the down-scaling factor (antialiasing), each output
-    sample's weights are normalised to sum 1 and then rounded to 22-bit fixed point, as in
-    Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`.
-
-    Returns:
-        indices: (out_size, K) int64 source positions; unused taps repeat the first one.
-        weights: (out_size, K) int32 fixed-point weights; unused taps are 0.
+    Bounded and holding host arrays only; device copies live in a `TapCache`.
     """
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
@@ -110,18 +107,86 @@ def bilinear_taps(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tens
     weights = np.divide(weights, totals, out=weights, where=totals != 0)
     fixed = np.floor(0.5 + weights * (1 << _PIL_PRECISION_BITS)).astype(np.int32)
     indices = np.where(used, offsets + first[:, None], first[:, None])
-    return torch.from_numpy(indices), torch.from_numpy(fixed)
+    indices.flags.writeable = False  # shared by every caller through the cache
+    fixed.flags.writeable = False
+    return indices, fixed
 
 
-def _resample_axis(images: torch.Tensor, out_size: int, dim: int) -> torch.Tensor:
+def bilinear_taps(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pillow's antialiased bilinear taps for resampling one axis from `in_size` to `out_size`.
+
+    The triangle filter is widened by the down-scaling factor (antialiasing), each output
+    sample's weights are normalised to sum 1 and then rounded to 22-bit fixed point, as in
+    Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`.
+
+    Returns:
+        indices: (out_size, K) int64 source positions; unused taps repeat the first one.
+        weights: (out_size, K) int32 fixed-point weights; unused taps are 0.
+        Both are new CPU tensors (copies of the cached arrays).
+    """
+    indices, fixed = _bilinear_taps_numpy(int(in_size), int(out_size))
+    return torch.tensor(indices), torch.tensor(fixed)
+
+
+class TapCache:
+    """`bilinear_taps` already on the device, per (in_size, out_size, device).
+
+    A camera stream resizes every frame from the same size, so its taps are computed and
+    copied to the device once instead of per frame. Owned by a `Preprocessor` (one per
+    segmenter), bounded to `max_entries` axis resamplings (least recently used dropped).
+
+    Attributes:
+        hits: look-ups served from the cache.
+        misses: look-ups that computed and copied taps.
+    """
+
+    def __init__(self, max_entries: int = 16) -> None:
+        if max_entries < 1:
+            raise ValueError(f'max_entries must be at least 1, got {max_entries}')
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[
+            tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]
+        ] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(
+        self, in_size: int, out_size: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices, weights) of `bilinear_taps(in_size, out_size)` on `device`; do not modify."""
+        key = (int(in_size), int(out_size), torch.device(device))
+        taps = self._entries.get(key)
+        if taps is not None:
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return taps
+        self.misses += 1
+        indices, fixed = _bilinear_taps_numpy(key[0], key[1])
+        taps = (torch.tensor(indices, device=key[2]), torch.tensor(fixed, device=key[2]))
+        self._entries[key] = taps
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return taps
+
+
+def _resample_axis(
+    images: torch.Tensor, out_size: int, dim: int, taps: TapCache | None = None
+) -> torch.Tensor:
     """One Pillow resampling pass of a uint8 tensor along `dim` (-1 width, -2 height).
 
     The resampled axis is moved first so that every tap gathers whole contiguous rows (a
     gather along the last axis is several times slower on CPU), and the taps are summed one by
     one so that a 4096-pixel frame needs no more than two output-sized int32 buffers.
     """
-    indices, weights = bilinear_taps(int(images.shape[dim]), out_size)
-    indices, weights = indices.to(images.device), weights.to(images.device)
+    in_size = int(images.shape[dim])
+    if taps is not None:
+        indices, weights = taps.get(in_size, out_size, images.device)
+    else:
+        indices, weights = bilinear_taps(in_size, out_size)
+        indices, weights = indices.to(images.device), weights.to(images.device)
     rows = images.movedim(dim, 0).contiguous()
     weight_shape = (out_size,) + (1,) * (rows.dim() - 1)
     accumulator = torch.full(
@@ -138,7 +203,10 @@ def _resample_axis(images: torch.Tensor, out_size: int, dim: int) -> torch.Tenso
 
 
 def resize_uint8_torch(
-    frame: torch.Tensor, size: tuple[int, int], vertical_first: bool = False
+    frame: torch.Tensor,
+    size: tuple[int, int],
+    vertical_first: bool = False,
+    taps: TapCache | None = None,
 ) -> torch.Tensor:
     """Pillow's bilinear resize in torch ops, for frames on an accelerator.
 
@@ -146,6 +214,7 @@ def resize_uint8_torch(
         frame: (H, W, C) uint8 on any device.
         size: (height, width) of the result.
         vertical_first: Pillow 13's pass order (see the module docstring); default Pillow <= 12's.
+        taps: device taps to reuse across frames (a `Preprocessor`'s); None computes them.
 
     Returns:
         (height, width, C) uint8 on the frame's device; the frame itself if the size is equal.
@@ -156,7 +225,7 @@ def resize_uint8_torch(
         passes.reverse()
     for out_size, dim in passes:
         if frame.shape[dim] != out_size:
-            frame = _resample_axis(frame, out_size, dim)
+            frame = _resample_axis(frame, out_size, dim, taps)
     return frame
 
 
@@ -182,13 +251,16 @@ def resize_uint8_pil(
 
 
 def resize_uint8(
-    frame: torch.Tensor, size: tuple[int, int], vertical_first: bool = False
+    frame: torch.Tensor,
+    size: tuple[int, int],
+    vertical_first: bool = False,
+    taps: TapCache | None = None,
 ) -> torch.Tensor:
     """Bilinear resize of an (H, W, 3) uint8 frame on its device, byte-equal to PIL.
 
-    CPU frames go through Pillow's C kernels, accelerator frames through `resize_uint8_torch`;
-    both give the same bytes (tests/model/test_preprocess.py checks them against each other and
-    against `Image.resize`).
+    CPU frames go through Pillow's C kernels, accelerator frames through `resize_uint8_torch`
+    (with `taps`, reused across frames); both give the same bytes (tests/model/
+    test_preprocess.py checks them against each other and against `Image.resize`).
 
     Returns:
         (height, width, 3) uint8 on the frame's device.
@@ -201,7 +273,7 @@ def resize_uint8(
         return frame
     if frame.device.type == 'cpu':
         return resize_uint8_pil(frame, size, vertical_first)
-    return resize_uint8_torch(frame, size, vertical_first)
+    return resize_uint8_torch(frame, size, vertical_first, taps)
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -251,10 +323,15 @@ def pad_uint8(
 
 
 class Preprocessor:
-    """Turns camera frames into network input. Pure: holds only its configuration."""
+    """Turns camera frames into network input.
+
+    Holds its configuration and a `TapCache`: the resize taps of each frame size, kept on the
+    device so that a stream of same-size frames does not recompute and copy them per frame.
+    """
 
     def __init__(self, config: PreprocessConfig) -> None:
         self.config = config
+        self.taps = TapCache()
 
     def record_for(self, height: int, width: int) -> PreprocessRecord:
         """The geometry a (height, width) source image will get."""
@@ -292,7 +369,7 @@ class Preprocessor:
             image = image.copy()
         # The frame crosses to the device as uint8 (a third of float32) and is resized there.
         source = torch.from_numpy(np.ascontiguousarray(image)).to(device)
-        tensor = resize_uint8(source, record.resized_size).permute(2, 0, 1)[None]
+        tensor = resize_uint8(source, record.resized_size, taps=self.taps).permute(2, 0, 1)[None]
         if dtype == torch.uint8:
             height, width = record.padded_size
             return pad_uint8(tensor, mean_colour(self.config.pixel_mean), height, width), record

@@ -25,17 +25,26 @@ its ratio against that backend's model time.
 Backends: torch (eager FP32), torch-fp16 (CUDA autocast), torch-compile (inductor), torch-
 compile-fp16, onnxruntime (the FP32 onnxruntime engine of m2a-build-engine), tensorrt (torch-
 tensorrt FP16 engine), tensorrt-fp32, tensorrt-onnx (TensorRT ONNX-parser FP16 engine),
-tensorrt-onnx-fp32, built the way the runtime loader builds them for the node. Engines come
-from the engine cache (built and gated on first use). Backends
-that cannot run here (no CUDA, no TensorRT) are listed with the reason and skipped. Without
---checkpoint the model has random weights: fine for timing, meaningless for outputs (engines are
-then kept even if they fail the accuracy gate).
+tensorrt-onnx-fp32. Every backend is loaded exactly as the node loads it: a `BackendSpec`
+through `runtime.loader.load_backend`, engines opened through their sidecar (engine policy
+build_if_missing: built and gated on first use, then reused while the sidecar's key matches).
+Engines are named by their key in the engine cache (--engine-cache, else the m2a-build-engine
+default), so engines that m2a-build-engine provisioned for the same checkpoint are reused; the
+key holds the checkpoint's sha256 and the sampler, so every sampler has its own engine in the
+same folder. onnxruntime engines go to a temporary folder unless --engine-cache is given.
+Backends that cannot run here (no CUDA, no TensorRT) are listed with the reason and skipped.
+
+Without --checkpoint the model has random weights (seeded, torch seed 0): they are written to a
+temporary checkpoint (the node's safetensors format, byte-for-byte reproducible, so its engines
+are reused from one run to the next) and loaded from there. Fine for timing, meaningless for
+outputs: engines are then kept even if they fail the accuracy gate.
 
 --deform-sampling grid_sample,gather benches every backend with both MSDeformAttn samplers in
 one run (`pixel_decoder.deform_sampling`; same values, Gather instead of GridSample) and prints
-the gather / grid_sample model-stage p50 ratio per backend. TensorRT graphs are always exported
-with gather, so their grid_sample rows are listed as unavailable; onnxruntime exports the
-model with each sampler.
+the gather / grid_sample model-stage p50 ratio per backend. Each sampler has its own
+checkpoint (--checkpoint itself for its own sampler, else a temporary copy with the sampler
+switched). TensorRT graphs are always exported with gather, so their grid_sample rows are listed
+as unavailable; onnxruntime exports the model with each sampler.
 
 Examples:
     m2a-bench --backend torch,torch-fp16,tensorrt --size 512x1024,1024x2048 --num-cameras 1,4 \\
@@ -71,14 +80,19 @@ from m2a_perception.config import (
 )
 from m2a_perception.inference import Backend
 from m2a_perception.logs import setup_logging
-from m2a_perception.model import Mask2Anomaly, build_model
+from m2a_perception.model import build_model
 from m2a_perception.model.cost import format_model_cost, model_cost
-from m2a_perception.model.ms_deform_attn import set_deform_sampling
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.postprocess import PostprocessConfig
 from m2a_perception.runtime.frame import StageTimes, process_frame
-from m2a_perception.runtime.loader import torch_backend
-from m2a_perception.weights.checkpoint import CheckpointError, load_checkpoint
+from m2a_perception.runtime.loader import (
+    BUILD_IF_MISSING,
+    BackendError,
+    BackendSpec,
+    LoadedBackend,
+    load_backend,
+)
+from m2a_perception.weights.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 
 LOGGER = logging.getLogger(__name__)
 
@@ -174,70 +188,162 @@ class BackendSkippedError(Exception):
     """A requested backend cannot run on this machine; the message says why."""
 
 
-@dataclass
-class BenchContext:
-    model: Mask2Anomaly
+@dataclass(frozen=True)
+class BenchModel:
+    """The checkpoint every backend of one sampler is loaded from.
+
+    Attributes:
+        checkpoint: an m2a safetensors checkpoint (--checkpoint, or one written by the bench).
+        config: its model config.
+        weights_sha256: sha256 of the file (names its engine files; engine keys record it).
+        random_weights: the seeded random model (engines are kept even if the gate fails).
+        temporary: written by the bench into its temporary folder.
+    """
+
+    checkpoint: Path
     config: ModelConfig
-    weights_sha256: str | None
+    weights_sha256: str
+    random_weights: bool
+    temporary: bool
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            'checkpoint': str(self.checkpoint),
+            'sha256': self.weights_sha256,
+            'deform_sampling': self.config.pixel_decoder.deform_sampling,
+            'random_weights': self.random_weights,
+            'temporary': self.temporary,
+        }
+
+
+@dataclass(frozen=True)
+class BenchContext:
+    model: BenchModel
     device: torch.device
     workdir: Path
     engine_cache: Path | None
-    random_weights: bool
 
 
-def make_backend(name: str, size: tuple[int, int], context: BenchContext) -> Backend:
-    """Create a backend, or raise BackendSkippedError with a clear reason."""
-    device = context.device
+def with_deform_sampling(config: ModelConfig, sampler: str) -> ModelConfig:
+    """`config` with the MSDeformAttn sampler `sampler` (same weights, same values)."""
+    decoder = dataclasses.replace(config.pixel_decoder, deform_sampling=sampler)
+    return dataclasses.replace(config, pixel_decoder=decoder)
+
+
+def bench_checkpoint(args: argparse.Namespace, sampler: str | None, folder: Path) -> BenchModel:
+    """The checkpoint to bench for `sampler` (None: the model config's own).
+
+    --checkpoint is used as it is when its sampler is the one asked for; otherwise its tensors
+    and metadata are written again with the sampler switched. Without --checkpoint the seeded
+    random model of --model-config is written (the same bytes on every run). Written files go
+    to `folder`.
+
+    Raises:
+        CheckpointError: --checkpoint is not a usable m2a checkpoint.
+    """
+    from m2a_perception.deploy.cache import sha256_file
+
+    if args.checkpoint:
+        contents = read_checkpoint(args.checkpoint)
+        config = contents.config
+        if sampler in (None, config.pixel_decoder.deform_sampling):
+            path = Path(args.checkpoint)
+            return BenchModel(path, config, sha256_file(path), False, False)
+        state_dict = contents.state_dict
+        metadata = {**contents.metadata, 'm2a_bench_source': str(args.checkpoint)}
+        random_weights = False
+    else:
+        config = load_model_config(args.model_config)
+        # Seeded on the CPU: the same weights on every run and device, for every sampler.
+        torch.manual_seed(0)
+        state_dict = build_model(config).state_dict()
+        metadata = {'m2a_bench': 'random weights (torch seed 0), for timing only'}
+        random_weights = True
+    if sampler is not None:
+        config = with_deform_sampling(config, sampler)
+    path = save_checkpoint(
+        folder / f'{config.name}-{config.pixel_decoder.deform_sampling}.safetensors',
+        state_dict,
+        config,
+        extra_metadata=metadata,
+    )
+    return BenchModel(path, config, sha256_file(path), random_weights, True)
+
+
+def engine_folder(kind: str, context: BenchContext) -> Path:
+    """The engine cache folder the bench's `kind` engines live in, named there by their key.
+
+    The key holds the checkpoint's hash, which covers the model config (the sampler included),
+    and `model_deform_sampling` itself, so the engines of every sampler and checkpoint sit side
+    by side, and engines provisioned by `m2a-build-engine` in the same folder are reused.
+    """
+    if context.engine_cache is not None:
+        return context.engine_cache
+    if kind == 'onnxruntime':  # cheap to rebuild: kept out of the TensorRT cache
+        return context.workdir
+    from m2a_perception.deploy.build import default_cache_dir
+
+    return default_cache_dir()
+
+
+def backend_spec(name: str, size: tuple[int, int], context: BenchContext) -> BackendSpec:
+    """The spec the node would get for bench backend `name` at `size`."""
+    model = context.model
     if name in TORCH_BACKENDS:
         kind, precision = TORCH_BACKENDS[name]
-        if precision != 'fp32' and device.type != 'cuda':
-            raise BackendSkippedError(f'{name} (autocast) needs a CUDA device')
-        return torch_backend(context.model, kind, device, precision)
+        return BackendSpec(
+            kind=kind,
+            checkpoint=str(model.checkpoint),
+            device=str(context.device),
+            precision=precision,
+        )
     if name in ENGINE_BACKENDS:
-        return _engine_backend(name, size, context)
+        kind, precision = ENGINE_BACKENDS[name]
+        return BackendSpec(
+            kind=kind,
+            checkpoint=str(model.checkpoint),
+            engine_cache=str(engine_folder(kind, context)),
+            device=str(context.device),
+            precision=precision,
+            engine_policy=BUILD_IF_MISSING,
+            allow_gate_failed=model.random_weights,
+            engine_size=size,
+        )
     raise ValueError(f'unknown backend {name!r}; choose from {BACKENDS}')
 
 
-def _engine_backend(name: str, size: tuple[int, int], context: BenchContext) -> Backend:
-    from m2a_perception.deploy.build import get_engine_kind, provision_engine
-    from m2a_perception.deploy.cache import EngineCacheError, sha256_state_dict
-    from m2a_perception.deploy.gate import GateFailedError
-    from m2a_perception.deploy.tensorrt_backend import BackendUnavailableError, EngineBuildError
-
-    kind, precision = ENGINE_BACKENDS[name]
+def make_backend(name: str, size: tuple[int, int], context: BenchContext) -> LoadedBackend:
+    """Load bench backend `name` through the one loader, or raise BackendSkippedError."""
+    spec = backend_spec(name, size, context)
+    if name in TORCH_BACKENDS and spec.precision != 'fp32' and context.device.type != 'cuda':
+        raise BackendSkippedError(f'{name} (autocast) needs a CUDA device')
+    start = time.perf_counter()
     try:
-        get_engine_kind(kind).check_available(context.device)
-    except BackendUnavailableError as error:
-        raise BackendSkippedError(str(error)) from error
-    weights = context.weights_sha256 or sha256_state_dict(context.model.state_dict())
-    try:
-        provisioned = provision_engine(
-            context.model,
-            context.config,
-            weights_sha256=weights,
-            backend=kind,
-            precision=precision,
-            size=size,
-            device=context.device,
-            # onnxruntime engines are cheap to rebuild: keep them out of the TensorRT cache.
-            cache_dir=context.engine_cache or (context.workdir if kind == 'onnxruntime' else None),
-            allow_gate_failure=context.random_weights,
-            on_state=lambda state, detail: LOGGER.info('%s engine %s: %s', name, state, detail),
+        loaded = load_backend(
+            spec, lambda state, detail: LOGGER.info('%s engine %s: %s', name, state, detail)
         )
-    except (GateFailedError, EngineCacheError, EngineBuildError) as error:
-        raise BackendSkippedError(f'no usable engine: {error}') from error
-    gate = provisioned.gate
-    LOGGER.info('%s: %s', name, gate.summary())
-    backend = provisioned.backend
-    backend.name = name
-    backend.engine_info = {
-        'engine': str(provisioned.paths.engine),
-        'built': provisioned.built,
-        'provision_seconds': provisioned.seconds,
-        'build_seconds': provisioned.sidecar.get('build_seconds'),
-        'gate': gate.as_dict(),
+    except BackendError as error:
+        raise BackendSkippedError(str(error)) from error
+    loaded.info['load_seconds'] = time.perf_counter() - start
+    if loaded.sidecar is not None:
+        from m2a_perception.deploy.gate import GateResult
+
+        LOGGER.info('%s: %s', name, GateResult.from_dict(loaded.sidecar['gate']).summary())
+    return loaded
+
+
+def engine_info(loaded: LoadedBackend) -> dict[str, Any]:
+    """What the results record about an engine backend: files, build, gate, the loader's view."""
+    sidecar = loaded.sidecar or {}
+    return {
+        'engine': loaded.engine_file,
+        'sidecar': loaded.engine_file + '.json',
+        'built': loaded.built,
+        'provision_seconds': loaded.info.get('load_seconds'),
+        'build_seconds': sidecar.get('build_seconds'),
+        'gate': sidecar.get('gate'),
+        'loaded': loaded.describe(),
     }
-    return backend
 
 
 def _synchronize(device: torch.device) -> None:
@@ -349,18 +455,6 @@ def _stage_stats(run: BackendRun) -> dict[str, Any]:
     }
 
 
-def _load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, ...]:
-    if args.checkpoint:
-        from m2a_perception.deploy.cache import sha256_file
-
-        model, config = load_checkpoint(args.checkpoint, device)
-        return model, config, str(args.checkpoint), sha256_file(args.checkpoint), False
-    config = load_model_config(args.model_config)
-    torch.manual_seed(0)
-    model = build_model(config).to(device).eval()
-    return model, config, 'random (timing only)', None, True
-
-
 def _versions(device: torch.device) -> dict[str, str]:
     """Tool versions, GPU name and compute capability for the record."""
     from m2a_perception.deploy.cache import probe_toolchain, tool_versions
@@ -383,15 +477,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cameras = list(args.num_cameras)
     requested = list(dict.fromkeys(args.backend))
     names = requested if REFERENCE in requested else [*requested, REFERENCE]
-    model, config, weights, weights_sha256, random_weights = _load_model(args, device)
     clock = _Clock(device)
     results: dict[str, Any] = {
         'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
         'host': platform.node(),
         'versions': _versions(device),
         'threads': torch.get_num_threads(),
-        'config': config.name,
-        'weights': weights,
+        'config': None,
+        'weights': str(args.checkpoint) if args.checkpoint else 'random (timing only)',
         'warmup': args.warmup,
         'iters': args.iters,
         'cameras': cameras,
@@ -401,6 +494,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         'reference_added': REFERENCE not in requested,
         'unavailable': {},
         'engines': {},
+        'backends': {},
+        'checkpoints': {},
         'runs': [],
         'sizes': {},
     }
@@ -411,16 +506,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     samplers = [check_deform_sampling(name) for name in args.deform_sampling or []]
     compare = len(samplers) > 1
+    config: ModelConfig | None = None
     with tempfile.TemporaryDirectory(prefix='m2a-bench-') as tmp:
         for sampler in samplers or [None]:
-            if sampler is not None:
-                set_deform_sampling(model, sampler)
-            # One engine folder per sampler: the engine key does not hold the sampler.
-            workdir = Path(tmp) / (sampler or 'model')
-            workdir.mkdir()
-            context = BenchContext(
-                model, config, weights_sha256, device, workdir, args.engine_cache, random_weights
-            )
+            model = bench_checkpoint(args, sampler, Path(tmp))
+            config = config or model.config
+            results['checkpoints'][sampler or 'model'] = model.describe()
+            context = BenchContext(model, device, Path(tmp), args.engine_cache)
             _bench_sampler(
                 args,
                 context,
@@ -433,6 +525,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results,
                 sampler if compare else None,
             )
+    assert config is not None
+    results['config'] = config.name
     # Parameters and multiply-adds of the network at the first size (model/cost.py).
     results['model_cost'] = model_cost(config, sizes[0][1]).as_dict()
     if compare:
@@ -460,7 +554,7 @@ def _bench_sampler(
     """
     suffix = '' if sampler is None else f'[{sampler}]'
     for size_text, size in sizes:
-        backends: dict[str, Backend] = {}
+        backends: dict[str, LoadedBackend] = {}
         for name in names:
             if sampler == GRID_SAMPLE and name in ENGINE_BACKENDS and name != 'onnxruntime':
                 results['unavailable'][name + suffix] = (
@@ -472,21 +566,23 @@ def _bench_sampler(
             except BackendSkippedError as error:
                 results['unavailable'][name + suffix] = str(error)
                 continue
-            if hasattr(backends[name], 'engine_info'):
-                results['engines'][f'{name}{suffix}@{size_text}'] = backends[name].engine_info
+            label = f'{name}{suffix}@{size_text}'
+            results['backends'][label] = backends[name].describe()
+            if backends[name].sidecar is not None:
+                results['engines'][label] = engine_info(backends[name])
         legacy: dict[str, Any] = {}
         for num_cameras in cameras:
             frames = host_frames(size, num_cameras)
             runs = [
                 BackendRun(
                     name,
-                    backend,
-                    backend.device,
+                    loaded.backend,
+                    loaded.backend.device,
                     frames,
-                    bench_segmenter(backend, context.config.preprocess, size),
+                    bench_segmenter(loaded.backend, loaded.config.preprocess, size),
                     post_config,
                 )
-                for name, backend in backends.items()
+                for name, loaded in backends.items()
             ]
             memory = {run_.name: measure_memory(run_, clock) for run_ in runs}
             for iteration in range(args.warmup + args.iters):

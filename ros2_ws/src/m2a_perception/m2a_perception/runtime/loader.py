@@ -19,8 +19,11 @@ recomputed here from the checkpoint (weights hash), the requested precision and 
 installed tool versions and the GPU must equal the recorded one, and the recorded accuracy gate
 must have passed unless `allow_gate_failed` is set. A mismatch is refused naming the field
 (`weights_sha256`, `input_shape`, `precision`, `toolchain.torch`, `toolchain.gpu_name`, ...).
-Under `engine_policy='build_if_missing'` a missing or stale engine is built, gated and saved
-first (minutes on a GPU; `on_state` reports 'building'); under `load_only` it is an error.
+An engine is either a given file (`engine_path`, the node's `model.engine_path`) or the one
+named by its key in a cache folder (`engine_cache`: what `m2a-build-engine` writes, used by
+`m2a-bench`); the sidecar check is the same. Under `engine_policy='build_if_missing'` a missing
+or stale engine is built, gated and saved first (minutes on a GPU; `on_state` reports
+'building'); under `load_only` it is an error.
 
 TensorRT and torch-tensorrt are imported only when a TensorRT kind is loaded, inside
 `m2a_perception.deploy.tensorrt_backend`; their absence is a `BackendError` naming the package.
@@ -72,6 +75,9 @@ class BackendSpec:
         checkpoint: m2a safetensors checkpoint (weights and model config); required by every
             kind (engines are checked against its weights hash).
         engine_path: the engine file of an engine kind (its sidecar is `<engine_path>.json`).
+        engine_cache: instead of `engine_path`, a folder of engines named by their key (what
+            `m2a-build-engine --engine-cache` writes): the engine whose key this checkpoint,
+            precision, size, tool versions and GPU give is used (or built there).
         device: 'cpu', 'cuda' or 'cuda:<index>'.
         precision: 'fp32', 'fp16' or 'bf16' (autocast for torch kinds; the precision recipe
             of TensorRT engines; onnxruntime engines are fp32).
@@ -85,6 +91,7 @@ class BackendSpec:
     kind: str = 'torch'
     checkpoint: str = ''
     engine_path: str = ''
+    engine_cache: str = ''
     device: str = 'cpu'
     precision: str = 'fp32'
     engine_policy: str = LOAD_ONLY
@@ -117,6 +124,7 @@ class LoadedBackend:
         spec: what was loaded.
         sidecar: the engine's sidecar (engine kinds), else None.
         built: True when this call built the engine.
+        engine_file: the engine file used (engine kinds), else ''.
     """
 
     backend: Backend
@@ -125,6 +133,7 @@ class LoadedBackend:
     sidecar: dict[str, Any] | None = None
     built: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    engine_file: str = ''
 
     @property
     def name(self) -> str:
@@ -136,9 +145,9 @@ class LoadedBackend:
         return {
             'kind': self.spec.kind,
             'name': self.name,
-            'path': self.spec.engine_path or self.spec.checkpoint,
+            'path': self.engine_file or self.spec.checkpoint,
             'checkpoint': self.spec.checkpoint,
-            'engine': self.spec.engine_path or None,
+            'engine': self.engine_file or None,
             'device': self.spec.device,
             'precision': self.spec.precision,
             'model_config': self.config.name,
@@ -242,19 +251,94 @@ def _load_engine(
     # Deployment code is imported here: torch-only consumers never pay for it, and TensorRT
     # itself is imported even later, inside the TensorRT backends.
     from m2a_perception.deploy.build import get_engine_kind, provision_from_checkpoint
-    from m2a_perception.deploy.cache import (
-        EngineCacheError,
-        EnginePaths,
-        EngineRejectedError,
-        read_sidecar,
-        sidecar_key,
-    )
+    from m2a_perception.deploy.cache import EngineCacheError, EngineRejectedError
     from m2a_perception.deploy.gate import GateFailedError
     from m2a_perception.deploy.tensorrt_backend import BackendUnavailableError, EngineBuildError
 
-    if not spec.engine_path:
+    if not spec.engine_path and not spec.engine_cache:
         raise BackendError(f'model.backend is {spec.kind} but model.engine_path is empty')
-    engine_path = Path(spec.engine_path)
+    size: tuple[int, int] | None = spec.engine_size
+    valid: tuple[int, int] | None = None
+    overrides: dict[str, Any] = {}
+    engine_path: Path | None = None
+    if spec.engine_path:
+        engine_path = Path(spec.engine_path)
+        size, valid, overrides = _check_engine_file(spec, engine_path)
+    config = read_checkpoint(spec.checkpoint).config
+    where = str(engine_path) if engine_path else f'the {spec.kind} engine in {spec.engine_cache}'
+    precision = 'fp32' if spec.kind == 'onnxruntime' else spec.precision
+    try:
+        get_engine_kind(spec.kind).check_available(device)
+    except BackendUnavailableError as error:
+        raise BackendError(f'model.backend {spec.kind} cannot run here: {error}') from error
+    try:
+        provisioned = provision_from_checkpoint(
+            spec.checkpoint,
+            backend=spec.kind,
+            precision=precision,
+            size=size or _engine_size(spec, config),
+            valid_size=valid,
+            device=device,
+            cache_dir=engine_path.parent if engine_path else spec.engine_cache,
+            policy=spec.engine_policy,
+            on_state=on_state,
+            engine_path=engine_path,
+            builder_overrides=overrides or None,
+            allow_gate_failure=spec.allow_gate_failed,
+        )
+    except EngineRejectedError as error:
+        raise BackendError(
+            f'{error}; set model.allow_gate_failed true to use it anyway'
+        ) from error
+    except GateFailedError as error:
+        raise BackendError(
+            f'the new engine failed its accuracy gate ({error}); set model.allow_gate_failed '
+            'true to keep it anyway'
+        ) from error
+    except EngineCacheError as error:
+        raise BackendError(f'engine {where} refused: {error}') from error
+    except BackendUnavailableError as error:
+        raise BackendError(f'model.backend {spec.kind} cannot run here: {error}') from error
+    except EngineBuildError as error:
+        raise BackendError(f'building {where} failed: {error}') from error
+    gate = provisioned.sidecar.get('gate') or {}
+    if not gate.get('passed') and not spec.allow_gate_failed:
+        failures = '; '.join(gate.get('failures') or ['no gate result recorded'])
+        raise BackendError(
+            f'{provisioned.paths.engine.name} did not pass its accuracy gate ({failures}); set '
+            'model.allow_gate_failed true to use it anyway'
+        )
+    backend = provisioned.backend
+    shape = getattr(backend, 'input_shape', None)
+    if shape is not None and len(shape) == 4:
+        fill = mean_colour(config.preprocess.pixel_mean)
+        backend = StaticShapeBackend(backend, tuple(int(v) for v in shape), fill)
+    return LoadedBackend(
+        backend,
+        config,
+        spec,
+        provisioned.sidecar,
+        provisioned.built,
+        engine_file=str(provisioned.paths.engine),
+    )
+
+
+def _check_engine_file(
+    spec: BackendSpec, engine_path: Path
+) -> tuple[tuple[int, int] | None, tuple[int, int] | None, dict[str, Any]]:
+    """Checks of a given engine file before provisioning: (size, valid size, builder overrides).
+
+    The file must have the kind's suffix and, under load_only, exist with its sidecar; the
+    sidecar's kind must be the spec's, and its shape is taken when the spec has none.
+    """
+    from m2a_perception.deploy.cache import (
+        EngineCacheError,
+        EnginePaths,
+        read_sidecar,
+        sidecar_key,
+    )
+
+    size = spec.engine_size
     paths = EnginePaths.for_engine(engine_path)
     if (
         not paths.sidecar.is_file()
@@ -273,8 +357,6 @@ def _load_engine(
             f'model.engine_path {engine_path.name} is not a {spec.kind} engine (expected a '
             f'{suffix} file from m2a-build-engine --backend {spec.kind})'
         )
-    config = read_checkpoint(spec.checkpoint).config
-    size: tuple[int, int] | None = spec.engine_size
     valid: tuple[int, int] | None = None
     overrides: dict[str, Any] = {}
     if paths.sidecar.is_file():
@@ -297,54 +379,7 @@ def _load_engine(
             f'{paths.sidecar} not found: {engine_path} cannot be checked against the checkpoint '
             'and GPU, so it is not used; build it with m2a-build-engine'
         )
-    precision = 'fp32' if spec.kind == 'onnxruntime' else spec.precision
-    try:
-        get_engine_kind(spec.kind).check_available(device)
-    except BackendUnavailableError as error:
-        raise BackendError(f'model.backend {spec.kind} cannot run here: {error}') from error
-    try:
-        provisioned = provision_from_checkpoint(
-            spec.checkpoint,
-            backend=spec.kind,
-            precision=precision,
-            size=size or _engine_size(spec, config),
-            valid_size=valid,
-            device=device,
-            cache_dir=engine_path.parent,
-            policy=spec.engine_policy,
-            on_state=on_state,
-            engine_path=engine_path,
-            builder_overrides=overrides or None,
-            allow_gate_failure=spec.allow_gate_failed,
-        )
-    except EngineRejectedError as error:
-        raise BackendError(
-            f'{error}; set model.allow_gate_failed true to use it anyway'
-        ) from error
-    except GateFailedError as error:
-        raise BackendError(
-            f'the new engine failed its accuracy gate ({error}); set model.allow_gate_failed '
-            'true to keep it anyway'
-        ) from error
-    except EngineCacheError as error:
-        raise BackendError(f'engine {engine_path} refused: {error}') from error
-    except BackendUnavailableError as error:
-        raise BackendError(f'model.backend {spec.kind} cannot run here: {error}') from error
-    except EngineBuildError as error:
-        raise BackendError(f'building {engine_path} failed: {error}') from error
-    gate = provisioned.sidecar.get('gate') or {}
-    if not gate.get('passed') and not spec.allow_gate_failed:
-        failures = '; '.join(gate.get('failures') or ['no gate result recorded'])
-        raise BackendError(
-            f'{engine_path.name} did not pass its accuracy gate ({failures}); set '
-            'model.allow_gate_failed true to use it anyway'
-        )
-    backend = provisioned.backend
-    shape = getattr(backend, 'input_shape', None)
-    if shape is not None and len(shape) == 4:
-        fill = mean_colour(config.preprocess.pixel_mean)
-        backend = StaticShapeBackend(backend, tuple(int(v) for v in shape), fill)
-    return LoadedBackend(backend, config, spec, provisioned.sidecar, provisioned.built)
+    return size, valid, overrides
 
 
 def build_segmenter(

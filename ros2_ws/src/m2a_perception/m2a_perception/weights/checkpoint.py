@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from m2a_perception.config import ModelConfig
 from m2a_perception.files import (  # noqa: F401 (re-exported: the writers import them from here)
@@ -61,7 +61,11 @@ def save_checkpoint(
     weights_state: str = 'trained',
     extra_metadata: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write `state_dict` and `config` to a safetensors checkpoint, atomically."""
+    """Write `state_dict` and `config` to a safetensors checkpoint, atomically.
+
+    The file is byte-for-byte reproducible: the same tensors, config and metadata always give
+    the same bytes, so the same sha256 (what engine keys record as `weights_sha256`).
+    """
     if weights_state not in WEIGHTS_STATES:
         raise ValueError(f'weights_state must be one of {WEIGHTS_STATES}, got {weights_state!r}')
     metadata = {str(k): str(v) for k, v in (extra_metadata or {}).items()}
@@ -74,8 +78,24 @@ def save_checkpoint(
     # safetensors refuses shared or non-contiguous storage; detach copies keep the file canonical.
     tensors = {k: v.detach().to('cpu').contiguous().clone() for k, v in state_dict.items()}
     path = Path(path)
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    data = _sorted_metadata(save(tensors, metadata=metadata))
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
     return path
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """A serialised safetensors file with its metadata keys in sorted order.
+
+    safetensors writes the metadata in hash-map order, which changes from one process to the
+    next; sorted, the header is canonical. The header stays compact JSON padded with spaces to
+    a multiple of 8 bytes, as safetensors writes it; the tensor bytes are unchanged.
+    """
+    length = int.from_bytes(data[:8], 'little')
+    header = json.loads(data[8 : 8 + length])
+    header['__metadata__'] = dict(sorted(header.get('__metadata__', {}).items()))
+    text = json.dumps(header, separators=(',', ':'), ensure_ascii=False).encode()
+    text += b' ' * (-len(text) % 8)
+    return len(text).to_bytes(8, 'little') + text + data[8 + length :]
 
 
 def _sniff(path: Path) -> None:
