@@ -33,6 +33,7 @@ from m2a_perception.inference.backend import PRECISIONS
 from m2a_perception.postprocess.config import (
     LABEL_UPSAMPLING,
     OUTPUT_RESOLUTIONS,
+    MINING_SPLITS,
     REFINEMENT_MODES,
     UNIT_RANGE_SCORERS,
     PostprocessConfig,
@@ -349,6 +350,16 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
         maximum=1000,
     ),
     _spec(
+        'panoptic.mining_split',
+        'components',
+        'How a mined unknown region becomes instances: components (paper: one per connected '
+        'component), query_regions (split by the winning query), centroid_head (split by the '
+        "model's class-agnostic centroid head; the checkpoint must have instance_head). "
+        'Checked against the model at configure, so it changes only while unconfigured.',
+        choices=MINING_SPLITS,
+        engine=True,
+    ),
+    _spec(
         'viz.overlay_rate_hz',
         2.0,
         'Maximum publishing rate of the overlay image per camera (0 publishes every frame).',
@@ -640,6 +651,7 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
         mining_threshold=float(merged['panoptic.mining_threshold']),
         mining_min_area=int(merged['panoptic.mining_min_area']),
         mining_max_instances=max_instances or None,
+        mining_split=merged['panoptic.mining_split'],
     )
     return NodeSettings(
         cameras=tuple(_camera_settings(name, merged) for name in names),
