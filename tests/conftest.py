@@ -17,6 +17,18 @@ os.environ['ROS_DOMAIN_ID'] = str(
 os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread per xdist worker: `make test` runs two workers on two cores.
+
+    Set here, per worker process, not at import of library code; a test that needs another
+    count sets its own (and restores it).
+    """
+    if 'PYTEST_XDIST_WORKER' in os.environ:
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def _cuda_available() -> bool:
     try:
         import torch
