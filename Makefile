@@ -35,7 +35,9 @@ JAZZY_TEST_TIMEOUT ?= 2400
 # pytest runs under an external timeout because Fast DDS can hang in teardown while holding the GIL;
 # it is a hang guard, generous so that a loaded machine does not fail a healthy run.
 TEST_TIMEOUT ?= 2400
-PYTEST_ARGS ?= -m "not slow" --durations=25
+# Two xdist workers (one per core, one torch thread each: tests/conftest.py); `loadgroup` keeps
+# the tests of one `xdist_group` on one worker.
+PYTEST_ARGS ?= -m "not slow" -n 2 --dist loadgroup --durations=25
 # ROS environment for every process of the test run (environment.md gotchas 4 and 5); the Fast
 # DDS large-frame profile comes from tests/conftest.py (m2a_perception.ros.processes).
 export AMENT_PREFIX_PATH := $(abspath $(VENV))

@@ -21,6 +21,36 @@ os.environ['ROS_DOMAIN_ID'] = str(
 # under ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST). A profile named by the caller wins.
 os.environ.update(large_frames_defaults(os.environ))
 
+# Under xdist the processes a test starts (CLIs, nodes) also run one torch thread, like the
+# worker itself (`pytest_configure`); a test that passes its own OMP_NUM_THREADS still wins.
+if 'PYTEST_XDIST_WORKER' in os.environ:
+    os.environ.setdefault('OMP_NUM_THREADS', '1')
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():  # type: ignore[no-untyped-def]
+    """A test that changes the torch thread count does not leak it into the next test."""
+    import sys
+
+    torch = sys.modules.get('torch')
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get('torch')
+    if before is not None and torch is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread per xdist worker: `make test` runs two workers on two cores.
+
+    Set here, per worker process, not at import of library code; a test that needs another
+    count sets its own (and restores it).
+    """
+    if 'PYTEST_XDIST_WORKER' in os.environ:
+        import torch
+
+        torch.set_num_threads(1)
+
 
 def _cuda_available() -> bool:
     try:

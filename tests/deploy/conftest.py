@@ -14,6 +14,16 @@ torch.set_num_threads(1)
 # The tiny config at this size is what the ONNX fixture and the CLI tests use.
 TINY_SIZE = (64, 128)
 
+# The session's ONNX exports take a minute each on the CPU; under `pytest -n 2 --dist loadgroup`
+# the tests that use them run on one worker, so each graph is exported once per run.
+SHARED_EXPORTS = frozenset({'tiny_onnx', 'deploy_onnx'})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SHARED_EXPORTS & set(getattr(item, 'fixturenames', ())):
+            item.add_marker(pytest.mark.xdist_group('deploy_onnx'))
+
 
 @pytest.fixture(scope='session')
 def micro_config(tiny_config):

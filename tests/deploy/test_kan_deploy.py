@@ -7,23 +7,27 @@ import dataclasses
 import pytest
 import torch
 
-from m2a_perception.deploy.gate import run_gate, synthetic_gate_images
 from m2a_perception.deploy.precision import (
-    FP16,
-    build_inference_graph,
     export_graph_onnx,
     export_inference_graph,
     inspect_precision,
 )
-from m2a_perception.deploy.tensorrt_backend import GraphBackend
-from m2a_perception.deploy.tensorrt_ops import check_onnx_for_targets, load_support_matrix
-from m2a_perception.export import export_onnx, export_program
-from m2a_perception.inference import TorchBackend
-from m2a_perception.inference.onnxruntime_backend import OnnxRuntimeBackend
+from m2a_perception.export import export_program
 from m2a_perception.model import build_model
 from m2a_perception.model.kan import KAN
 
+from .deploy_checks import (
+    assert_graph_passes_the_gate,
+    assert_passes_every_tensorrt_target,
+    export_onnx_matching_eager,
+    fp16_graph,
+    onnx_op_types,
+    seeded_images,
+)
+
 SIZE = (64, 64)
+# The Cox–de Boor basis: comparisons, a boolean And and a cast, then arithmetic.
+KAN_BASIS_OPS = {'GreaterOrEqual', 'Less', 'And', 'Cast'}
 
 
 @pytest.fixture(scope='module')
@@ -38,16 +42,19 @@ def kan_micro_config(micro_config):
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope='module')
 def kan_model(kan_micro_config):
+    """The seed-0 KAN-head model, shared by the module (exports and graphs leave it alone)."""
     torch.manual_seed(0)
     model = build_model(kan_micro_config).eval()
     assert isinstance(model.sem_seg_head.predictor.mask_embed, KAN)
     return model
 
 
-def _images(seed: int) -> torch.Tensor:
-    return torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(seed))
+@pytest.fixture(scope='module')
+def kan_fp16_graph(kan_model, kan_micro_config):
+    """The FP16 deploy graph (uint8 in, FP32 islands) of the KAN-head model."""
+    return fp16_graph(kan_model, kan_micro_config)
 
 
 def test_kan_model_exports_strictly_without_data_dependent_ops(kan_model):
@@ -58,59 +65,32 @@ def test_kan_model_exports_strictly_without_data_dependent_ops(kan_model):
     exported = program.module()
     for seed in (1, 2):
         with torch.no_grad():
-            expected = kan_model(_images(seed))
-        for out, ref in zip(exported(_images(seed)), expected, strict=True):
+            expected = kan_model(seeded_images(SIZE, seed))
+        for out, ref in zip(exported(seeded_images(SIZE, seed)), expected, strict=True):
             torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
 
 
-def _assert_passes_every_tensorrt_target(path) -> None:
-    import onnx
-
-    op_types = {node.op_type for node in onnx.load(str(path)).graph.node}
-    # The Cox–de Boor basis: comparisons, a boolean And and a cast, then arithmetic.
-    assert {'GreaterOrEqual', 'Less', 'And', 'Cast'} <= op_types
-    assert check_onnx_for_targets(path) == {name: [] for name in load_support_matrix()}
-
-
 def test_kan_onnx_matches_eager_in_onnxruntime_and_fits_tensorrt(kan_model, tmp_path):
-    path = export_onnx(kan_model, tmp_path / 'kan.onnx', SIZE)
-    backend = OnnxRuntimeBackend(path)
-    for seed in (1, 2):
-        with torch.no_grad():
-            expected = kan_model(_images(seed))
-        for out, ref in zip(backend(_images(seed)), expected, strict=True):
-            assert out.shape == ref.shape
-            assert (out - ref).abs().max().item() <= 1e-4
-    _assert_passes_every_tensorrt_target(path)
+    path = export_onnx_matching_eager(kan_model, tmp_path / 'kan.onnx', SIZE, seeds=(1, 2))
+    assert onnx_op_types(path) >= KAN_BASIS_OPS
+    assert_passes_every_tensorrt_target(path)
 
 
-def test_kan_fp16_deploy_graph_passes_every_tensorrt_target(kan_model, kan_micro_config, tmp_path):
-    """The FP16 deploy graph (uint8 in, FP32 islands); the FP32 one adds only the
-    normalisation to the graph checked above."""
-    preprocess = kan_micro_config.preprocess
-    graph = build_inference_graph(kan_model, FP16, preprocess.pixel_mean, preprocess.pixel_std)
-    _assert_passes_every_tensorrt_target(
-        export_graph_onnx(graph, tmp_path / 'kan-fp16.onnx', (1, 3, *SIZE))
-    )
+def test_kan_fp16_deploy_graph_passes_every_tensorrt_target(kan_fp16_graph, tmp_path):
+    """The FP16 deploy graph; the FP32 one adds only the normalisation to the graph checked
+    above."""
+    path = export_graph_onnx(kan_fp16_graph, tmp_path / 'kan-fp16.onnx', (1, 3, *SIZE))
+    assert onnx_op_types(path) >= KAN_BASIS_OPS
+    assert_passes_every_tensorrt_target(path)
 
 
-def test_kan_fp16_graph_keeps_the_head_fp32_and_passes_the_gate(kan_model, kan_micro_config):
-    preprocess = kan_micro_config.preprocess
-    graph = build_inference_graph(kan_model, FP16, preprocess.pixel_mean, preprocess.pixel_std)
-    head = graph.network.sem_seg_head.predictor.mask_embed
+def test_kan_fp16_graph_keeps_the_head_fp32_and_passes_the_gate(
+    kan_model, kan_fp16_graph, kan_micro_config
+):
+    head = kan_fp16_graph.network.sem_seg_head.predictor.mask_embed
     assert all(p.dtype == torch.float32 for p in head.parameters())
     assert all(b.dtype == torch.float32 for b in head.buffers())
-    report = inspect_precision(export_inference_graph(graph, (1, 3, *SIZE)))
+    report = inspect_precision(export_inference_graph(kan_fp16_graph, (1, 3, *SIZE)))
     assert report.ok, report.island_violations
-    backend = GraphBackend(
-        graph, 'cpu', (1, 3, *SIZE), preprocess.pixel_mean, preprocess.pixel_std
-    )
-    result = run_gate(
-        TorchBackend(kan_model),
-        backend,
-        synthetic_gate_images(SIZE, count=2),
-        preprocess.pixel_mean,
-        preprocess.pixel_std,
-    )
-    assert result.passed, result.summary()
+    result = assert_graph_passes_the_gate(kan_model, kan_fp16_graph, kan_micro_config, SIZE)
     assert 0 < result.class_logits_max_abs < 0.5

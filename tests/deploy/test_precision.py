@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from m2a_perception.deploy.gate import run_gate, synthetic_gate_images
+from m2a_perception.deploy.gate import synthetic_gate_images
 from m2a_perception.deploy.precision import (
     FP16,
     FP32,
@@ -21,6 +21,8 @@ from m2a_perception.deploy.precision import (
 from m2a_perception.deploy.tensorrt_backend import GraphBackend
 from m2a_perception.inference import TorchBackend
 from m2a_perception.preprocess import normalize_and_pad
+
+from .deploy_checks import assert_graph_passes_the_gate
 
 SIZE = (64, 64)
 SHAPE = (1, 3, *SIZE)
@@ -129,7 +131,6 @@ def test_inspect_precision_reports_a_low_precision_island():
 
 
 def test_fp16_graph_runs_on_cpu_and_passes_the_gate(micro_model, micro_config):
-    preprocess = micro_config.preprocess
     graph = _graph(micro_model, micro_config, FP16)
     network = graph.network
     assert network.backbone.stem.conv1.weight.dtype == torch.float16
@@ -137,15 +138,7 @@ def test_fp16_graph_runs_on_cpu_and_passes_the_gate(micro_model, micro_config):
     assert network.sem_seg_head.predictor.class_embed.weight.dtype == torch.float32
     assert network.sem_seg_head.pixel_decoder.mask_features.weight.dtype == torch.float32
     assert network.sem_seg_head.predictor.decoder_norm.weight.dtype == torch.float32
-    backend = GraphBackend(graph, 'cpu', SHAPE, preprocess.pixel_mean, preprocess.pixel_std)
-    result = run_gate(
-        TorchBackend(micro_model),
-        backend,
-        synthetic_gate_images(SIZE, count=2),
-        preprocess.pixel_mean,
-        preprocess.pixel_std,
-    )
-    assert result.passed, result.summary()
+    result = assert_graph_passes_the_gate(micro_model, graph, micro_config, SIZE)
     assert 0 < result.class_logits_max_abs < 0.5
 
 

@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from m2a_perception.config import load_model_config
-from m2a_perception.deploy.gate import run_gate, synthetic_gate_images
-from m2a_perception.deploy.precision import FP16, build_inference_graph
-from m2a_perception.deploy.tensorrt_backend import GraphBackend
-from m2a_perception.deploy.tensorrt_ops import check_onnx_for_targets, load_support_matrix
-from m2a_perception.export import export_onnx
-from m2a_perception.inference import TorchBackend
-from m2a_perception.inference.onnxruntime_backend import OnnxRuntimeBackend
 from m2a_perception.model import build_model
+
+from .deploy_checks import (
+    assert_graph_passes_the_gate,
+    assert_passes_every_tensorrt_target,
+    export_onnx_matching_eager,
+    fp16_graph,
+    onnx_op_types,
+)
 
 SIZE = (224, 224)
 
@@ -38,35 +39,15 @@ def vit_micro_model():
 
 def test_vit_onnx_matches_eager_and_fits_tensorrt(vit_micro_model, tmp_path):
     model, _ = vit_micro_model
-    path = export_onnx(model, tmp_path / 'vit.onnx', SIZE)
-    import onnx
-
-    op_types = {node.op_type for node in onnx.load(str(path)).graph.node}
+    path = export_onnx_matching_eager(model, tmp_path / 'vit.onnx', SIZE, seeds=(1,))
+    op_types = onnx_op_types(path)
     assert 'ConvTranspose' not in op_types and 'Resize' in op_types  # 1/14 -> 1/16 (linear)
-    backend = OnnxRuntimeBackend(path)
-    images = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = model(images)
-    for out, ref in zip(backend(images), expected, strict=True):
-        assert out.shape == ref.shape
-        assert (out - ref).abs().max().item() <= 1e-4
-    assert check_onnx_for_targets(path) == {name: [] for name in load_support_matrix()}
+    assert_passes_every_tensorrt_target(path)
 
 
 def test_vit_fp16_graph_keeps_the_backbone_fp32_and_passes_the_gate(vit_micro_model):
     model, config = vit_micro_model
-    preprocess = config.preprocess
-    graph = build_inference_graph(model, FP16, preprocess.pixel_mean, preprocess.pixel_std)
+    graph = fp16_graph(model, config)
     assert all(p.dtype == torch.float32 for p in graph.network.backbone.parameters())
     assert graph.network.sem_seg_head.pixel_decoder.input_proj[0][0].weight.dtype == torch.float16
-    backend = GraphBackend(
-        graph, 'cpu', (1, 3, *SIZE), preprocess.pixel_mean, preprocess.pixel_std
-    )
-    result = run_gate(
-        TorchBackend(model),
-        backend,
-        synthetic_gate_images(SIZE, count=2),
-        preprocess.pixel_mean,
-        preprocess.pixel_std,
-    )
-    assert result.passed, result.summary()
+    assert_graph_passes_the_gate(model, graph, config, SIZE)

@@ -15,6 +15,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from m2a_perception.classes import label_ids_to_train_ids
 from m2a_perception.cli.replay import main as replay_main
+from m2a_perception.evaluation.streams import EvaluationSettings
 from m2a_perception.metrics.component import OBSTACLE_TRACK, ComponentAccumulator
 from m2a_perception.metrics.pixel import SMIYC_PROTOCOL, PixelCurveAccumulator
 from m2a_perception.metrics.semantic import ConfusionMatrix
@@ -22,7 +23,7 @@ from m2a_perception.pictures import read_rgb
 from m2a_perception.pipeline import Segmenter
 from m2a_perception.ros.params import settings_from_parameters
 from m2a_perception.ros.replay.bag import BagReadError
-from m2a_perception.ros.replay.evaluation import EvaluationSettings, evaluate_recorded_bag
+from m2a_perception.ros.replay.evaluation import evaluate_recorded_bag
 from m2a_perception.ros.replay.offline import ReplayOptions, replay_bag
 from m2a_perception.ros.replay.pack import PackOptions, pack_images
 from m2a_perception.ros.topics import OUTPUT_TOPICS

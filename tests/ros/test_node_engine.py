@@ -33,7 +33,9 @@ from .helpers import (
     status_values,
 )
 
-pytestmark = pytest.mark.ros
+# One worker runs these in order: with two workers overlapping them (each in its own ROS
+# domain), the engine node activated but received no camera frame for 60 s (cause open).
+pytestmark = [pytest.mark.ros, pytest.mark.xdist_group('node_engine')]
 
 NAMESPACE = '/eng'
 NODE = f'{NAMESPACE}/m2a_perception'

@@ -17,9 +17,9 @@ from m2a_perception.metrics import PanopticSegment
 from m2a_perception.postprocess import PostprocessConfig
 from m2a_perception.runtime.loader import BackendError, BackendSpec, engine_kind, load_backend
 from m2a_perception.types import NetworkOutput
-from m2a_training.cli.evaluate import build_parser
+from m2a_training.cli.evaluate import build_parser, settings_from_args
 from m2a_training.distributed import DistributedContext, shard_indices
-from m2a_training.evaluate import parse_protocols, postprocess_from_args
+from m2a_training.evaluate import parse_protocols, postprocess_config
 from m2a_training.evaluation.datasets import cityscapes_panoptic_target, parse_dataset_spec
 from m2a_training.evaluation.report import Table, percent
 from m2a_training.evaluation.runner import (
@@ -199,7 +199,7 @@ def test_scoring_protocol_and_single_switches_from_the_command_line() -> None:
         args = build_parser().parse_args(
             ['--checkpoint', 'x', '--out', 'o', '--dataset', 'synthetic=w', *extra]
         )
-        return postprocess_from_args(args)
+        return postprocess_config(settings_from_args(args))
 
     assert config_of() == PostprocessConfig.for_protocol('official')
     assert config_of('--protocol', 'node') == PostprocessConfig.for_protocol('node')

@@ -52,10 +52,11 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import functools
 import logging
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +95,57 @@ from m2a_training.evaluation.runner import (
 LOGGER = logging.getLogger(__name__)
 
 
-def scoring_protocol_of(specs: list[str]) -> str:
+@dataclasses.dataclass(frozen=True)
+class EvaluateSettings:
+    """What one `m2a-eval` run evaluates and how (built by `m2a_training.cli.evaluate`).
+
+    Field names follow the command-line flags (`--no-panoptic` -> `no_panoptic`); the CLI module
+    documents each one in its --help. `None` means "the protocol's default" for the switches.
+    """
+
+    out: Path
+    dataset: tuple[str, ...]
+    checkpoint: Path | None = None
+    engine: Path | None = None
+    backend: str = 'torch'
+    precision: str = 'fp32'
+    allow_gate_failed: bool = False
+    method_name: str | None = None
+    limit: int | None = None
+    streethazards_convention: str = 'mask2anomaly'
+    workers: int = 2
+    unknown_labels: str = 'error'
+    lost_and_found_split: str = 'testNoKnown'
+    lost_and_found_root: Path | None = None
+    cityscapes_root: Path | None = None
+    fs_static_version: int | None = None
+    list_frames: bool = False
+    protocol: tuple[str, ...] = ()
+    calibrate_on: str | None = None
+    calibration_scale: float = 0.5
+    calibration_mantissa_bits: int = 16
+    no_panoptic: bool = False
+    scorer: str | None = None
+    refinement: str | None = None
+    scoring_resolution: str | None = None
+    refinement_min_queries: int | None = None
+    flip: bool | None = None
+    scf: bool = False
+    no_mining: bool = False
+    label_upsampling: str | None = None
+    gallery: int = 8
+    cache_dir: Path | None = None
+    keep_cache: bool = False
+    no_progress: bool = False
+
+
+def scoring_protocol_of(specs: Sequence[str]) -> str:
     """The scoring protocol named among the `--protocol` values (the last wins; 'official')."""
     named = [spec for spec in specs if spec in SCORING_PROTOCOLS]
     return named[-1] if named else 'official'
 
 
-def parse_protocols(specs: list[str], names: list[str]) -> dict[str, PixelProtocol]:
+def parse_protocols(specs: Sequence[str], names: list[str]) -> dict[str, PixelProtocol]:
     """`--protocol` values -> pixel protocol per dataset name (later values win).
 
     Scoring-protocol names (`SCORING_PROTOCOLS`) are skipped; see `scoring_protocol_of`.
@@ -129,14 +174,14 @@ def parse_protocols(specs: list[str], names: list[str]) -> dict[str, PixelProtoc
     return {name: per_dataset.get(name, default or leaderboard[name]) for name in names}
 
 
-def benchmark_options(args: argparse.Namespace) -> BenchmarkOptions:
+def benchmark_options(settings: EvaluateSettings) -> BenchmarkOptions:
     """The dataset flags as reader options."""
     return BenchmarkOptions(
-        strict_labels=args.unknown_labels == 'error',
-        lost_and_found_split=args.lost_and_found_split,
-        lost_and_found_root=args.lost_and_found_root,
-        cityscapes_root=args.cityscapes_root,
-        fs_static_version=args.fs_static_version,
+        strict_labels=settings.unknown_labels == 'error',
+        lost_and_found_split=settings.lost_and_found_split,
+        lost_and_found_root=settings.lost_and_found_root,
+        cityscapes_root=settings.cityscapes_root,
+        fs_static_version=settings.fs_static_version,
     )
 
 
@@ -148,7 +193,7 @@ def dataset_description(dataset: EvalDataset) -> str:
 
 
 def open_datasets(
-    specs: list[str], convention: str, options: BenchmarkOptions | None = None
+    specs: Sequence[str], convention: str, options: BenchmarkOptions | None = None
 ) -> list[EvalDataset]:
     """Open every `NAME=PATH`; all problems of one dataset are reported together."""
     datasets = []
@@ -164,21 +209,21 @@ def open_datasets(
     return datasets
 
 
-def postprocess_from_args(args: argparse.Namespace) -> PostprocessConfig:
+def postprocess_config(settings: EvaluateSettings) -> PostprocessConfig:
     """The scoring protocol of `--protocol`, with every switch given on the command line."""
     switches = {
-        'scorer': args.scorer,
-        'refinement': args.refinement,
-        'scoring_resolution': args.scoring_resolution,
-        'refinement_min_queries': args.refinement_min_queries,
-        'flip': args.flip,
-        'label_upsampling': args.label_upsampling,
+        'scorer': settings.scorer,
+        'refinement': settings.refinement,
+        'scoring_resolution': settings.scoring_resolution,
+        'refinement_min_queries': settings.refinement_min_queries,
+        'flip': settings.flip,
+        'label_upsampling': settings.label_upsampling,
     }
     overrides = {name: value for name, value in switches.items() if value is not None}
     return PostprocessConfig.for_protocol(
-        scoring_protocol_of(args.protocol),
-        scf=args.scf,
-        mining=not args.no_mining,
+        scoring_protocol_of(settings.protocol),
+        scf=settings.scf,
+        mining=not settings.no_mining,
         **overrides,
     )
 
@@ -207,51 +252,54 @@ def write_report(
     return files
 
 
-def backend_spec(args: argparse.Namespace, device: torch.device) -> BackendSpec:
+def backend_spec(settings: EvaluateSettings, device: torch.device) -> BackendSpec:
     """The loader spec of --checkpoint / --engine (the engine kind from its suffix)."""
-    if args.checkpoint is None:
+    if settings.checkpoint is None:
         raise ValueError(
             'pass --checkpoint CKPT (and --engine ENGINE to evaluate an engine of it)'
         )
-    kind = args.backend if args.engine is None else engine_kind(args.engine)
+    kind = settings.backend if settings.engine is None else engine_kind(settings.engine)
     return BackendSpec(
         kind=kind,
-        checkpoint=str(args.checkpoint),
-        engine_path='' if args.engine is None else str(args.engine),
+        checkpoint=str(settings.checkpoint),
+        engine_path='' if settings.engine is None else str(settings.engine),
         device=str(device),
-        precision=args.precision,
-        allow_gate_failed=args.allow_gate_failed,
+        precision=settings.precision,
+        allow_gate_failed=settings.allow_gate_failed,
     )
 
 
-def _run(args: argparse.Namespace, context: DistributedContext, device: torch.device) -> int:
-    datasets = open_datasets(args.dataset, args.streethazards_convention, benchmark_options(args))
+def run(settings: EvaluateSettings, context: DistributedContext, device: torch.device) -> int:
+    """Open the datasets, evaluate in two passes and write the report (rank 0); exit status."""
+    datasets = open_datasets(
+        settings.dataset, settings.streethazards_convention, benchmark_options(settings)
+    )
     for dataset in datasets:
         print(f'dataset {dataset.name}: {len(dataset)} frames ({dataset_description(dataset)})')
-    if args.list_frames:
+    if settings.list_frames:
         return 0
     names = [dataset.name for dataset in datasets]
-    if args.calibrate_on is not None:
-        if args.calibrate_on not in names:
-            raise ValueError(f'--calibrate-on {args.calibrate_on!r} is not among the datasets')
-        if not next(d for d in datasets if d.name == args.calibrate_on).has_anomaly:
-            raise ValueError(f'--calibrate-on {args.calibrate_on!r} has no anomaly labels')
-    if args.limit is not None and args.limit < 1:
+    if settings.calibrate_on is not None:
+        if settings.calibrate_on not in names:
+            raise ValueError(f'--calibrate-on {settings.calibrate_on!r} is not among the datasets')
+        if not next(d for d in datasets if d.name == settings.calibrate_on).has_anomaly:
+            raise ValueError(f'--calibrate-on {settings.calibrate_on!r} has no anomaly labels')
+    if settings.limit is not None and settings.limit < 1:
         raise ValueError('--limit must be at least 1')
-    protocols = parse_protocols(args.protocol, names)
-    base_postprocess = postprocess_from_args(args)
-    loaded = load_backend(backend_spec(args, device))
+    protocols = parse_protocols(settings.protocol, names)
+    base_postprocess = postprocess_config(settings)
+    loaded = load_backend(backend_spec(settings, device))
     options = EvalOptions(
         protocols=protocols,
-        cache_dir=args.cache_dir or args.out / 'cache',
-        calibrate_on=args.calibrate_on,
-        calibration_scale=args.calibration_scale,
-        calibration_mantissa_bits=args.calibration_mantissa_bits,
-        gallery_size=max(0, args.gallery),
-        limit=args.limit,
-        num_workers=max(0, args.workers),
-        keep_cache=args.keep_cache,
-        progress=not args.no_progress,
+        cache_dir=settings.cache_dir or settings.out / 'cache',
+        calibrate_on=settings.calibrate_on,
+        calibration_scale=settings.calibration_scale,
+        calibration_mantissa_bits=settings.calibration_mantissa_bits,
+        gallery_size=max(0, settings.gallery),
+        limit=settings.limit,
+        num_workers=max(0, settings.workers),
+        keep_cache=settings.keep_cache,
+        progress=not settings.no_progress,
         heatmap_range=(0.0, 1.0) if base_postprocess.scorer in UNIT_RANGE_SCORERS else None,
     )
     num_classes = loaded.config.num_classes
@@ -263,33 +311,34 @@ def _run(args: argparse.Namespace, context: DistributedContext, device: torch.de
         base_postprocess,
         options,
         context,
-        panoptic=not args.no_panoptic,
+        panoptic=not settings.no_panoptic,
     )
     render = functools.partial(render_gallery_panel, heatmap_range=options.heatmap_range)
     result = run_evaluation(plans, options, context, num_classes, render)
     if result is None:
         return 0
     run = {
-        'method': args.method_name or Path(loaded.spec.engine_path or loaded.spec.checkpoint).stem,
+        'method': settings.method_name
+        or Path(loaded.spec.engine_path or loaded.spec.checkpoint).stem,
         'backend': loaded.describe(),
         'device': str(device),
-        'scoring_protocol': scoring_protocol_of(args.protocol),
+        'scoring_protocol': scoring_protocol_of(settings.protocol),
         'postprocess': base_postprocess.to_dict(),
         'protocols': {name: protocol.name for name, protocol in protocols.items()},
         'options': {
-            'limit': args.limit,
-            'calibrate_on': args.calibrate_on,
+            'limit': settings.limit,
+            'calibrate_on': settings.calibrate_on,
             'label_upsampling': base_postprocess.label_upsampling,
-            'panoptic': not args.no_panoptic,
+            'panoptic': not settings.no_panoptic,
         },
         'environment': {'python': platform.python_version(), 'torch': torch.__version__},
     }
     try:
-        files = write_report(result, args.out, run, options.gallery_size)
+        files = write_report(result, settings.out, run, options.gallery_size)
     except WriteFailedError:
         raise
     except OSError as error:  # plots, gallery, CSVs; results.md/json are written atomically
-        raise (write_failure(args.out, error) or error) from error
+        raise (write_failure(settings.out, error) or error) from error
     for path in files['report']:
         print(f'wrote {path}')
     return 0

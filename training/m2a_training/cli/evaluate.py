@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import sys
 from pathlib import Path
@@ -181,6 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settings_from_args(args: argparse.Namespace) -> evaluate.EvaluateSettings:
+    """The parsed flags as the library's typed settings (the library never sees argparse)."""
+    values = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(evaluate.EvaluateSettings)
+    }
+    values['dataset'] = tuple(args.dataset)
+    values['protocol'] = tuple(args.protocol)
+    return evaluate.EvaluateSettings(**values)
+
+
 EXPECTED_ERRORS = (
     *DATASET_ERRORS,
     CheckpointError,
@@ -201,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     context = init_distributed(args.device)
     device = context.device
     try:
-        # The evaluation reads the parsed options (`evaluate._run`).
-        return evaluate._run(args, context, device)
+        return evaluate.run(settings_from_args(args), context, device)
     except EXPECTED_ERRORS as error:
         # EvaluationError messages already name the failing rank.
         named = context.is_distributed and not isinstance(error, EvaluationError)

@@ -34,7 +34,6 @@ from typing import Any
 _EXPORTS = {
     'BagReadError': f'{__name__}.bag',
     'CameraSource': f'{__name__}.bag',
-    'EvaluationSettings': 'm2a_perception.evaluation.streams',
     'evaluate_recorded_bag': f'{__name__}.evaluation',
     'LiveReplayOptions': f'{__name__}.live',
     'run_live_replay': f'{__name__}.live',

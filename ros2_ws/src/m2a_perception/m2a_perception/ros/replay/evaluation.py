@@ -19,11 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from m2a_perception.evaluation.streams import (
-    COMPONENT_TRACKS,
-    EvaluationSettings,
-    GroundTruthEvaluator,
-)
+from m2a_perception.evaluation.streams import EvaluationSettings, GroundTruthEvaluator
 from m2a_perception.ros.conversions import image_msg_to_array
 from m2a_perception.ros.replay.bag import (
     IMAGE_TYPE,
@@ -38,10 +34,7 @@ from m2a_perception.ros.replay.bag import (
 )
 from m2a_perception.runtime.report import CameraCounters, LatencySummary, ReplayReport
 
-# The settings and tracks live in the core; importable from here for the replay's callers.
 __all__ = [
-    'COMPONENT_TRACKS',
-    'EvaluationSettings',
     'decode_image',
     'evaluate_recorded_bag',
     'output_cameras',
