@@ -12,8 +12,8 @@ from rosbags.rosbag2 import Reader
 
 from m2a_perception.cli.bag_player import build_parser as player_parser
 from m2a_perception.cli.bag_recorder import build_parser as recorder_parser
+from m2a_perception.evaluation.streams import EvaluationSettings
 from m2a_perception.ros.replay.bag import BagReadError
-from m2a_perception.ros.replay.evaluation import EvaluationSettings
 from m2a_perception.ros.replay.live import (
     LiveReplayOptions,
     node_command,

@@ -428,3 +428,28 @@ def test_disk_full_while_writing_the_report_keeps_the_previous_one(
         assert len(err) == 1, err
         assert err[0].startswith('error: no space left on ') and f'while writing {out}' in err[0]
         assert {name: (out / name).read_bytes() for name in kept} == kept
+
+
+def test_mining_split_of_a_model_option_is_checked_against_the_checkpoint(
+    world, checkpoint, tmp_path, capsys
+) -> None:
+    """`--mining-split centroid_head` (issue 17) needs a checkpoint with the instance head: a
+    head-less one is one sentence and exit 2, a centroid checkpoint evaluates with no code
+    change."""
+    data = ['--dataset', f'synthetic={world}', '--limit', '2', '--gallery', '0', '--no-progress']
+    split = ['--mining-split', 'centroid_head']
+    refused = ['--checkpoint', str(checkpoint), '--out', str(tmp_path / 'plain'), *data, *split]
+    assert main(refused) == 2
+    assert "mining_split 'centroid_head' needs a model with" in capsys.readouterr().err
+    assert not (tmp_path / 'plain' / 'results.json').exists()
+
+    torch.manual_seed(0)
+    config = load_model_config('tiny_centroid')
+    centroid = save_checkpoint(
+        tmp_path / 'centroid.safetensors', build_model(config).state_dict(), config
+    )
+    out = tmp_path / 'centroid'
+    assert main(['--checkpoint', str(centroid), '--out', str(out), *data, *split]) == 0
+    report = json.loads((out / 'results.json').read_text())
+    assert report['postprocess']['mining_split'] == 'centroid_head'
+    assert report['datasets']['synthetic']['num_frames'] == 2

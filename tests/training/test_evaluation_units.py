@@ -213,3 +213,8 @@ def test_scoring_protocol_and_single_switches_from_the_command_line() -> None:
     mixed = ['node', 'mask2anomaly']
     assert parse_protocols(mixed, names)['synthetic'].name == 'mask2anomaly'
     assert config_of('--protocol', 'node', '--protocol', 'mask2anomaly').flip is False
+    # The unknown-instance split of every model option (issue 17), default the paper's.
+    assert config_of().mining_split == 'components'
+    assert config_of('--mining-split', 'centroid_head') == (
+        PostprocessConfig.for_protocol('official', mining_split='centroid_head')
+    )

@@ -64,7 +64,7 @@ import torch
 
 from m2a_perception.metrics.pixel import PIXEL_PROTOCOLS, PixelProtocol, get_pixel_protocol
 from m2a_perception.postprocess import SCORING_PROTOCOLS, PostprocessConfig
-from m2a_perception.postprocess.config import UNIT_RANGE_SCORERS
+from m2a_perception.postprocess.config import UNIT_RANGE_SCORERS, check_instance_head
 from m2a_perception.runtime.loader import BackendSpec, engine_kind, load_backend
 from m2a_perception.weights import WriteFailedError
 from m2a_perception.weights.checkpoint import atomic_write, write_failure
@@ -132,6 +132,7 @@ class EvaluateSettings:
     flip: bool | None = None
     scf: bool = False
     no_mining: bool = False
+    mining_split: str | None = None
     label_upsampling: str | None = None
     gallery: int = 8
     cache_dir: Path | None = None
@@ -218,6 +219,7 @@ def postprocess_config(settings: EvaluateSettings) -> PostprocessConfig:
         'refinement_min_queries': settings.refinement_min_queries,
         'flip': settings.flip,
         'label_upsampling': settings.label_upsampling,
+        'mining_split': settings.mining_split,
     }
     overrides = {name: value for name, value in switches.items() if value is not None}
     return PostprocessConfig.for_protocol(
@@ -289,6 +291,11 @@ def run(settings: EvaluateSettings, context: DistributedContext, device: torch.d
     protocols = parse_protocols(settings.protocol, names)
     base_postprocess = postprocess_config(settings)
     loaded = load_backend(backend_spec(settings, device))
+    # The same refusal as the node's loader (`build_segmenter`), before the first frame.
+    try:
+        check_instance_head(base_postprocess, loaded.config.instance_head.enabled)
+    except ValueError as error:
+        raise ValueError(f'{settings.checkpoint}: {error}') from None
     options = EvalOptions(
         protocols=protocols,
         cache_dir=settings.cache_dir or settings.out / 'cache',

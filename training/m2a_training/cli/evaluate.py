@@ -17,6 +17,7 @@ from m2a_perception.metrics.pixel import PIXEL_PROTOCOLS
 from m2a_perception.postprocess import SCORERS, SCORING_PROTOCOLS
 from m2a_perception.postprocess.config import (
     LABEL_UPSAMPLING,
+    MINING_SPLITS,
     REFINEMENT_MODES,
     SCORING_RESOLUTIONS,
 )
@@ -156,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     post.add_argument('--scf', action='store_true', help='CSL structure-constrained fusion')
     post.add_argument('--no-mining', action='store_true', help='no unknown-instance mining')
+    post.add_argument(
+        '--mining-split',
+        choices=MINING_SPLITS,
+        help='how a mined unknown region becomes instances: components (paper, default), '
+        "query_regions, centroid_head (the checkpoint's class-agnostic instance head)",
+    )
     post.add_argument(
         '--label-upsampling',
         choices=LABEL_UPSAMPLING,

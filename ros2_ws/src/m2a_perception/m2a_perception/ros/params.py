@@ -32,8 +32,8 @@ from rclpy.parameter import Parameter
 from m2a_perception.inference.backend import PRECISIONS
 from m2a_perception.postprocess.config import (
     LABEL_UPSAMPLING,
-    OUTPUT_RESOLUTIONS,
     MINING_SPLITS,
+    OUTPUT_RESOLUTIONS,
     REFINEMENT_MODES,
     UNIT_RANGE_SCORERS,
     PostprocessConfig,
