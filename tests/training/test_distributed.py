@@ -59,6 +59,7 @@ def digest(state: dict[str, torch.Tensor]) -> str:
     return hashlib.sha256(weights.numpy().tobytes()).hexdigest()
 
 
+@pytest.mark.xdist_group('torchrun')  # with test_contrastive_world_size.py: one gloo job at a time
 def test_torchrun_two_cpu_ranks_train_to_one_coherent_checkpoint(tmp_path: Path) -> None:
     world = make_tiny_world(tmp_path / 'world')
     output = tmp_path / 'run'

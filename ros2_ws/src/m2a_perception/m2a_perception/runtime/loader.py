@@ -75,9 +75,6 @@ class BackendSpec:
         checkpoint: m2a safetensors checkpoint (weights and model config); required by every
             kind (engines are checked against its weights hash).
         engine_path: the engine file of an engine kind (its sidecar is `<engine_path>.json`).
-        engine_cache: instead of `engine_path`, a folder of engines named by their key (what
-            `m2a-build-engine --engine-cache` writes): the engine whose key this checkpoint,
-            precision, size, tool versions and GPU give is used (or built there).
         device: 'cpu', 'cuda' or 'cuda:<index>'.
         precision: 'fp32', 'fp16' or 'bf16' (autocast for torch kinds; the precision recipe
             of TensorRT engines; onnxruntime engines are fp32).
@@ -86,17 +83,21 @@ class BackendSpec:
         engine_size: (H, W) padded engine input when an engine has to be built, and the shape
             an existing engine must have; None takes the sidecar's, or for a build
             (short_side, 2 * short_side) of the model config, padded.
+        engine_cache: instead of `engine_path`, a folder of engines named by their key (what
+            `m2a-build-engine --engine-cache` writes): the engine whose key this checkpoint,
+            precision, size, tool versions and GPU give is used (or built there).
     """
 
     kind: str = 'torch'
     checkpoint: str = ''
     engine_path: str = ''
-    engine_cache: str = ''
     device: str = 'cpu'
     precision: str = 'fp32'
     engine_policy: str = LOAD_ONLY
     allow_gate_failed: bool = False
     engine_size: tuple[int, int] | None = None
+    # Last, so that positional specs written before it existed keep their meaning.
+    engine_cache: str = ''
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
