@@ -64,8 +64,13 @@ import torch
 
 from m2a_perception.metrics.pixel import PIXEL_PROTOCOLS, PixelProtocol, get_pixel_protocol
 from m2a_perception.postprocess import SCORING_PROTOCOLS, PostprocessConfig
-from m2a_perception.postprocess.config import UNIT_RANGE_SCORERS, check_instance_head
-from m2a_perception.runtime.loader import BackendSpec, engine_kind, load_backend
+from m2a_perception.postprocess.config import UNIT_RANGE_SCORERS
+from m2a_perception.runtime.loader import (
+    BackendSpec,
+    engine_kind,
+    load_backend,
+    require_instance_head,
+)
 from m2a_perception.weights import WriteFailedError
 from m2a_perception.weights.checkpoint import atomic_write, write_failure
 from m2a_training.data.benchmarks import BenchmarkOptions
@@ -291,11 +296,7 @@ def run(settings: EvaluateSettings, context: DistributedContext, device: torch.d
     protocols = parse_protocols(settings.protocol, names)
     base_postprocess = postprocess_config(settings)
     loaded = load_backend(backend_spec(settings, device))
-    # The same refusal as the node's loader (`build_segmenter`), before the first frame.
-    try:
-        check_instance_head(base_postprocess, loaded.config.instance_head.enabled)
-    except ValueError as error:
-        raise ValueError(f'{settings.checkpoint}: {error}') from None
+    require_instance_head(loaded, base_postprocess)  # as the node's loader, before a frame
     options = EvalOptions(
         protocols=protocols,
         cache_dir=settings.cache_dir or settings.out / 'cache',

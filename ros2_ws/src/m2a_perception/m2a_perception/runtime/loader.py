@@ -383,6 +383,19 @@ def _check_engine_file(
     return size, valid, overrides
 
 
+def require_instance_head(loaded: LoadedBackend, postprocess: PostprocessConfig) -> None:
+    """Refuse post-processing that needs the instance head (`mining_split: centroid_head`)
+    when the loaded checkpoint's model has none; every consumer calls this before a frame.
+
+    Raises:
+        BackendError: one sentence naming the checkpoint and the fix.
+    """
+    try:
+        check_instance_head(postprocess, loaded.config.instance_head.enabled)
+    except ValueError as error:
+        raise BackendError(f'{loaded.spec.checkpoint}: {error}') from None
+
+
 def build_segmenter(
     spec: BackendSpec,
     postprocess: PostprocessConfig,
@@ -395,10 +408,7 @@ def build_segmenter(
             (`mining_split: centroid_head`) and the checkpoint's model has none.
     """
     loaded = load_backend(spec, on_state)
-    try:
-        check_instance_head(postprocess, loaded.config.instance_head.enabled)
-    except ValueError as error:
-        raise BackendError(f'{spec.checkpoint}: {error}') from None
+    require_instance_head(loaded, postprocess)
     segmenter = Segmenter(loaded.backend, loaded.config.preprocess, postprocess)
     return segmenter, loaded.config
 
